@@ -1,0 +1,43 @@
+# edge-sdfa: set-up, demo and tests. Every target is idempotent: the venv is rebuilt
+# only when pyproject.toml changes.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+# python3.10 is the full-stack interpreter (lava-nc 0.10.0 needs it); pyenv keeps it off PATH
+# unless it is the global version, so look for it there as well.
+BASE_PY := $(shell for c in python3.10 $$(ls -d $$HOME/.pyenv/versions/3.10*/bin/python3.10 2>/dev/null | sort -V | tail -n1) python3; do \
+	if command -v $$c >/dev/null 2>&1 && $$c -c 'import sys' >/dev/null 2>&1; then echo $$c; break; fi; done)
+
+.PHONY: demo test test-fast venv clean embedded bench
+
+$(STAMP): pyproject.toml
+	@test -n "$(BASE_PY)" || { echo "error: no python3.10 or python3 found" >&2; exit 2; }
+	@test -x $(PY) || $(BASE_PY) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[all,dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/edge-sdfa finetune --store $(CURDIR)/.demo-store --json
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not integration" $(PYTEST_ARGS)
+
+# Rebuild the embedded default bundle and new-user data set from scikit-learn's digits.
+embedded: $(STAMP)
+	$(PY) -m host_tools.make_embedded
+
+bench: $(STAMP)
+	$(PY) benchmarks/accuracy.py --json
+	$(PY) benchmarks/step.py --json
+
+clean:
+	rm -rf $(VENV) .demo-store build *.egg-info

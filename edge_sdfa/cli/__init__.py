@@ -1,0 +1,59 @@
+"""The ``edge-sdfa`` command: a thin layer over library functions.
+
+Each command group lives in its own module with a ``register(app)`` function; modules import
+host, bridge or simulator code only inside the command that needs it, so a device never loads it.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from edge_sdfa.errors import UserError
+
+COMMAND_MODULES = ("runtime", "data", "host", "bridge", "bench")
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        name="edge-sdfa",
+        help="On-device SNN personalisation with int8 Spiking Direct Feedback Alignment.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"edge_sdfa.cli.{name}").register(app)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    command = typer.main.get_command(build_app())
+    try:
+        command.main(args=argv, prog_name="edge-sdfa", standalone_mode=False)
+    except UserError as exc:
+        _fail(str(exc))
+    except FileNotFoundError as exc:
+        _fail(f"no such file: {exc.filename}")
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        # Typer vendors click in recent releases and uses click itself in older ones, so the
+        # exception classes are matched by shape, not by import.
+        name = type(exc).__name__
+        if name == "Exit":
+            sys.exit(getattr(exc, "exit_code", 0))
+        if name == "Abort":
+            _fail("aborted")
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            ctx = getattr(exc, "ctx", None)
+            where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            _fail(exc.format_message().replace("\n", " ") + where)
+        raise
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
