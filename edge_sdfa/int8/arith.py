@@ -1,0 +1,239 @@
+"""The int8 arithmetic definitions shared by every executor and backend (the executable spec).
+
+Fixed-point conventions (all exponents are powers of two, "units" means the value of one LSB):
+- weights ``w8`` int8, real value ``w8 * 2**-exp``; trainable layers keep an int16 master copy
+  ``master`` in units ``2**-(exp + MASTER_EXTRA_BITS)``; ``w8 = clip(round(master / 2**8), ±127)``.
+- currents, membrane, threshold and bias are int32/int64 in weight units ``2**-exp``.
+- LIF decay is ``DECAY_BITS``-bit fixed point: ``h = v + floor((I - (v - v_r)) * decay_q / 2**12)``.
+- the surrogate derivative is a lookup table ``SG_LUT`` in units ``2**-SG_BITS``, indexed by
+  ``h - v_th`` at a resolution of ``2**-SG_RES_BITS`` over ``[-SG_RANGE, SG_RANGE)``.
+- the output error is ``e_q = round(e_sample * 2**ERR_BITS)`` (per-sample error, the 1/N of a
+  batch mean is folded into the update multiplier).
+- feedback matrices are ``B_q = clip(round(B * 2**FB_BITS), ±127)`` from the same seeded normal
+  draw as the float rule.
+- local errors are brought to int8 with a per-step dynamic shift (NITI-style), accumulated as
+  ``x^T delta`` in int32 and summed in int64 at their shift.
+- updates are stochastically rounded with a counter-based generator (splitmix64 of
+  (seed, update, layer, element index)), so any executor can draw any element in any order.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from edge_sdfa.spec import NeuronSpec
+
+MASTER_EXTRA_BITS = 8
+DECAY_BITS = 12
+SG_BITS = 8
+SG_RES_BITS = 4
+SG_RANGE = 4
+ERR_BITS = 12
+FB_BITS = 4
+DELTA_BITS = 7  # local errors fit int8: |delta| <= 127
+FLOAT_EXACT_LIMIT = 1 << 24
+
+_U64 = np.uint64
+_MASK64 = (1 << 64) - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# scales
+
+
+def weight_exponent(max_abs: float, headroom: float = 1.0, bits: int = 8) -> int:
+    """Largest exponent e with ``max_abs * headroom * 2**e <= 2**(bits-1) - 1``."""
+    if not max_abs > 0:
+        return 7
+    return int(math.floor(math.log2(((1 << (bits - 1)) - 1) / (max_abs * headroom))))
+
+
+def quantize_weight(w: np.ndarray, exp: int) -> tuple[np.ndarray, int]:
+    """int8 weights and the number of values that saturated at ±127."""
+    q = np.round(np.asarray(w, np.float64) * 2.0 ** exp)
+    sat = int(np.count_nonzero(np.abs(q) > 127))
+    return np.clip(q, -127, 127).astype(np.int8), sat
+
+
+def master_from_w8(w8: np.ndarray) -> np.ndarray:
+    return (w8.astype(np.int16) << MASTER_EXTRA_BITS).astype(np.int16)
+
+
+def w8_from_master(master: np.ndarray) -> np.ndarray:
+    """Round half up to int8, saturating at ±127."""
+    r = (master.astype(np.int32) + (1 << (MASTER_EXTRA_BITS - 1))) >> MASTER_EXTRA_BITS
+    return np.clip(r, -127, 127).astype(np.int8)
+
+
+# ---------------------------------------------------------------------------------------------
+# neurons
+
+
+def neuron_constants(neuron: NeuronSpec, exp: int) -> dict[str, int]:
+    """Threshold, reset and decay of a neuron in the fixed point of a layer with weight exponent exp."""
+    return {
+        "vth": int(round(neuron.v_threshold * 2 ** exp)),
+        "vreset": int(round((neuron.v_reset or 0.0) * 2 ** exp)),
+        "decay": int(round((1 << DECAY_BITS) / neuron.tau)) if neuron.kind == "lif" else 0,
+    }
+
+
+def neuron_step_int(neuron: NeuronSpec, const: dict[str, int], v: np.ndarray, cur: np.ndarray):
+    """One fixed-point neuron step on int64 arrays: returns (h, spikes uint8, new v)."""
+    vr = const["vreset"]
+    if neuron.kind == "lif":
+        if neuron.decay_input:
+            h = v + (((cur - (v - vr)) * const["decay"]) >> DECAY_BITS)
+        else:
+            h = v - (((v - vr) * const["decay"]) >> DECAY_BITS) + cur
+    else:
+        h = v + cur
+    s = h >= const["vth"]
+    if neuron.v_reset is None:
+        v_new = h - const["vth"] * s
+    else:
+        v_new = np.where(s, vr, h)
+    return h, s.astype(np.uint8), v_new
+
+
+def _build_sg_lut() -> np.ndarray:
+    n = 2 * SG_RANGE << SG_RES_BITS
+    centers = (np.arange(n) - n // 2 + 0.5) / (1 << SG_RES_BITS)
+    sg = 1.0 / (1.0 + (np.pi * centers) ** 2)  # ATan, alpha = 2
+    return np.round(sg * (1 << SG_BITS)).astype(np.int64)
+
+
+SG_LUT = _build_sg_lut()
+
+
+def surrogate_q(h: np.ndarray, vth: int, exp: int) -> np.ndarray:
+    """Surrogate derivative at ``h - vth`` from the LUT, in units 2**-SG_BITS (int64)."""
+    d = h.astype(np.int64) - vth
+    shift = exp - SG_RES_BITS
+    idx = (d >> shift) if shift >= 0 else (d << -shift)
+    half = SG_RANGE << SG_RES_BITS
+    return SG_LUT[np.clip(idx, -half, half - 1) + half]
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+
+
+def output_error_q(counts: np.ndarray, steps: int, labels: np.ndarray, loss: str) -> np.ndarray:
+    """Per-sample dLoss/d rate at rate = counts / steps, as int64 in units 2**-ERR_BITS.
+
+    CE: softmax(rate) - onehot. MSE: 2 (rate - onehot) / classes. Computed in float64 from integers,
+    the same function in every backend.
+    """
+    rates = counts.astype(np.float64) / steps
+    n, c = rates.shape
+    onehot = np.zeros_like(rates)
+    onehot[np.arange(n), labels] = 1.0
+    if loss == "mse":
+        e = 2.0 * (rates - onehot) / c
+    else:
+        z = rates - rates.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        e = p - onehot
+    return np.round(e * (1 << ERR_BITS)).astype(np.int64)
+
+
+def loss_value(counts: np.ndarray, steps: int, labels: np.ndarray, loss: str) -> float:
+    rates = counts.astype(np.float64) / steps
+    n, c = rates.shape
+    if loss == "mse":
+        onehot = np.zeros_like(rates)
+        onehot[np.arange(n), labels] = 1.0
+        return float(np.mean((rates - onehot) ** 2))
+    z = rates - rates.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-np.mean(logp[np.arange(n), labels]))
+
+
+def feedback_q(b: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(b.astype(np.float64) * (1 << FB_BITS)), -127, 127).astype(np.int8)
+
+
+def to_int8_dynamic(raw: np.ndarray) -> tuple[np.ndarray, int]:
+    """Shift int64 values right (round half up) until they fit int8; returns (delta8, shift)."""
+    m = int(np.abs(raw).max()) if raw.size else 0
+    shift = max(0, m.bit_length() - DELTA_BITS)
+    if shift == 0:
+        return raw.astype(np.int8), 0
+    q = (raw + (1 << (shift - 1))) >> shift
+    return np.clip(q, -127, 127).astype(np.int8), shift
+
+
+# ---------------------------------------------------------------------------------------------
+# the weight update
+
+
+def update_multiplier(lr: float, batch: int, steps: int, gain: float, extra: float, exp: int,
+                      unit_bits: int) -> tuple[int, int]:
+    """(m, k) with m / 2**k ~= lr * gain * extra / (batch * steps) * 2**(exp + 8 - unit_bits).
+
+    It converts an accumulated int64 gradient (in units 2**-unit_bits) into master-copy LSBs.
+    """
+    real = lr * gain * extra / (batch * steps) * 2.0 ** (exp + MASTER_EXTRA_BITS - unit_bits)
+    if not real > 0 or not math.isfinite(real):
+        return 0, 0
+    k = 15 - int(math.floor(math.log2(real)))
+    k = max(0, min(k, 62))
+    m = int(round(real * 2.0 ** k))
+    return m, k
+
+
+def splitmix64(z: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        z = z + _U64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> _U64(27))) * _U64(0x94D049BB133111EB)
+        return z ^ (z >> _U64(31))
+
+
+def rounding_key(seed: int, update: int, layer: int) -> int:
+    """64-bit key of one layer's update; element i draws splitmix64(key ^ i)."""
+    z = np.array([(seed * 0x100000001B3 + update * 0x9E3779B1 + layer * 0x85EBCA77) & _MASK64], dtype=np.uint64)
+    return int(splitmix64(z)[0])
+
+
+def random_bits(key: int, index: np.ndarray, k: int) -> np.ndarray:
+    """Uniform integers in [0, 2**k) for flat element indices, as int64."""
+    if k == 0:
+        return np.zeros(index.shape, np.int64)
+    z = splitmix64(np.asarray(index, dtype=np.uint64) ^ _U64(key))
+    return (z >> _U64(64 - k)).astype(np.int64)
+
+
+def apply_update(master: np.ndarray, grad: np.ndarray, m: int, k: int, key: int,
+                 rows: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """master - stochastic_round(grad * m / 2**k), saturating at int16; returns (master, saturated).
+
+    ``rows`` optionally lists the rows of a 2-D gradient that may be non-zero (rows of inputs that
+    never fired give exactly zero change, so skipping them changes nothing).
+    """
+    out = master.copy()
+    flat_cols = master.shape[1] if master.ndim == 2 else 1
+    if rows is None:
+        sel_grad = grad.reshape(-1)
+        idx = np.arange(grad.size, dtype=np.int64)
+        target = out.reshape(-1)
+        delta = (sel_grad.astype(np.int64) * m + random_bits(key, idx, k)) >> k
+        new = target.astype(np.int64) - delta
+        sat = int(np.count_nonzero((new > 32767) | (new < -32767)))
+        target[:] = np.clip(new, -32767, 32767).astype(np.int16)
+        return out, sat
+    rows = np.asarray(rows, dtype=np.int64)
+    idx = (rows[:, None] * flat_cols + np.arange(flat_cols, dtype=np.int64)[None, :])
+    delta = (grad[rows].astype(np.int64) * m + random_bits(key, idx, k)) >> k
+    new = out[rows].astype(np.int64) - delta
+    sat = int(np.count_nonzero((new > 32767) | (new < -32767)))
+    out[rows] = np.clip(new, -32767, 32767).astype(np.int16)
+    return out, sat
+
+
+def check_float_exact(bound: float, what: str) -> bool:
+    """True when float32 BLAS on these integer values is exact (every partial sum < 2**24)."""
+    return bound < FLOAT_EXACT_LIMIT

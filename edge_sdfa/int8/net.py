@@ -1,0 +1,275 @@
+"""The int8 SNN: quantisation of a float network, forward pass and the int8 SDFA update.
+
+This module is the executable specification of the int8 semantics (see ``arith``). Every other
+executor and backend (numba kernels, ONNX/TFLite frozen parts, Lava ``fixed_pt``, the RRAM
+simulator with its non-idealities off) is tested bit-exact against it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from edge_sdfa import float_net as fn
+from edge_sdfa.errors import UserError
+from edge_sdfa.int8 import arith
+from edge_sdfa.int8.kernels import NUMPY, Kernels
+from edge_sdfa.spec import Conv2d, Dense, Flatten, NetworkSpec, Pool2d, has_synapses
+
+# ---------------------------------------------------------------------------------------------
+# quantised parameters
+
+
+@dataclass
+class QLayer:
+    """Quantised parameters of one layer. Dense ``w8`` is stored input-major, ``[in, out]``, so a
+    spike selects a row; Conv2d ``w8`` keeps the ``[out, in, k, k]`` layout."""
+
+    exp: int = 0
+    w8: np.ndarray | None = None
+    bias: np.ndarray | None = None      # int32, weight units
+    master: np.ndarray | None = None    # int16, present for trainable layers
+
+    @property
+    def trainable(self) -> bool:
+        return self.master is not None
+
+
+QNet = list[QLayer]
+
+
+def quantize(spec: NetworkSpec, params: fn.Params, trainable: set[int] | None = None,
+             headroom: float = 2.0) -> tuple[QNet, dict]:
+    """Per-layer power-of-two scales from the weights (trainable layers keep ``headroom`` of the
+    int8 range free to grow). Average pooling becomes sum pooling with 1/k^2 folded into the next
+    synaptic layer. Returns the network and a report of saturated values."""
+    trainable = set(spec.synaptic_layers()) if trainable is None else set(trainable)
+    qnet: QNet = []
+    fold = 1.0
+    saturated = {}
+    for i, layer in enumerate(spec.layers):
+        if isinstance(layer, Pool2d) and layer.mode == "avg":
+            fold /= layer.kernel_size ** 2
+        if not has_synapses(layer):
+            qnet.append(QLayer())
+            continue
+        w = params[i]["weight"].astype(np.float64) * fold
+        fold = 1.0
+        exp = arith.weight_exponent(float(np.abs(w).max()), headroom if i in trainable else 1.0)
+        w8, sat = arith.quantize_weight(w, exp)
+        saturated[i] = sat
+        if isinstance(layer, Dense):
+            w8 = np.ascontiguousarray(w8.T)
+        bias = None
+        if "bias" in params[i]:
+            bias = np.round(params[i]["bias"].astype(np.float64) * 2.0 ** exp).astype(np.int32)
+        master = arith.master_from_w8(w8) if i in trainable else None
+        qnet.append(QLayer(exp, w8, bias, master))
+    return qnet, {"saturated": saturated}
+
+
+def dequantize(spec: NetworkSpec, qnet: QNet) -> fn.Params:
+    """Float parameters equal to the int8 ones (avg-pool folding is not undone)."""
+    params = []
+    for layer, q in zip(spec.layers, qnet):
+        if q.w8 is None:
+            params.append({})
+            continue
+        w = q.w8.astype(np.float32) * 2.0 ** -q.exp
+        p = {"weight": w.T.copy() if isinstance(layer, Dense) else w}
+        if q.bias is not None:
+            p["bias"] = (q.bias.astype(np.float32) * 2.0 ** -q.exp)
+        params.append(p)
+    return params
+
+
+# ---------------------------------------------------------------------------------------------
+# forward
+
+
+@dataclass
+class Int8Trace:
+    """Per synaptic layer, what the update needs: input rows and membrane h for every step."""
+
+    inputs: dict[int, np.ndarray] = field(default_factory=dict)   # [T, N, in] uint8
+    membranes: dict[int, np.ndarray] = field(default_factory=dict)  # [T, N, out] int64
+    counts: np.ndarray | None = None                              # [N, classes] output spike counts
+    out_spikes: np.ndarray | None = None                          # [T, N, classes] uint8
+
+
+def _current(layer, q: QLayer, rows: np.ndarray, kernels: Kernels) -> np.ndarray:
+    if isinstance(layer, Dense):
+        cur = kernels.matmul_int(rows, q.w8)
+        if q.bias is not None:
+            cur = cur + q.bias
+        return cur
+    from edge_sdfa.ops import im2col
+
+    cols = im2col(rows, layer.kernel_size, layer.stride, layer.padding)
+    w = q.w8.reshape(q.w8.shape[0], -1).T
+    cur = kernels.matmul_int(cols.reshape(-1, cols.shape[-1]), w)
+    cur = cur.reshape(*cols.shape[:3], -1).transpose(0, 3, 1, 2)
+    if q.bias is not None:
+        cur = cur + q.bias[:, None, None]
+    return cur
+
+
+def forward(spec: NetworkSpec, qnet: QNet, x: np.ndarray, kernels: Kernels = NUMPY,
+            keep: set[int] | None = None) -> Int8Trace:
+    """Forward ``x[T, N, ...]`` (uint8 spikes or counts). ``keep`` lists synaptic layers whose
+    inputs and membranes are recorded for an update."""
+    if x.dtype.kind not in "ub" and not np.issubdtype(x.dtype, np.integer):
+        raise UserError(f"int8 runtime needs integer spikes or counts, got {x.dtype}")
+    t_steps, n = x.shape[:2]
+    keep = keep or set()
+    trace = Int8Trace()
+    rows = np.ascontiguousarray(x).reshape(t_steps * n, *x.shape[2:])
+    for i, layer in enumerate(spec.layers):
+        if has_synapses(layer):
+            q = qnet[i]
+            cur = _current(layer, q, rows, kernels).reshape(t_steps, n, -1)
+            const = arith.neuron_constants(layer.neuron, q.exp)
+            v = np.full(cur.shape[1:], const["vreset"], np.int64)
+            spikes = np.empty(cur.shape, np.uint8)
+            hs = np.empty(cur.shape, np.int64) if i in keep else None
+            for t in range(t_steps):
+                h, spikes[t], v = arith.neuron_step_int(layer.neuron, const, v, cur[t])
+                if hs is not None:
+                    hs[t] = h
+            if i in keep:
+                trace.inputs[i] = rows.reshape(t_steps, n, -1)
+                trace.membranes[i] = hs
+            out_shape = spec.shapes()[i + 1]
+            rows = spikes.reshape(t_steps * n, *out_shape)
+        elif isinstance(layer, Pool2d):
+            b, c, h, w = rows.shape
+            k = layer.kernel_size
+            r = rows[:, :, : h // k * k, : w // k * k].reshape(b, c, h // k, k, w // k, k)
+            rows = r.max(axis=(3, 5)) if layer.mode == "max" else r.sum(axis=(3, 5), dtype=np.int64).astype(np.uint8)
+        elif isinstance(layer, Flatten):
+            rows = rows.reshape(rows.shape[0], -1)
+    out = rows.reshape(t_steps, n, -1)
+    trace.out_spikes = out
+    trace.counts = out.sum(axis=0, dtype=np.int64)
+    return trace
+
+
+def output_spikes(spec: NetworkSpec, qnet: QNet, x: np.ndarray, kernels: Kernels = NUMPY) -> np.ndarray:
+    """Output spikes ``[T, N, *out]`` of a (possibly frozen, non-classifier) int8 network."""
+    t_steps, n = x.shape[:2]
+    out = forward(spec, qnet, x, kernels).out_spikes
+    return out.reshape(t_steps, n, *spec.shapes()[-1])
+
+
+def predict(spec: NetworkSpec, qnet: QNet, x: np.ndarray, kernels: Kernels = NUMPY, batch: int = 256) -> np.ndarray:
+    """Predictions for sample-major ``x[N, T, ...]``."""
+    preds = []
+    for i in range(0, len(x), batch):
+        preds.append(forward(spec, qnet, np.swapaxes(x[i:i + batch], 0, 1), kernels).counts.argmax(axis=1))
+    return np.concatenate(preds) if preds else np.zeros(0, np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# the SDFA update
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    lr: float = 0.05
+    mode: str = "online"          # online | exact
+    seed: int = 0                 # stochastic rounding
+    feedback_seed: int = 0
+
+
+@dataclass
+class UpdateStats:
+    loss: float
+    correct: int
+    saturated_master: int
+    saturated_w8: int
+    shifts: dict[int, list[int]]
+
+
+def feedback_int8(spec: NetworkSpec, seed: int) -> dict[int, np.ndarray]:
+    """Int8 feedback matrices: the float rule's seeded N(0,1) draw, scaled by 2**FB_BITS."""
+    return {l: arith.feedback_q(b) for l, b in fn.feedback_matrices(spec, seed).items()}
+
+
+def step_errors(counts_by_step: np.ndarray, labels: np.ndarray, loss: str, mode: str) -> np.ndarray:
+    """Output error per step ``[T, N, C]`` (int64, 2**-ERR_BITS): online uses the running rate
+    at each step; exact uses the final rate at every step."""
+    t_steps = counts_by_step.shape[0]
+    if mode == "exact":
+        e = arith.output_error_q(counts_by_step[-1], t_steps, labels, loss)
+        return np.broadcast_to(e, (t_steps, *e.shape))
+    return np.stack([arith.output_error_q(counts_by_step[t], t + 1, labels, loss) for t in range(t_steps)])
+
+
+def local_deltas(spec: NetworkSpec, qnet: QNet, layer_index: int, h: np.ndarray, g: np.ndarray):
+    """int8 local errors per step and their shifts: delta_t = int8(g_t * sg'(h_t - v_th))."""
+    layer = spec.layers[layer_index]
+    q = qnet[layer_index]
+    const = arith.neuron_constants(layer.neuron, q.exp)
+    deltas = np.empty(h.shape, np.int8)
+    shifts = np.zeros(h.shape[0], np.int64)
+    for t in range(h.shape[0]):
+        raw = g[t] * arith.surrogate_q(h[t], const["vth"], q.exp)
+        deltas[t], shifts[t] = arith.to_int8_dynamic(raw)
+    return deltas, shifts
+
+
+def sdfa_update(spec: NetworkSpec, qnet: QNet, x: np.ndarray, y: np.ndarray, feedback: dict[int, np.ndarray],
+                config: UpdateConfig, update_index: int, kernels: Kernels = NUMPY) -> tuple[QNet, UpdateStats]:
+    """One int8 SDFA update on the batch ``x[T, N, ...]``; returns new layers (inputs untouched).
+
+    Only Dense layers train in int8. The per-step local term needs only the current step's state,
+    so a streaming executor (Lava, the RRAM simulator) can run it step by step; this reference
+    runs layer by layer over all steps, which gives the same integers.
+    """
+    if config.mode not in ("online", "exact"):
+        raise UserError(f"unknown temporal mode {config.mode!r} (expected online or exact)")
+    t_steps, n = x.shape[:2]
+    train = [i for i, q in enumerate(qnet) if q.trainable]
+    for i in train:
+        if not isinstance(spec.layers[i], Dense):
+            raise UserError(f"layer {i} ({spec.layers[i].type}) cannot be trained in int8; only dense layers can")
+    trace = forward(spec, qnet, x, kernels, keep=set(train))
+    counts_by_step = np.cumsum(trace.out_spikes, axis=0, dtype=np.int64)
+    e = step_errors(counts_by_step, y, spec.loss, config.mode)
+    last = spec.synaptic_layers()[-1]
+    norm = fn.feedback_norm(spec)
+    new = list(qnet)
+    stats = UpdateStats(arith.loss_value(trace.counts, t_steps, y, spec.loss),
+                        int(np.sum(trace.counts.argmax(1) == y)), 0, 0, {})
+    for i in train:
+        layer = spec.layers[i]
+        q = qnet[i]
+        if i == last:
+            g, unit_bits, extra = e, arith.ERR_BITS + arith.SG_BITS, 1.0
+        else:
+            g = e @ feedback[i].astype(np.int64)
+            unit_bits, extra = arith.ERR_BITS + arith.FB_BITS + arith.SG_BITS, norm
+        deltas, shifts = local_deltas(spec, qnet, i, trace.membranes[i], g)
+        xin = trace.inputs[i]
+        fused = kernels.outer_acc_steps
+        grad = fused(xin, deltas, shifts) if fused else outer_acc_steps_ref(kernels, xin, deltas, shifts)
+        m, k = arith.update_multiplier(config.lr, n, t_steps, layer.neuron.input_gain, extra, q.exp, unit_bits)
+        rows = np.flatnonzero(xin.reshape(-1, xin.shape[-1]).any(axis=0))
+        key = arith.rounding_key(config.seed, update_index, i)
+        master, sat = arith.apply_update(q.master, grad, m, k, key, rows)
+        w8 = arith.w8_from_master(master)
+        new[i] = replace(q, master=master, w8=w8)
+        stats.saturated_master += sat
+        stats.saturated_w8 += int(np.count_nonzero(np.abs(w8) == 127))
+        stats.shifts[i] = shifts.tolist()
+    return new, stats
+
+
+def outer_acc_steps_ref(kernels: Kernels, x: np.ndarray, d: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """sum_t (x_t^T d_t) << shift_t, int64 [in, out]."""
+    acc = np.zeros((x.shape[-1], d.shape[-1]), np.int64)
+    for t in range(x.shape[0]):
+        if shifts[t] < 0:
+            raise ValueError("negative shift")
+        acc += kernels.outer_acc(x[t], d[t]) << int(shifts[t])
+    return acc
