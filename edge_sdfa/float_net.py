@@ -108,7 +108,8 @@ class Trace:
 def forward(spec: NetworkSpec, params: Params, x: np.ndarray, keep: bool = True) -> Trace:
     """Multi-step forward over ``x[T, N, ...]``; with ``keep=False`` only the rates are kept."""
     t_steps, n = x.shape[:2]
-    rows = np.ascontiguousarray(x, dtype=np.float32).reshape(t_steps * n, *x.shape[2:])
+    dtype = next((p["weight"].dtype for p in params if "weight" in p), np.float32)
+    rows = np.ascontiguousarray(x, dtype=dtype).reshape(t_steps * n, *x.shape[2:])
     inputs, outputs, membranes = [], [], {}
     for i, layer in enumerate(spec.layers):
         if keep:
@@ -161,7 +162,7 @@ def _backward_layer(spec: NetworkSpec, params: Params, trace: Trace, i: int, gra
 def _output_spike_grad(trace: Trace, e: np.ndarray, t_steps: int) -> np.ndarray:
     """rate = mean_t s_t, so dL/ds_t = e / T at every step."""
     n = e.shape[0]
-    return np.broadcast_to(e[None] / t_steps, (t_steps, n, e.shape[1])).reshape(t_steps * n, -1).astype(np.float32)
+    return np.broadcast_to(e[None] / t_steps, (t_steps, n, e.shape[1])).reshape(t_steps * n, -1).astype(e.dtype)
 
 
 def _trainable_set(spec: NetworkSpec, trainable) -> set[int]:
@@ -238,10 +239,10 @@ def sdfa_online_grads(spec: NetworkSpec, params: Params, x: np.ndarray, y: np.nd
     grads: list[dict] = [{k: np.zeros_like(v) for k, v in params[i].items()} if i in train else {}
                          for i in range(len(spec.layers))]
     v_state = {i: None for i in syn}
-    out_count = np.zeros((n, spec.num_classes), np.float32)
+    out_count = np.zeros((n, spec.num_classes), params[last]["weight"].dtype)
     loss_value = 0.0
     for t in range(t_steps):
-        rows = np.asarray(x[t], dtype=np.float32)
+        rows = np.asarray(x[t], dtype=params[last]["weight"].dtype)
         step_inputs, step_h, step_out = {}, {}, {}
         for i, layer in enumerate(spec.layers):
             step_inputs[i] = rows
@@ -317,11 +318,11 @@ def optimizer_step(params: Params, grads: list[dict], state: OptimizerState, lr:
                 state.v[i][k] = betas[1] * state.v[i][k] + (1 - betas[1]) * g * g
                 mhat = state.m[i][k] / (1 - betas[0] ** step)
                 vhat = state.v[i][k] / (1 - betas[1] ** step)
-                q[k] = (p[k] - lr * mhat / (np.sqrt(vhat) + eps)).astype(np.float32)
+                q[k] = (p[k] - lr * mhat / (np.sqrt(vhat) + eps)).astype(p[k].dtype)
             else:
                 if momentum:
                     state.m[i][k] = momentum * state.m[i][k] + g
                     g = state.m[i][k]
-                q[k] = (p[k] - lr * g).astype(np.float32)
+                q[k] = (p[k] - lr * g).astype(p[k].dtype)
         new_params.append(q)
     return new_params, OptimizerState(state.kind, step, state.m, state.v)

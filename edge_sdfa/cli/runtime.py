@@ -1,8 +1,116 @@
-"""CLI commands: runtime (placeholder, filled in by its issue)."""
+"""Device commands: finetune, eval, info, store status|revert|reset, backends."""
 from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
 
 import typer
 
+from edge_sdfa.cli._util import emit
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("finetune")(finetune)
+    app.command("eval")(eval_)
+    app.command("info")(info)
+    app.command("backends")(backends)
+    store_app = typer.Typer(help="The device's A/B weight store.", no_args_is_help=True)
+    store_app.command("status")(store_status)
+    store_app.command("revert")(store_revert)
+    store_app.command("reset")(store_reset)
+    app.add_typer(store_app, name="store")
+
+
+def finetune(
+    source: Optional[str] = typer.Argument(None, help="bundle (dir or .tar) or store dir; default: the embedded bundle"),
+    data: Optional[str] = typer.Option(None, "--data", help="the user's batch: npz:PATH or a data set spec"),
+    test_data: Optional[str] = typer.Option(None, "--test-data", help="the user's unseen samples for the report"),
+    backend: str = typer.Option("numpy", "--backend", help="numpy | pipesdfa | lava | any installed backend"),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    batch: Optional[int] = typer.Option(None, "--batch"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    mode: str = typer.Option("online", "--mode", help="online | exact"),
+    store: Optional[str] = typer.Option(None, "--store", help="store dir (default: the user's data dir)"),
+    seed: int = typer.Option(0, "--seed"),
+    margin: float = typer.Option(0.02, "--margin", help="allowed holdout accuracy drop"),
+    backend_opt: list[str] = typer.Option([], "--backend-opt", help="KEY=VALUE passed to the backend"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+):
+    """Fine-tune the head on the user's batch with SDFA; commit only if it does no harm."""
+    from edge_sdfa.finetune import FinetuneConfig, finetune as run
+
+    cfg = FinetuneConfig(epochs=epochs, batch_size=batch, lr=lr, mode=mode, backend=backend, seed=seed,
+                         margin=margin, backend_options=_parse_opts(backend_opt))
+    report = run(source, data, store=store, test_data=test_data, config=cfg, progress=not quiet)
+    emit(report, as_json)
+
+
+def eval_(
+    source: Optional[str] = typer.Argument(None, help="bundle or store dir; default: the default store"),
+    data: Optional[str] = typer.Option(None, "--data"),
+    store: Optional[str] = typer.Option(None, "--store"),
+    backend: str = typer.Option("numpy", "--backend"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Accuracy of the active weights on user data and on the bundle's holdout."""
+    from edge_sdfa.finetune import evaluate
+
+    emit(evaluate(source, data, store=store, backend=backend), as_json)
+
+
+def info(bundle: str = typer.Argument(..., help="bundle dir or .tar"),
+         as_json: bool = typer.Option(False, "--json")):
+    """Verify a bundle and describe it."""
+    from edge_sdfa.bundle import info as bundle_info
+
+    emit(bundle_info(bundle), as_json)
+
+
+def backends(as_json: bool = typer.Option(False, "--json")):
+    """Backends found through the edge_sdfa.backends entry points."""
+    from edge_sdfa.backend import available_backends
+
+    emit(available_backends(), as_json)
+
+
+def _store(path: Optional[str]):
+    from edge_sdfa.finetune import default_store_dir
+    from edge_sdfa.store import Store
+
+    return Store(path or default_store_dir())
+
+
+def store_status(store: Optional[str] = typer.Option(None, "--store"), as_json: bool = typer.Option(False, "--json")):
+    """Active model, slots and recent events."""
+    emit(_store(store).status(), as_json)
+
+
+def store_revert(store: Optional[str] = typer.Option(None, "--store"), as_json: bool = typer.Option(False, "--json")):
+    """Go back to the last good weights."""
+    st = _store(store)
+    st.revert()
+    emit(st.status(), as_json)
+
+
+def store_reset(store: Optional[str] = typer.Option(None, "--store"), as_json: bool = typer.Option(False, "--json")):
+    """Go back to the factory weights."""
+    st = _store(store)
+    st.reset()
+    emit(st.status(), as_json)
+
+
+def _parse_opts(items: list[str]) -> dict:
+    from edge_sdfa.errors import UserError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--backend-opt expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out

@@ -1,0 +1,114 @@
+"""The Backend interface: where the trainable head runs and learns.
+
+A backend is programmed with the head's int8 layers, runs the forward pass of a batch, applies
+one SDFA update, reads the weights back, and may report the cost of each update (simulated
+hardware fills it in). Backends are found through the entry-point group ``edge_sdfa.backends``;
+``numpy`` (this module) is the built-in default and the reference every other backend is tested
+against.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from edge_sdfa.errors import UserError
+from edge_sdfa.int8 import net as qn
+from edge_sdfa.spec import NetworkSpec
+
+ENTRY_POINT_GROUP = "edge_sdfa.backends"
+
+
+@dataclass
+class CostReport:
+    """Cost of one update on a (simulated) device. Breakdowns map names to seconds or joules."""
+
+    latency_s: float
+    energy_j: float
+    breakdown: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"latency_s": self.latency_s, "energy_j": self.energy_j, "breakdown": self.breakdown}
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+
+    def program(self, spec: NetworkSpec, layers: qn.QNet, feedback_seed: int, config: qn.UpdateConfig) -> None:
+        """Load the head: its spec, int8 layers (with int16 masters), feedback seed, update config."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Output spike counts ``[N, classes]`` for a batch ``x[T, N, ...]``."""
+
+    def update(self, x: np.ndarray, y: np.ndarray, update_index: int) -> qn.UpdateStats:
+        """Apply one SDFA update on the batch; ``update_index`` keys the stochastic rounding."""
+
+    def read_weights(self) -> qn.QNet:
+        """The head's current int8 layers (with masters)."""
+
+    def cost(self) -> CostReport | None:
+        """Cost of the last update, or None for backends that do not model hardware."""
+
+
+class NumpyBackend:
+    """The numpy int8 runtime (numba kernels when installed, bit-identical to the numpy ones)."""
+
+    name = "numpy"
+
+    def __init__(self, kernels: str | None = None):
+        from edge_sdfa.int8.kernels import get_kernels
+
+        self.kernels = get_kernels(kernels)
+        self.spec: NetworkSpec | None = None
+
+    def program(self, spec, layers, feedback_seed, config):
+        self.spec, self.layers, self.config = spec, list(layers), config
+        self.feedback = qn.feedback_int8(spec, feedback_seed)
+
+    def forward(self, x):
+        return qn.forward(self.spec, self.layers, x, self.kernels).counts
+
+    def update(self, x, y, update_index):
+        self.layers, stats = qn.sdfa_update(self.spec, self.layers, x, y, self.feedback, self.config,
+                                            update_index, self.kernels)
+        return stats
+
+    def read_weights(self):
+        return list(self.layers)
+
+    def cost(self):
+        return None
+
+
+def available_backends() -> dict[str, str]:
+    """Backend names and where they come from (``module:attr``)."""
+    found = {"numpy": "edge_sdfa.backend:NumpyBackend"}
+    try:
+        from importlib.metadata import entry_points
+
+        eps = entry_points()
+        group = eps.select(group=ENTRY_POINT_GROUP) if hasattr(eps, "select") else eps.get(ENTRY_POINT_GROUP, [])
+        for ep in group:
+            found.setdefault(ep.name, ep.value)
+    except Exception:  # metadata unavailable (running from a source tree): built-ins only
+        pass
+    return found
+
+
+def load_backend(name: str, **options) -> Backend:
+    """Instantiate a backend by name; a one-line UserError names the available ones."""
+    import importlib
+
+    found = available_backends()
+    if name not in found:
+        raise UserError(f"unknown backend {name!r} (available: {', '.join(sorted(found))})")
+    module_name, _, attr = found[name].partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except UserError:
+        raise
+    except ImportError as exc:
+        raise UserError(f"backend {name!r} cannot be loaded: {exc} (available: {', '.join(sorted(found))})") from None
+    return cls(**options)

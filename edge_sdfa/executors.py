@@ -1,0 +1,79 @@
+"""Frozen-part executors: run the bundle's frozen front once per sample, int8, on the device.
+
+The numpy executor runs ``frozen.npz`` through the int8 reference; ONNX Runtime and TFLite
+executors (for ``frozen.onnx`` / ``frozen.tflite``) are imported lazily by format name, so a
+device without those runtimes never loads them.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Protocol
+
+import numpy as np
+
+from edge_sdfa.errors import UserError
+from edge_sdfa.int8 import net as qn
+
+EXECUTORS = {
+    "npz": "edge_sdfa.executors:NumpyExecutor",
+    "onnx": "edge_sdfa.executor_onnx:OnnxExecutor",
+    "tflite": "edge_sdfa.executor_tflite:TFLiteExecutor",
+}
+
+
+class FrozenExecutor(Protocol):
+    name: str
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Output spikes ``[T, N, *head_input_shape]`` (uint8) for input ``x[T, N, ...]``."""
+
+
+class NumpyExecutor:
+    name = "numpy"
+
+    def __init__(self, bundle):
+        from edge_sdfa.int8.kernels import get_kernels
+
+        self.spec = bundle.frozen_spec()
+        self.layers = bundle.qnet[: bundle.cut]
+        self.kernels = get_kernels()
+
+    def run(self, x):
+        return qn.output_spikes(self.spec, self.layers, x, self.kernels)
+
+
+class IdentityExecutor:
+    """No frozen part (partition point 0): the head sees the raw input."""
+
+    name = "identity"
+
+    def __init__(self, bundle=None):
+        pass
+
+    def run(self, x):
+        return x
+
+
+def open_executor(bundle, kind: str | None = None) -> FrozenExecutor:
+    kind = kind or bundle.frozen_format
+    if kind == "none":
+        return IdentityExecutor(bundle)
+    if kind not in EXECUTORS:
+        raise UserError(f"unknown frozen-part executor {kind!r} (known: {', '.join(EXECUTORS)})")
+    module_name, _, attr = EXECUTORS[kind].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise UserError(f"the {kind} executor is not available in this install ({exc})") from None
+    return getattr(module, attr)(bundle)
+
+
+def run_frozen(executor: FrozenExecutor, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Head inputs ``[N, T, ...]`` for sample-major ``x[N, T, ...]``, computed once and cached by callers."""
+    outs = []
+    for i in range(0, len(x), batch):
+        out = executor.run(np.swapaxes(x[i:i + batch], 0, 1))
+        outs.append(np.swapaxes(out, 0, 1))
+    if not outs:
+        return np.zeros((0,) + x.shape[1:], np.uint8)
+    return np.ascontiguousarray(np.concatenate(outs)).astype(np.uint8, copy=False)
