@@ -274,9 +274,10 @@ def finetune(source: str | Path | None = None, data: str | Path | None = None, *
         if saturation > cfg.max_saturation:
             guard = f"{saturation:.1%} of the head's weights saturated at +-127 (limit {cfg.max_saturation:.0%})"
             break
-        # early stopping on the user's validation set: keep the best epoch that respects the
-        # holdout margin (ties go to the later epoch, which has seen more data)
-        if now["val"] >= best["val"] and now["holdout"] >= before["holdout"] - cfg.margin:
+        # early stopping on the user's validation set: keep the best epoch that improves on the
+        # active weights and respects the holdout margin (ties go to the later epoch)
+        if (now["val"] > before["val"] and now["val"] >= best["val"]
+                and now["holdout"] >= before["holdout"] - cfg.margin):
             best, best_layers, best_epoch = now, backend.read_weights(), epoch
     bar.close()
 

@@ -1,0 +1,145 @@
+"""`edge-sdfa finetune` end to end: the embedded default, the commit gate, poisoned fine-tunes,
+errors, and the device-only (Python 3.11+, numpy 2, core dependencies) install."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_sdfa.finetune import DEFAULT_BUNDLE, DEFAULT_USER_BATCH, FinetuneConfig, finetune
+from edge_sdfa.store import Store
+from edge_sdfa.userdata import load_user_data, save_user_data
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [str(Path(sys.executable).parent / "edge-sdfa")]
+
+
+def run_cli(*args, env=None, timeout=300):
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.integration
+def test_default_finetune_meets_the_goals(tmp_path):
+    proc = run_cli("finetune", "--json", "--store", str(tmp_path / "store"))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    for key in ("accuracy_before", "accuracy_after", "holdout_before", "holdout_after", "committed", "updates",
+                "seconds_per_update", "peak_rss_mb", "backend", "store"):
+        assert key in report
+    assert report["holdout_before"] - report["accuracy_before"] >= 0.15   # the shift is real
+    assert report["accuracy_after"] - report["accuracy_before"] >= 0.10
+    assert report["holdout_before"] - report["holdout_after"] <= 0.02
+    assert report["committed"] is True and report["backend"] == "numpy"
+    st = Store(tmp_path / "store")
+    assert st.status()["revision"] == 1
+    # the committed weights are what eval now sees
+    proc = run_cli("eval", "--json", "--store", str(tmp_path / "store"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["accuracy"] == pytest.approx(report["accuracy_after"])
+
+
+def _active_head(store_dir):
+    return (Store(store_dir).active_dir() / "head.npz").read_bytes()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("poison", ["shuffled_labels", "huge_lr"])
+def test_poisoned_finetune_is_not_committed(tmp_path, poison):
+    store = tmp_path / "store"
+    Store.init(store, DEFAULT_BUNDLE)
+    before = _active_head(store)
+    data = load_user_data(str(DEFAULT_USER_BATCH))
+    cfg = FinetuneConfig(epochs=8)
+    path = DEFAULT_USER_BATCH
+    if poison == "shuffled_labels":
+        y = np.random.default_rng(0).permutation(data.y)
+        path = tmp_path / "poison.npz"
+        save_user_data(str(path), y, x=data.x)
+    else:
+        cfg = FinetuneConfig(epochs=8, lr=1000.0)
+    report = finetune(store, str(path), config=cfg)
+    assert report["committed"] is False and report["reasons"]
+    assert _active_head(store) == before
+    assert Store(store).status()["revision"] == 0
+
+
+@pytest.mark.integration
+def test_cli_errors_are_one_line_exit_2(tmp_path):
+    bad_bundle = tmp_path / "b"
+    shutil.copytree(DEFAULT_BUNDLE, bad_bundle)
+    raw = bytearray((bad_bundle / "head.npz").read_bytes())
+    raw[100] ^= 1
+    (bad_bundle / "head.npz").write_bytes(bytes(raw))
+    cases = [
+        ("finetune", "--backend", "nope", "--store", str(tmp_path / "s1")),
+        ("finetune", str(bad_bundle), "--store", str(tmp_path / "s2")),
+        ("finetune", "--data", str(tmp_path / "missing.npz"), "--store", str(tmp_path / "s3")),
+        ("info", str(tmp_path / "nothing")),
+        ("finetune", "--mode", "sideways", "--store", str(tmp_path / "s4")),
+        ("finetune", "--no-such-flag"),
+    ]
+    for args in cases:
+        proc = run_cli(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith("finetune [")]
+        assert len(lines) == 1 and lines[0].startswith("error: "), (args, proc.stderr)
+    assert not (tmp_path / "s2").exists() or not any((tmp_path / "s2").iterdir())
+
+
+@pytest.mark.integration
+def test_wrong_shapes_are_rejected(tmp_path):
+    path = tmp_path / "wrong.npz"
+    save_user_data(str(path), np.zeros(4, np.int64), x=np.zeros((4, 10, 63), np.uint8))
+    proc = run_cli("finetune", "--data", str(path), "--store", str(tmp_path / "s"))
+    assert proc.returncode == 2 and "expects" in proc.stderr
+
+
+DEVICE_VENV = ROOT / ".venv-device"
+
+
+def _device_python() -> str | None:
+    for cand in ("python3.13", "python3.12", "python3.11"):
+        path = shutil.which(cand)
+        if path and subprocess.run([path, "-c", "import venv"], capture_output=True).returncode == 0:
+            return path
+    for base in sorted(Path.home().glob(".pyenv/versions/3.1[1-9]*/bin/python3"), reverse=True):
+        return str(base)
+    return None
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_device_only_install_runs_the_main_job(tmp_path):
+    """The Raspberry Pi install: Python 3.11+, numpy 2, only the core dependencies."""
+    py = _device_python()
+    if py is None:
+        pytest.skip("no Python 3.11+ interpreter on this machine")
+    vpy = DEVICE_VENV / "bin" / "python"
+    stamp = DEVICE_VENV / ".stamp"
+    want = (ROOT / "pyproject.toml").read_text()
+    if not vpy.exists() or not stamp.exists() or stamp.read_text() != want:
+        shutil.rmtree(DEVICE_VENV, ignore_errors=True)
+        subprocess.run([py, "-m", "venv", str(DEVICE_VENV)], check=True, timeout=300)
+        subprocess.run([str(vpy), "-m", "pip", "install", "-q", str(ROOT)], check=True, timeout=900)
+        stamp.write_text(want)
+    else:  # refresh the project's code (not its dependencies)
+        subprocess.run([str(vpy), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(ROOT)],
+                       check=True, timeout=600)
+    probe = subprocess.run([str(vpy), "-c",
+                            "import sys, numpy, importlib.util as u; print(sys.version_info[:2] >= (3, 11), "
+                            "numpy.__version__.split('.')[0], u.find_spec('lava') is None, "
+                            "u.find_spec('sklearn') is None, u.find_spec('numba') is None)"],
+                           capture_output=True, text=True, check=True)
+    assert probe.stdout.split() == ["True", "2", "True", "True", "True"], probe.stdout
+    exe = DEVICE_VENV / "bin" / "edge-sdfa"
+    proc = subprocess.run([str(exe), "finetune", "--json", "--store", str(tmp_path / "store")],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["committed"] is True
+    assert report["accuracy_after"] - report["accuracy_before"] >= 0.10
