@@ -294,7 +294,7 @@ def finetune(source: str | Path | None = None, data: str | Path | None = None, *
     committed = not reasons
     revision = bundle.revision
     if committed:
-        with tempfile.TemporaryDirectory(prefix="edge-sdfa-cand-", dir=str(Path(st.active_dir()).parent.parent)) as tmp:
+        with tempfile.TemporaryDirectory(prefix="edge-sdfa-cand-") as tmp:
             cand = bundle_mod.with_head(bundle, best_layers,
                                         Path(tmp) / "candidate")
             st.install_candidate(cand, allow_same_version=True)

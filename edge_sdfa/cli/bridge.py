@@ -1,8 +1,138 @@
-"""CLI commands: bridge (placeholder, filled in by its issue)."""
+"""CLI commands of the serial bridge: serve (device), deploy, remote ..., monitor, devices, keys.
+
+Each command is a few lines over a function of ``firmware_bridge``, imported inside the command
+so that nothing here loads until it is used. JSON on stdout (--json), progress on stderr.
+"""
 from __future__ import annotations
+
+import sys
+from typing import Optional
 
 import typer
 
+from edge_sdfa.cli._util import emit
+
+PORT = typer.Option(..., "--port", help="serial device, socket://HOST:PORT, loop://, ...")
+JSON = typer.Option(False, "--json", help="print one JSON object")
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("serve")(serve)
+    app.command("deploy")(deploy)
+    app.command("monitor")(monitor)
+    app.command("devices")(devices)
+    remote = typer.Typer(help="Drive a device agent over a serial link.", no_args_is_help=True)
+    remote.command("finetune")(remote_finetune)
+    remote.command("eval")(remote_eval)
+    remote.command("status")(remote_status)
+    remote.command("commit")(remote_commit)
+    remote.command("revert")(remote_revert)
+    app.add_typer(remote, name="remote")
+    keys = typer.Typer(help="Ed25519 keys for signed bundles.", no_args_is_help=True)
+    keys.command("new")(keys_new)
+    app.add_typer(keys, name="keys")
+
+
+def serve(port: str = PORT,
+          store: str = typer.Option(..., "--store", help="the device's store directory"),
+          trust: Optional[str] = typer.Option(None, "--trust", help="NAME.pub: accept only bundles it signed"),
+          insecure: bool = typer.Option(False, "--insecure", help="accept unsigned bundles (says so in HELLO)"),
+          baud: int = typer.Option(115200, "--baud")):
+    """Device agent: serve deploy / fine-tune / commit requests on a serial port."""
+    from firmware_bridge.agent import serve as run
+
+    run(port, store, trust=trust, insecure=insecure, baudrate=baud)
+
+
+def _progress(label: str):
+    def show(done: int, total: int) -> None:
+        sys.stderr.write(f"\r{label}: {done}/{total} bytes ({100 * done / max(total, 1):.0f}%)")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+    return show
+
+
+def deploy(bundle: str = typer.Argument(..., help="bundle directory or .tar"), port: str = PORT,
+           sign: Optional[str] = typer.Option(None, "--sign", help="NAME.key: sign the manifest"),
+           as_json: bool = JSON):
+    """Upload a bundle (resumable); the device verifies it and installs it as the candidate."""
+    from firmware_bridge.client import connect, deploy as run
+
+    with connect(port) as dev:
+        emit(run(dev, bundle, sign=sign, on_progress=_progress("upload")), as_json)
+
+
+def remote_finetune(port: str = PORT,
+                    data: Optional[str] = typer.Option(None, "--data", help="npz:PATH sent from the host; "
+                                                       "default: the data already on the device"),
+                    epochs: Optional[int] = typer.Option(None, "--epochs"),
+                    lr: Optional[float] = typer.Option(None, "--lr"),
+                    as_json: bool = JSON):
+    """Fine-tune on the device, showing telemetry as it comes; the device gates the commit."""
+    from firmware_bridge.client import connect, finetune as run
+    from firmware_bridge.monitor import event_line
+
+    config = {k: v for k, v in {"epochs": epochs, "lr": lr}.items() if v is not None}
+    with connect(port) as dev:
+        report = run(dev, data, config=config, on_event=lambda ev: print(event_line(ev), file=sys.stderr))
+    emit(report, as_json)
+
+
+def remote_eval(port: str = PORT, data: Optional[str] = typer.Option(None, "--data"), as_json: bool = JSON):
+    """Accuracy of the device's active weights."""
+    from firmware_bridge.client import connect, evaluate
+
+    with connect(port) as dev:
+        emit(evaluate(dev, data), as_json)
+
+
+def remote_status(port: str = PORT, as_json: bool = JSON):
+    """The device's HELLO and store status."""
+    from firmware_bridge.client import connect, status
+
+    with connect(port) as dev:
+        emit({"device": dev.info, **status(dev)}, as_json)
+
+
+def remote_commit(port: str = PORT, as_json: bool = JSON):
+    """Make the device's candidate active."""
+    from firmware_bridge.client import commit, connect
+
+    with connect(port) as dev:
+        emit(commit(dev), as_json)
+
+
+def remote_revert(port: str = PORT, as_json: bool = JSON):
+    """Drop the device's candidate, or go back to its last good weights."""
+    from firmware_bridge.client import connect, revert
+
+    with connect(port) as dev:
+        emit(revert(dev), as_json)
+
+
+def monitor(port: str = PORT, log: Optional[str] = typer.Option(None, "--log", help="append events to FILE.jsonl"),
+            duration: Optional[float] = typer.Option(None, "--duration", help="stop after this many seconds"),
+            as_json: bool = JSON):
+    """Live view of the device's fine-tune telemetry (progress, loss, accuracy, update time)."""
+    from firmware_bridge.monitor import monitor as run
+
+    run(port, log=log, duration=duration, as_json=as_json)
+
+
+def devices(as_json: bool = JSON):
+    """Serial ports found on this machine."""
+    from firmware_bridge.ports import list_devices
+
+    found = list_devices()
+    emit({"devices": found} if as_json else {d["device"]: d["description"] for d in found} or {"devices": "none"},
+         as_json)
+
+
+def keys_new(name: str = typer.Argument(..., help="writes NAME.key (host, private) and NAME.pub (device)"),
+             as_json: bool = JSON):
+    """Create an Ed25519 key pair for signing bundles."""
+    from firmware_bridge.signing import new_keypair
+
+    key, pub = new_keypair(name)
+    emit({"private_key": str(key), "public_key": str(pub)}, as_json)

@@ -35,13 +35,29 @@ def outer_acc_ref(x: np.ndarray, d: np.ndarray) -> np.ndarray:
 
 
 class Kernels:
-    """A named pair of kernels; ``numpy`` is the reference every other variant is tested against."""
+    """A named set of kernels; ``numpy`` is the reference every other variant is tested against.
 
-    def __init__(self, name: str, matmul_int, outer_acc, outer_acc_steps=None):
+    Required: ``matmul_int`` and ``outer_acc``. Optional fused hooks (None in the reference; a
+    hook may also return None for inputs it does not cover, and the caller then runs the
+    reference sequence):
+    - ``outer_acc_steps(x[T,R,K], d[T,R,M], shifts)``: ``sum_t (x_t^T d_t) << shift_t``, int64.
+    - ``dense_update(x, d, shifts, master, m, k, key)``: the whole dense-layer update of
+      ``net.sdfa_update`` (gradient, ``arith.apply_update`` on the rows of active inputs,
+      ``arith.w8_from_master``), returning ``(master, w8, saturated_master, saturated_w8)``.
+    """
+
+    def __init__(self, name: str, matmul_int, outer_acc, outer_acc_steps=None, dense_update=None,
+                 neuron_run=None, local_deltas=None):
         self.name = name
         self.matmul_int = matmul_int
         self.outer_acc = outer_acc
         self.outer_acc_steps = outer_acc_steps  # optional fused sum_t (x_t^T d_t) << shift_t
+        self.dense_update = dense_update
+        self.neuron_run = neuron_run
+        self.local_deltas = local_deltas
+
+    def __repr__(self) -> str:
+        return f"Kernels({self.name!r})"
 
 
 NUMPY = Kernels("numpy", matmul_int_ref, outer_acc_ref)

@@ -129,13 +129,16 @@ def forward(spec: NetworkSpec, qnet: QNet, x: np.ndarray, kernels: Kernels = NUM
             q = qnet[i]
             cur = _current(layer, q, rows, kernels).reshape(t_steps, n, -1)
             const = arith.neuron_constants(layer.neuron, q.exp)
-            v = np.full(cur.shape[1:], const["vreset"], np.int64)
-            spikes = np.empty(cur.shape, np.uint8)
-            hs = np.empty(cur.shape, np.int64) if i in keep else None
-            for t in range(t_steps):
-                h, spikes[t], v = arith.neuron_step_int(layer.neuron, const, v, cur[t])
-                if hs is not None:
-                    hs[t] = h
+            if kernels.neuron_run is not None:
+                spikes, hs = kernels.neuron_run(layer.neuron, const, cur, i in keep)
+            else:
+                v = np.full(cur.shape[1:], const["vreset"], np.int64)
+                spikes = np.empty(cur.shape, np.uint8)
+                hs = np.empty(cur.shape, np.int64) if i in keep else None
+                for t in range(t_steps):
+                    h, spikes[t], v = arith.neuron_step_int(layer.neuron, const, v, cur[t])
+                    if hs is not None:
+                        hs[t] = h
             if i in keep:
                 trace.inputs[i] = rows.reshape(t_steps, n, -1)
                 trace.membranes[i] = hs
@@ -205,11 +208,14 @@ def step_errors(counts_by_step: np.ndarray, labels: np.ndarray, loss: str, mode:
     return np.stack([arith.output_error_q(counts_by_step[t], t + 1, labels, loss) for t in range(t_steps)])
 
 
-def local_deltas(spec: NetworkSpec, qnet: QNet, layer_index: int, h: np.ndarray, g: np.ndarray):
+def local_deltas(spec: NetworkSpec, qnet: QNet, layer_index: int, h: np.ndarray, g: np.ndarray,
+                 kernels: Kernels = NUMPY):
     """int8 local errors per step and their shifts: delta_t = int8(g_t * sg'(h_t - v_th))."""
     layer = spec.layers[layer_index]
     q = qnet[layer_index]
     const = arith.neuron_constants(layer.neuron, q.exp)
+    if kernels.local_deltas is not None:
+        return kernels.local_deltas(h, g, const["vth"], q.exp)
     deltas = np.empty(h.shape, np.int8)
     shifts = np.zeros(h.shape[0], np.int64)
     for t in range(h.shape[0]):
@@ -247,22 +253,39 @@ def sdfa_update(spec: NetworkSpec, qnet: QNet, x: np.ndarray, y: np.ndarray, fee
         if i == last:
             g, unit_bits, extra = e, arith.ERR_BITS + arith.SG_BITS, 1.0
         else:
-            g = e @ feedback[i].astype(np.int64)
+            g = _project_int(e, feedback[i])
             unit_bits, extra = arith.ERR_BITS + arith.FB_BITS + arith.SG_BITS, norm
-        deltas, shifts = local_deltas(spec, qnet, i, trace.membranes[i], g)
+        deltas, shifts = local_deltas(spec, qnet, i, trace.membranes[i], g, kernels)
         xin = trace.inputs[i]
-        fused = kernels.outer_acc_steps
-        grad = fused(xin, deltas, shifts) if fused else outer_acc_steps_ref(kernels, xin, deltas, shifts)
         m, k = arith.update_multiplier(config.lr, n, t_steps, layer.neuron.input_gain, extra, q.exp, unit_bits)
-        rows = np.flatnonzero(xin.reshape(-1, xin.shape[-1]).any(axis=0))
         key = arith.rounding_key(config.seed, update_index, i)
-        master, sat = arith.apply_update(q.master, grad, m, k, key, rows)
-        w8 = arith.w8_from_master(master)
+        done = kernels.dense_update(xin, deltas, shifts, q.master, m, k, key) if kernels.dense_update else None
+        if done is not None:
+            master, w8, sat, sat_w8 = done
+        else:
+            fused = kernels.outer_acc_steps
+            grad = fused(xin, deltas, shifts) if fused else outer_acc_steps_ref(kernels, xin, deltas, shifts)
+            rows = np.flatnonzero(xin.reshape(-1, xin.shape[-1]).any(axis=0))
+            master, sat = arith.apply_update(q.master, grad, m, k, key, rows)
+            w8 = arith.w8_from_master(master)
+            sat_w8 = int(np.count_nonzero(np.abs(w8) == 127))
         new[i] = replace(q, master=master, w8=w8)
         stats.saturated_master += sat
-        stats.saturated_w8 += int(np.count_nonzero(np.abs(w8) == 127))
+        stats.saturated_w8 += sat_w8
         stats.shifts[i] = shifts.tolist()
     return new, stats
+
+
+def _project_int(e: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``e @ b`` exactly, int64: float64 BLAS while every sum stays below 2**53 (numpy's int64
+    matmul has no BLAS and is ~10x slower), int64 otherwise. A broadcast ``e`` (exact mode, the
+    same error at every step) is projected once and broadcast back."""
+    if e.ndim == 3 and e.shape[0] > 1 and e.strides[0] == 0:
+        return np.broadcast_to(_project_int(e[0], b), (e.shape[0], e.shape[1], b.shape[1]))
+    bound = e.shape[-1] * (int(np.abs(e).max()) if e.size else 0) * (int(np.abs(b.astype(np.int64)).max()) if b.size else 0)
+    if bound < (1 << 53):
+        return (e.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+    return e @ b.astype(np.int64)
 
 
 def outer_acc_steps_ref(kernels: Kernels, x: np.ndarray, d: np.ndarray, shifts: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ class Sample:
     source: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     """Index record of a sample: everything known without reading its events."""
 
@@ -64,6 +64,9 @@ class Dataset:
             raise DataError(f"option flatten={flat!r} in {spec.text!r} must be 0 or 1")
         self.flatten = self.flatten_default if flat is None else flat in ("1", "true")
         self.seed = spec.get_int("seed", 0)
+        self.bin_us = spec.get_int("bin_us", 1000)
+        if self.bin_us < 1:
+            raise DataError(f"bin_us must be >= 1 in {spec.text!r}")
         entries = self._index()
         entries = self._filter(entries)
         limit = spec.get_int("limit")
@@ -175,7 +178,7 @@ class Dataset:
         """uint8 [T, *input_shape]."""
         if self.data_type == "camera":
             fr = binning.events_to_frames(sample.events, self.sensor_hw, T, self.split_by, self.mode,
-                                          self.downsample)
+                                          self.downsample, bin_us=self.bin_us)
         elif self.data_type == "channels":
             fr = self._channel_frames(sample.events, T)
         else:
@@ -185,7 +188,7 @@ class Dataset:
     def _channel_frames(self, events: np.ndarray, T: int) -> np.ndarray:
         split_by = self.spec.get("split_by")
         return binning.channel_events_to_frames(events["t"], events["channel"], self.num_channels, T,
-                                                mode=self.mode, split_by=split_by)
+                                                mode=self.mode, split_by=split_by, bin_us=self.bin_us)
 
     def sample_frames(self, i: int, T: int) -> tuple[np.ndarray, int, int | None]:
         """(frames uint8 [T, *input_shape], label, subject) of sample i."""

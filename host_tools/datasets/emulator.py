@@ -9,12 +9,14 @@ monitor. This emulator does the same to any greyscale image, deterministically:
    ``SACCADE_VERTICES`` (pixels, sub-pixel bilinear sampling), sampled every ``dt_us``.
 3. Every pixel keeps a reference log intensity ``log(I + eps)``; when the current log intensity is
    ``n >= 1`` contrast thresholds ``C`` above (below) it, the pixel emits n ON (OFF) events and the
-   reference moves by ``n * C`` (an ideal DVS pixel without refractory period).
+   reference moves by ``n * C`` (an ideal DVS pixel without refractory period or noise; noise,
+   hot pixels etc. come from the user shifts in ``shifts.py``).
 4. Event times are spread uniformly within their sampling step by a generator seeded with ``seed``;
    events are sorted by time. Polarity 1 = ON (brighter), 0 = OFF.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +34,6 @@ class EmulatorConfig:
     dt_us: int = 2000
     contrast: float = 0.25
     eps: float = 0.1
-    max_events_per_step: int = 8
 
     @property
     def sensor_hw(self) -> tuple[int, int]:
@@ -75,24 +76,32 @@ def saccade_path(cfg: EmulatorConfig = DEFAULT) -> tuple[np.ndarray, np.ndarray,
     return t, dx, dy
 
 
-def _shifted_frames(canvas_img: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
-    """[S, H, W] bilinear samples of the image translated by (dx, dy) (zero outside)."""
-    H, W = canvas_img.shape
-    pad = np.zeros((H + 2, W + 2), canvas_img.dtype)
-    pad[1:-1, 1:-1] = canvas_img
-    ys = np.arange(H)[None, :, None] - dy[:, None, None] + 1.0
-    xs = np.arange(W)[None, None, :] - dx[:, None, None] + 1.0
-    ys = np.clip(ys, 0, H + 1 - 1e-9)
-    xs = np.clip(xs, 0, W + 1 - 1e-9)
-    y0 = np.floor(ys).astype(np.int64)
-    x0 = np.floor(xs).astype(np.int64)
-    fy = ys - y0
-    fx = xs - x0
-    y1 = np.minimum(y0 + 1, H + 1)
-    x1 = np.minimum(x0 + 1, W + 1)
-    top = pad[y0, x0] * (1 - fx) + pad[y0, x1] * fx
-    bot = pad[y1, x0] * (1 - fx) + pad[y1, x1] * fx
-    return top * (1 - fy) + bot * fy
+def _shift_matrices(n: int, d: np.ndarray) -> np.ndarray:
+    """[S, n, n] bilinear resampling matrices: ``out[i] = in(i - d[s])``, zero outside."""
+    S = len(d)
+    pos = np.clip(np.arange(n)[None, :] - d[:, None], -1.0, float(n))
+    j0 = np.floor(pos).astype(np.int64)
+    f = pos - j0
+    m = np.zeros((S, n, n + 3))
+    si = np.arange(S)[:, None]
+    ii = np.arange(n)[None, :]
+    np.add.at(m, (si, ii, j0 + 1), 1.0 - f)
+    np.add.at(m, (si, ii, j0 + 2), f)
+    return m[:, :, 1:n + 1]
+
+
+@functools.lru_cache(maxsize=4)
+def _path_matrices(cfg: EmulatorConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    t, dx, dy = saccade_path(cfg)
+    my = _shift_matrices(cfg.canvas, dy)
+    mxt = np.ascontiguousarray(_shift_matrices(cfg.canvas, dx).transpose(0, 2, 1))
+    return t, my, mxt
+
+
+def _shifted_frames(canvas_img: np.ndarray, cfg: EmulatorConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Step times and [S, H, W] bilinear samples of the image moved along the saccades."""
+    t, my, mxt = _path_matrices(cfg)
+    return t, np.matmul(np.matmul(my, canvas_img), mxt)
 
 
 def emulate(image: np.ndarray, seed: int = 0, cfg: EmulatorConfig = DEFAULT) -> np.ndarray:
@@ -104,32 +113,30 @@ def emulate(image: np.ndarray, seed: int = 0, cfg: EmulatorConfig = DEFAULT) -> 
     canvas = np.zeros((cfg.canvas, cfg.canvas))
     o = (cfg.canvas - cfg.digit) // 2
     canvas[o:o + cfg.digit, o:o + cfg.digit] = img
-    t, dx, dy = saccade_path(cfg)
-    logi = np.log(_shifted_frames(canvas, dx, dy) + cfg.eps)  # [S, H, W]
-    C = cfg.contrast
-    ref = logi[0].copy()
-    on_steps, off_steps = [], []
+    t, frames = _shifted_frames(canvas, cfg)
+    logi = np.log(frames + cfg.eps)  # [S, H, W]
+    # Ideal pixel: k_s = number of thresholds the reference has moved; it only moves when the
+    # log intensity leaves [ref - C, ref + C], i.e. k_s = clip(k_{s-1}, floor(u_s), ceil(u_s)).
+    u = (logi - logi[0]) / cfg.contrast
+    lo = np.floor(u)
+    hi = np.ceil(u)
+    k = np.zeros_like(u[0])
+    ks = np.empty_like(u)
+    ks[0] = 0
     for s in range(1, len(t)):
-        d = logi[s] - ref
-        n_on = np.floor(d / C)
-        n_off = np.floor(-d / C)
-        n_on = np.clip(n_on, 0, cfg.max_events_per_step)
-        n_off = np.clip(n_off, 0, cfg.max_events_per_step)
-        ref += (n_on - n_off) * C
-        on_steps.append(n_on.astype(np.int64))
-        off_steps.append(n_off.astype(np.int64))
+        np.maximum(k, lo[s], out=k)
+        np.minimum(k, hi[s], out=k)
+        ks[s] = k
     if len(t) < 2:
         return np.zeros(0, EVENT_DTYPE)
-    on = np.stack(on_steps).ravel()
-    off = np.stack(off_steps).ravel()
-    counts = np.concatenate([off, on])  # polarity 0 block, then polarity 1
-    cell = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
-    S1 = len(t) - 1
+    dk = np.diff(ks, axis=0).ravel()  # [S-1, H, W] flattened, integer-valued floats
+    nz = np.flatnonzero(dk)
+    n = np.abs(dk[nz]).astype(np.int64)
+    cell = np.repeat(nz, n)
+    p = np.repeat(dk[nz] > 0, n).astype(np.int8)
     HW = cfg.canvas * cfg.canvas
-    p = cell // (S1 * HW)
-    rem = cell % (S1 * HW)
-    step = rem // HW + 1
-    pix = rem % HW
+    step = cell // HW + 1
+    pix = cell % HW
     rng = np.random.default_rng(seed)
     tt = t[step - 1] + (rng.random(len(cell)) * cfg.dt_us).astype(np.int64)
     order = np.argsort(tt, kind="stable")

@@ -18,7 +18,8 @@ COMMON_OPTIONS = {
     "subject": "keep only these subject ids (comma separated)",
     "exclude_subject": "drop these subject ids (comma separated)",
     "frames": "time steps T of the dense frames",
-    "split_by": "number | time: how events are cut into T frames (SpikingJelly semantics)",
+    "split_by": "number | time | fixed: how events are cut into T frames (SpikingJelly semantics; fixed = bin_us bins)",
+    "bin_us": "bin width in µs for split_by=fixed (default 1000)",
     "mode": "count | binary: event counts per bin (clipped to 255) or 0/1",
     "downsample": "integer spatial pooling factor for camera data",
     "flatten": "1 | 0: flatten each frame to a vector (default: as the reference)",
@@ -122,8 +123,8 @@ def parse_spec(text: str) -> DataSpec:
     split = options.get("split")
     if split is not None and split not in ("train", "test", "all"):
         raise DataError(f"option split={split!r} in {text!r} must be train, test or all")
-    if options.get("split_by") not in (None, "number", "time"):
-        raise DataError(f"option split_by={options['split_by']!r} in {text!r} must be number or time")
+    if options.get("split_by") not in (None, "number", "time", "fixed"):
+        raise DataError(f"option split_by={options['split_by']!r} in {text!r} must be number, time or fixed")
     if options.get("mode") not in (None, "count", "binary"):
         raise DataError(f"option mode={options['mode']!r} in {text!r} must be count or binary")
     return DataSpec(kind, path, options, text)
