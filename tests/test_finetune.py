@@ -41,6 +41,15 @@ def test_default_finetune_meets_the_goals(tmp_path):
     proc = run_cli("eval", "--json", "--store", str(tmp_path / "store"))
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["accuracy"] == pytest.approx(report["accuracy_after"])
+    # revert goes back to the last good (here: factory) weights, byte for byte
+    proc = run_cli("store", "revert", "--json", "--store", str(tmp_path / "store"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["revision"] == 0
+    assert _active_head(tmp_path / "store") == (DEFAULT_BUNDLE / "head.npz").read_bytes()
+    proc = run_cli("store", "reset", "--json", "--store", str(tmp_path / "store"))
+    assert proc.returncode == 0 and json.loads(proc.stdout)["active_is_factory"] is True
+    proc = run_cli("store", "status", "--store", str(tmp_path / "nostore"))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ")
 
 
 def _active_head(store_dir):
