@@ -51,6 +51,8 @@ class Backend(Protocol):
     def cost(self) -> CostReport | None:
         """Cost of the last update, or None for backends that do not model hardware."""
 
+    # Optional: ``close()`` releases processes or devices; callers use getattr(b, "close", None).
+
 
 class NumpyBackend:
     """The numpy int8 runtime (numba kernels when installed, bit-identical to the numpy ones)."""

@@ -112,8 +112,9 @@ def split_validation(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     return np.sort(np.asarray(train, np.int64)), np.sort(np.asarray(val, np.int64))
 
 
-def peak_rss_mb() -> float:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
+    """Peak resident set size of this process (or of its largest finished child) in MB."""
+    rss = resource.getrusage(who).ru_maxrss
     return rss / 1024.0 if sys.platform != "darwin" else rss / 2 ** 20
 
 
@@ -181,6 +182,16 @@ def finetune(source: str | Path | None = None, data: str | Path | None = None, *
              on_event: Callable[[dict], None] | None = None, progress: bool = False) -> dict:
     """Fine-tune, gate, and commit or revert. Returns the report (see ``edge-sdfa finetune --json``)."""
     t_start = time.perf_counter()
+    backend = load_backend(config.backend, **config.backend_options)
+    try:
+        return _finetune(backend, source, data, store, test_data, config, on_event, progress, t_start)
+    finally:
+        close = getattr(backend, "close", None)
+        if close:
+            close()
+
+
+def _finetune(backend, source, data, store, test_data, config, on_event, progress, t_start) -> dict:
     st = _open_store(source, store)
     bundle = bundle_mod.read_bundle(st.active_dir())
     cfg = config.resolved(bundle.manifest.get("finetune", {}))
@@ -212,7 +223,6 @@ def finetune(source: str | Path | None = None, data: str | Path | None = None, *
 
     tr_idx, val_idx = split_validation(y_user, cfg.val_fraction, cfg.seed)
     update_cfg = qn.UpdateConfig(lr=cfg.lr, mode=cfg.mode, seed=cfg.seed, feedback_seed=bundle.feedback_seed)
-    backend = load_backend(cfg.backend, **cfg.backend_options)
     backend.program(head_spec, bundle.head(), bundle.feedback_seed, update_cfg)
 
     def evaluate() -> dict:
@@ -317,6 +327,7 @@ def finetune(source: str | Path | None = None, data: str | Path | None = None, *
         "seconds_per_update": update_seconds / max(updates, 1),
         "seconds": time.perf_counter() - t_start,
         "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_children_mb": peak_rss_mb(resource.RUSAGE_CHILDREN),
         "backend": cfg.backend,
         "mode": cfg.mode,
         "lr": cfg.lr,
@@ -340,10 +351,19 @@ def evaluate(source: str | Path | None = None, data: str | Path | None = None, *
              backend: str = "numpy") -> dict:
     """Accuracy of the active weights on user data (default: the embedded new user's test part)
     and on the bundle's holdout."""
+    be = load_backend(backend)
+    try:
+        return _evaluate(be, source, data, store)
+    finally:
+        close = getattr(be, "close", None)
+        if close:
+            close()
+
+
+def _evaluate(be, source, data, store) -> dict:
     st = _open_store(source, store)
     bundle = bundle_mod.read_bundle(st.active_dir())
     executor = open_executor(bundle)
-    be = load_backend(backend)
     be.program(bundle.head_spec(), bundle.head(), bundle.feedback_seed, qn.UpdateConfig())
     hx, hy = bundle.holdout()
     report = {"model_id": bundle.model_id, "version": bundle.version, "revision": bundle.revision,
