@@ -38,6 +38,7 @@ embedded: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/accuracy.py --json
 	$(PY) benchmarks/step.py --json
+	$(PY) benchmarks/binning.py --json
 
 clean:
 	rm -rf $(VENV) .demo-store build *.egg-info
