@@ -21,6 +21,8 @@ def register(app: typer.Typer) -> None:
         batch: Optional[int] = typer.Option(None, "--batch", help="Batch size (default: the workload's)."),
         update_mode: str = typer.Option("row-serial", "--update-mode", help="row-serial, parallel or write-verify."),
         adc_bits: Optional[int] = typer.Option(None, "--adc-bits", help="Override the preset's ADC bits (1 = sense amp)."),
+        endurance: Optional[float] = typer.Option(None, "--endurance", help="Write pulses a cell survives "
+                                                  "(default: the preset's, 1e6)."),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
         plot: Optional[str] = typer.Option(None, "--plot", help="Draw the energy and latency breakdown to FILE.png."),
     ) -> None:
@@ -31,7 +33,7 @@ def register(app: typer.Typer) -> None:
         from sim_backend.pipesdfa.report import bench as run_bench
 
         report = run_bench(workload, preset=preset, batch=batch, activity=Activity(update_mode=update_mode),
-                           adc_bits=adc_bits)
+                           adc_bits=adc_bits, endurance=endurance)
         if plot:
             from sim_backend.pipesdfa.plot import plot_breakdown
 

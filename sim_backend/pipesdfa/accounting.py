@@ -1,0 +1,210 @@
+"""Per-layer cost of one training sample and one update, for SDFA and for BP on the same device.
+
+Phases: ``forward`` (T time steps of MVMs + neurons), ``error`` (SDFA: the B_l e projection on the
+random-conductance arrays, once per sample, all layers at once; BP: transposed MVMs through the
+weights, bit-serial, every time step, layer after layer), ``gradient`` (surrogate deltas, the
+intra-layer recurrence, and the digital accumulation of dW = sum_t delta_t^T x_t), ``write``
+(programming the changed int8 weights once per batch, in one of three modes).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from edge_sdfa.spec import Conv2d, Dense, Pool2d
+
+from . import costs as C
+from .ledger import Breakdown, zero
+from .mapping import LayerMapping, map_conv, map_dense
+from .params import HardwareParams
+from .workloads import Workload
+
+NEURON_OPS = 3          # leak, integrate, compare/reset per neuron per step
+DELTA_OPS = 4           # surrogate, mask, recurrence multiply-add per neuron per step
+
+
+@dataclass(frozen=True)
+class LayerGeometry:
+    index: int                  # index in spec.layers
+    mapping: LayerMapping
+    features_out: int           # features after the layer's pooling (what the next layer sees)
+    pooled: bool
+    trainable: bool
+    is_output: bool
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """Costs of one layer: per sample (``*_s`` seconds, Breakdowns in joules) and per batch (write)."""
+
+    geometry: LayerGeometry
+    step_s: float               # one forward time step on this layer's arrays
+    forward: Breakdown
+    proj_s: float               # SDFA error projection (0 for the output layer or frozen layers)
+    error_sdfa: Breakdown
+    back_s: float               # BP transposed MVMs (0 where no error is propagated further down)
+    error_bp: Breakdown
+    grad_s: float
+    gradient: Breakdown         # shared by SDFA and BP
+    history_bits: float         # state a sample keeps from its forward until its gradient
+    write_s: float              # per batch: the time this layer's arrays are busy being written
+    write: Breakdown            # per batch
+    pulses_per_cell: float      # per update, mean over the layer's cells
+    feedback_arrays: int        # arrays holding this layer's B_l
+    busy_forward: Breakdown     # seconds per sample, split by component (serial, not pipelined)
+    busy_error_sdfa: Breakdown
+    busy_error_bp: Breakdown
+    busy_gradient: Breakdown
+    busy_write: Breakdown       # seconds per batch
+
+    @property
+    def arrays(self) -> int:
+        return self.geometry.mapping.arrays
+
+
+def layer_geometries(wl: Workload, hw: HardwareParams) -> list[LayerGeometry]:
+    spec = wl.spec
+    shapes = spec.shapes()
+    synaptic = spec.synaptic_layers()
+    out = []
+    for i in synaptic:
+        layer = spec.layers[i]
+        if isinstance(layer, Dense):
+            m = map_dense(layer, hw.crossbar.rows, hw.crossbar.cols, hw.slices)
+        elif isinstance(layer, Conv2d):
+            m = map_conv(layer, shapes[i], hw.crossbar.rows, hw.crossbar.cols, hw.slices)
+        else:  # pragma: no cover - synaptic_layers only returns the two
+            continue
+        pooled = i + 1 < len(spec.layers) and isinstance(spec.layers[i + 1], Pool2d)
+        features_out = math.prod(shapes[i + 2] if pooled else shapes[i + 1])
+        out.append(LayerGeometry(i, m, int(features_out), pooled, i >= wl.trainable_from, i == synaptic[-1]))
+    return out
+
+
+def layer_cost(g: LayerGeometry, wl: Workload, hw: HardwareParams, act: C.Activity,
+               propagates_error: bool) -> LayerCost:
+    m, T, B = g.mapping, wl.spec.time_steps, wl.batch
+    p, rho, sram = hw.periph, act.spike_rate, hw.periph.sram_j_per_bit
+
+    # forward: one time step, then T of them
+    cyc = C.mvm_cycle(hw, act, "forward", m.tiles, m.rows_used, m.cols_used, m.slices, rho)
+    neuron_ops = m.outputs_per_step * (NEURON_OPS + (1 if g.pooled else 0))
+    step_s = m.cycles_per_step * C.cycle_time(hw, m.cols_used) + C.digital_time(hw, neuron_ops, m.arrays)
+    in_bits = m.cycles_per_step * m.tiles * m.rows_used
+    state_bits = m.outputs_per_step * 2 * hw.membrane_bits + g.features_out
+    step = cyc * m.cycles_per_step + Breakdown.of(
+        "forward", digital=neuron_ops * p.e_digital_op_j, buffers=(in_bits + state_bits) * sram,
+        interconnect=C.transfer_energy(hw, g.features_out))
+    forward = step * T
+    busy_forward = (C.cycle_busy(hw, "forward", m.cols_used) * m.cycles_per_step
+                    + Breakdown.of("forward", digital=C.digital_time(hw, neuron_ops, m.arrays))) * T
+
+    if not g.trainable:
+        return LayerCost(g, step_s, forward, 0.0, zero(), 0.0, zero(), 0.0, zero(), 0.0, 0.0, zero(), 0.0, 0,
+                         busy_forward, zero(), zero(), zero(), zero())
+
+    classes = wl.num_classes
+    # SDFA: B_l e on a classes x features_out array of random conductances, bit-serial e, once
+    proj_s, error_sdfa, feedback_arrays, busy_error_sdfa = 0.0, zero(), 0, zero()
+    if g.is_output:
+        error_sdfa = Breakdown.of("error", digital=classes * DELTA_OPS * p.e_digital_op_j)
+    else:
+        rt, ct = math.ceil(classes / hw.crossbar.rows), math.ceil(g.features_out / hw.crossbar.cols)
+        rows_used, cols_used = classes / rt, g.features_out / ct
+        feedback_arrays = rt * ct * 2
+        pcyc = C.mvm_cycle(hw, act, "error", rt * ct, rows_used, cols_used, 1, act.error_bit_density)
+        proj_s = hw.error_bits * C.cycle_time(hw, math.ceil(cols_used))
+        busy_error_sdfa = C.cycle_busy(hw, "error", math.ceil(cols_used)) * hw.error_bits
+        error_sdfa = pcyc * hw.error_bits + Breakdown.of(
+            "error", buffers=g.features_out * hw.membrane_bits * sram,
+            interconnect=C.transfer_energy(hw, classes * hw.error_bits))
+
+    # BP: the error of this layer's input, by transposed MVMs through its weights, every time step
+    back_s, error_bp = 0.0, (Breakdown.of("error", digital=classes * DELTA_OPS * p.e_digital_op_j)
+                             if g.is_output else zero())
+    busy_error_bp = zero()
+    if propagates_error:
+        tcyc = C.mvm_cycle(hw, act, "error", m.tiles, m.cols_used, m.rows_used, m.slices,
+                           act.error_bit_density)
+        pulses = hw.error_bits * m.cycles_per_step
+        back_s = T * pulses * C.cycle_time(hw, math.ceil(m.rows_used))
+        busy_error_bp = C.cycle_busy(hw, "error", math.ceil(m.rows_used)) * (T * pulses)
+        delta_bits = m.inputs_per_step * hw.membrane_bits
+        error_bp = error_bp + tcyc * (T * pulses) + Breakdown.of(
+            "error", buffers=T * 2 * delta_bits * sram, interconnect=C.transfer_energy(hw, T * delta_bits),
+            digital=T * m.inputs_per_step * p.e_digital_op_j)
+
+    # gradient: deltas through the layer's own recurrence, then dW accumulation (not in parallel mode)
+    delta_ops = T * m.outputs_per_step * (DELTA_OPS + (1 if g.pooled else 0))
+    history_bits = 0.0
+    if act.temporal_mode == "exact":
+        history_bits = T * (m.inputs_per_step + m.outputs_per_step * hw.membrane_bits)
+    grad_buffers = 2 * history_bits + g.features_out * hw.membrane_bits
+    adds = 0.0
+    if act.update_mode == "parallel":
+        kept = T * (m.inputs_per_step + m.outputs_per_step * hw.error_bits)
+        grad_buffers += 2 * kept
+        history_bits += kept
+    else:
+        adds = T * rho * m.outputs_per_step * m.in_features
+        grad_buffers += T * min(adds / T, m.weights) * 2 * hw.membrane_bits
+    grad_s = C.digital_time(hw, delta_ops + adds, m.arrays)
+    gradient = Breakdown.of("gradient", digital=(delta_ops + adds) * p.e_digital_op_j,
+                            buffers=grad_buffers * sram)
+
+    write_s, write, pulses_per_cell, busy_write = _layer_write(m, wl, hw, act)
+    return LayerCost(g, step_s, forward, proj_s, error_sdfa, back_s, error_bp, grad_s, gradient,
+                     history_bits, write_s, write, pulses_per_cell, feedback_arrays, busy_forward,
+                     busy_error_sdfa, busy_error_bp, Breakdown.of("gradient", digital=grad_s), busy_write)
+
+
+def _layer_write(m: LayerMapping, wl: Workload, hw: HardwareParams,
+                 act: C.Activity) -> tuple[float, Breakdown, float, Breakdown]:
+    """Per batch: busy time of this layer's arrays, energy, mean pulses per cell, busy split."""
+    p = hw.periph
+    T, B = wl.spec.time_steps, wl.batch
+    if act.update_mode == "parallel":
+        # aihwkit / PANTHER stochastic outer products, one per (sample, time step), on the LSB slice
+        w = hw.write
+        terms = B * T
+        latency = terms * 2 * w.stochastic_bl * w.t_pulse_s
+        coincidences = w.stochastic_bl * act.spike_rate * act.error_bit_density
+        cell_pulses = terms * m.stored_weights * coincidences
+        lines_rows = m.tiles * 2 * m.rows_used * act.spike_rate * w.stochastic_bl
+        lines_cols = m.tiles * 2 * m.cols_used * act.error_bit_density * w.stochastic_bl
+        drivers = terms * (lines_rows * (p.e_driver_j + C.wordline_cap(hw) * w.v_write ** 2)
+                           + lines_cols * (p.e_driver_j + C.bitline_cap(hw) * w.v_write ** 2))
+        energy = Breakdown.of("write", array=cell_pulses * C.write_pulse_energy(hw, act), drivers=drivers,
+                              interconnect=C.transfer_energy(hw, terms * (m.inputs_per_step + m.outputs_per_step)))
+        return latency, energy, cell_pulses / m.cells, Breakdown.of("write", array=latency)
+    verify = act.update_mode == "write-verify"
+    energy, array_time, longest, pulses = zero(), 0.0, 0.0, 0.0
+    for s in range(m.slices):
+        aw = C.expected_row_serial(hw, act, m.rows_used, m.cols_used, s, verify)
+        n = m.tiles * 2
+        energy = energy + aw.energy * n
+        array_time += aw.latency_s * n
+        longest = max(longest, aw.latency_s)
+        pulses += aw.pulses * n
+    master_ops = 3 * m.weights
+    pulse_time = max(longest, array_time / hw.write.parallel_arrays)
+    master_time = C.digital_time(hw, master_ops, m.arrays)
+    latency = pulse_time + master_time
+    # with verify, the share of each step spent reading back and converting is ADC busy time
+    verify_share = 0.0
+    if verify:
+        step = hw.write.t_pulse_s + C.cycle_time(hw, int(math.ceil(m.cols_used)))
+        verify_share = 1.0 - hw.write.t_pulse_s / step
+    busy = Breakdown.of("write", array=pulse_time * (1 - verify_share), adc=pulse_time * verify_share,
+                        digital=master_time)
+    energy = energy + Breakdown.of(
+        "write", digital=master_ops * p.e_digital_op_j,
+        buffers=m.weights * 3 * hw.membrane_bits * p.sram_j_per_bit,
+        interconnect=C.transfer_energy(hw, m.stored_weights * act.update_density * hw.membrane_bits))
+    return latency, energy, pulses / m.cells, busy
+
+
+def workload_costs(wl: Workload, hw: HardwareParams, act: C.Activity) -> list[LayerCost]:
+    geoms = layer_geometries(wl, hw)
+    first_trainable = next((k for k, g in enumerate(geoms) if g.trainable), len(geoms))
+    return [layer_cost(g, wl, hw, act, propagates_error=k > first_trainable) for k, g in enumerate(geoms)]

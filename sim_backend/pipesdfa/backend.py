@@ -1,0 +1,206 @@
+"""PipeSDFABackend: the int8 SDFA rule running through simulated RRAM crossbars.
+
+Every synaptic layer of the head lives on crossbars (``device.CrossbarLayer``); every MVM of the
+forward pass, including the one inside an update, is read from the cells through the modelled
+periphery. The update arithmetic is the int8 executable spec (``edge_sdfa.int8.net``): it runs in
+the digital gradient unit, and its new int8 weights are programmed into the cells by pulses. The
+feedback matrices are the devices' own Gaussian conductances, drawn from the bundle's feedback
+seed and read through the same periphery. With every non-ideality off the backend is bit-exact
+with ``NumpyBackend``; each update also reports its latency and energy (``cost()``).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+
+from edge_sdfa import float_net as fn
+from edge_sdfa.backend import CostReport
+from edge_sdfa.errors import UserError
+from edge_sdfa.int8 import arith
+from edge_sdfa.int8 import net as qn
+from edge_sdfa.int8.kernels import Kernels, get_kernels
+from edge_sdfa.spec import Dense, NetworkSpec
+
+from .costs import UPDATE_MODES
+from .device import CrossbarLayer, NonIdealities, WriteTrace
+from .params import load_preset
+from .trace_cost import flat_breakdown, update_cost
+
+
+def weight_matrix(layer, w8: np.ndarray) -> np.ndarray:
+    """The crossbar view of a layer's int8 weights: ``[inputs, outputs]`` (im2col rows for conv)."""
+    return w8 if isinstance(layer, Dense) else w8.reshape(w8.shape[0], -1).T
+
+
+def from_matrix(layer, matrix: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(matrix if isinstance(layer, Dense) else matrix.T.reshape(like.shape))
+
+
+def device_feedback(spec: NetworkSpec, seed: int, hw, ni: NonIdealities, rng: np.random.Generator) -> dict:
+    """B_l as differential pairs of Gaussian conductances (mean mid-range, sigma 1/12 of the range
+    per cell, so B = 6 (G+ - G-)), read once through the periphery and brought to int8."""
+    out = {}
+    for layer, z in fn.feedback_matrices(spec, seed).items():
+        if not (ni.read_noise or ni.stuck_at):
+            out[layer] = arith.feedback_q(z)
+            continue
+        gp, gm = 0.5 + z / 12.0, 0.5 - z / 12.0
+        if ni.stuck_at:
+            d = hw.device
+            for g in (gp, gm):
+                u = rng.random(g.shape)
+                g[u < d.stuck_at_off] = 0.0
+                g[(u >= d.stuck_at_off) & (u < d.stuck_at_off + d.stuck_at_on)] = 1.0
+        if ni.read_noise:
+            gp = gp + hw.device.read_noise_sigma * rng.standard_normal(gp.shape)
+            gm = gm + hw.device.read_noise_sigma * rng.standard_normal(gm.shape)
+        out[layer] = arith.feedback_q(6.0 * (gp - gm))
+    return out
+
+
+# kernel hooks that run in the digital units (gradient unit, neurons), kept in every mode
+DIGITAL_HOOKS = ("outer_acc", "outer_acc_steps", "dense_update", "neuron_run", "local_deltas", "surrogate_index")
+
+
+class PipeSDFABackend:
+    """Options: ``preset`` (neurosim32, isaac or a JSON path), ``nonidealities`` (a NonIdealities or
+    a dict of its fields; default: all off), ``update_mode`` (row-serial, parallel, write-verify),
+    ``kernels`` (digital kernels of the gradient unit, as NumpyBackend)."""
+
+    name = "pipesdfa"
+
+    def __init__(self, preset: str = "neurosim32", nonidealities: NonIdealities | dict | None = None,
+                 update_mode: str = "row-serial", kernels: str | None = None, adc_bits: int | None = None):
+        self.hw = load_preset(preset)
+        if isinstance(nonidealities, dict):
+            try:
+                nonidealities = NonIdealities(**nonidealities)
+            except TypeError as exc:
+                raise UserError(f"bad pipesdfa non-ideality option: {exc}") from None
+        self.ni = nonidealities or NonIdealities()
+        if adc_bits is not None:
+            self.ni = dataclasses.replace(self.ni, adc_bits=int(adc_bits))
+        if self.ni.write_verify and update_mode == "row-serial":
+            update_mode = "write-verify"
+        if update_mode not in UPDATE_MODES:
+            raise UserError(f"unknown update mode {update_mode!r} (known: {', '.join(UPDATE_MODES)})")
+        self.update_mode = update_mode
+        self.digital = get_kernels(kernels)
+        self.spec: NetworkSpec | None = None
+        self._cost: CostReport | None = None
+
+    # -- Backend protocol --------------------------------------------------------------------
+    def program(self, spec, layers, feedback_seed, config):
+        self.spec, self.config, self.feedback_seed = spec, config, feedback_seed
+        self.rng = np.random.default_rng([self.ni.seed, 0x5D5A])
+        self.layers = list(layers)
+        self.xbars: dict[int, CrossbarLayer] = {}
+        for i in spec.synaptic_layers():
+            m = weight_matrix(spec.layers[i], self.layers[i].w8)
+            xb = CrossbarLayer(self.hw, self.ni, m.shape, self.rng)
+            xb.program(m)                      # initial programming: not an update, not costed
+            xb.pulse_count[:] = 0
+            self.xbars[i] = xb
+        self.feedback = device_feedback(spec, feedback_seed, self.hw, self.ni, self.rng)
+        self._cost = None
+
+    def set_nonidealities(self, ni: NonIdealities) -> None:
+        """Switch the modelled non-idealities (hardware-aware fine-tuning ramps them up): the
+        crossbars are rebuilt and programmed again with the current int8 weights (the digital
+        targets); variation and faults are drawn from ``ni.seed``, pulse counters restart."""
+        self.ni = ni
+        self.program(self.spec, self.layers, self.feedback_seed, self.config)
+
+    def forward(self, x):
+        self._seen = []
+        return qn.forward(self.spec, self.layers, x, self._kernels()).counts
+
+    def update(self, x, y, update_index):
+        self._seen = []
+        new, stats = qn.sdfa_update(self.spec, self.layers, x, y, self.feedback, self.config, update_index,
+                                    self._kernels())
+        traces: dict[int, list[WriteTrace]] = {}
+        pulses = 0
+        changed = cells = 0
+        for i, (old, q) in enumerate(zip(self.layers, new)):
+            if q.trainable and q.w8 is not old.w8:
+                t = self.xbars[i].program(weight_matrix(self.spec.layers[i], q.w8))
+                traces[i] = [t]
+                pulses += int(t.pulses.sum()) + t.verify_pulses
+                changed += int(np.count_nonzero(q.w8 != old.w8))
+                cells += q.w8.size
+        self.layers = list(new)
+        self._account(x.shape[1], traces, pulses, changed / max(cells, 1))
+        return stats
+
+    def read_weights(self):
+        out = []
+        for i, q in enumerate(self.layers):
+            if i in self.xbars and not self.ni.ideal:
+                w8 = from_matrix(self.spec.layers[i], self.xbars[i].read_back(), q.w8)
+                q = dataclasses.replace(q, w8=w8)
+            out.append(q)
+        return out
+
+    def cost(self):
+        return self._cost
+
+    # -- wear ---------------------------------------------------------------------------------
+    def wear(self) -> dict:
+        counts = [xb.pulse_count for xb in self.xbars.values()]
+        total = sum(int(c.sum()) for c in counts)
+        cells = sum(c.size for c in counts)
+        worst = max((int(c.max()) for c in counts), default=0)
+        e = self.hw.device.endurance_pulses
+        return {"pulses_total": total, "pulses_per_cell_mean": total / max(cells, 1), "pulses_per_cell_max": worst,
+                "endurance_pulses": e, "endurance_used_max": worst / e}
+
+    # -- internals ------------------------------------------------------------------------------
+    def _kernels(self) -> Kernels:
+        by_id = {}
+        for i, xb in self.xbars.items():
+            w = self.layers[i].w8
+            by_id[id(w)] = (i, xb)
+            if w.base is not None:
+                by_id[id(w.base)] = (i, xb)
+        seen = self._seen
+
+        def matmul_int(x, w):
+            hit = by_id.get(id(w)) or (by_id.get(id(w.base)) if w.base is not None else None)
+            if hit is None:                       # not a crossbar layer: digital
+                return self.digital.matmul_int(x, w)
+            i, xb = hit
+            seen.append(float(np.count_nonzero(x)) / max(x.size, 1))
+            if self.ni.ideal:
+                return self.digital.matmul_int(x, w)   # the cells hold exactly w: same integers
+            return xb.mvm(x)
+
+        kernels = copy.copy(self.digital)
+        kernels.name = f"pipesdfa+{self.digital.name}"
+        kernels.matmul_int = matmul_int
+        if self.ni.ideal:
+            # the cells hold exactly the int8 weights: the digital kernels (including any fused
+            # spike-index MVM) give the same integers; only record the spike rates for the cost
+            index = getattr(kernels, "spike_index", None)
+            if index is not None:
+                def spike_index(rows, t_steps, n):
+                    seen.append(float(np.count_nonzero(rows)) / max(rows.size, 1))
+                    return index(rows, t_steps, n)
+
+                kernels.spike_index = spike_index
+            return kernels
+        # non-ideal cells: every MVM must go through matmul_int (the crossbars). Keep only the
+        # hooks that are the digital gradient unit and the neurons; drop any other (fused MVM) hook.
+        for name, value in vars(kernels).items():
+            if name not in DIGITAL_HOOKS and name not in ("name", "matmul_int") and callable(value):
+                setattr(kernels, name, None)
+        return kernels
+
+    def _account(self, batch: int, traces, pulses: int, density: float) -> None:
+        rate = float(np.mean(self._seen)) if self._seen else 0.1
+        first = min((i for i, q in enumerate(self.layers) if q.trainable), default=len(self.layers))
+        result, layers = update_cost(self.spec, first, batch, self.hw, rate, density, self.update_mode,
+                                     self.config.mode, traces)
+        self._cost = CostReport(result.latency_s, result.energy.total(), flat_breakdown(result, layers, pulses))

@@ -1,0 +1,88 @@
+"""The ``bench`` report: PipeSDFA against PipeLayer-style BP for one workload, plus wear and the
+ADC-less comparison. A library function; the CLI command is a thin layer over it."""
+from __future__ import annotations
+
+import dataclasses
+
+from . import pipeline
+from .accounting import LayerCost, workload_costs
+from .costs import Activity
+from .params import HardwareParams, load_preset
+from .wear import wear_report
+from .workloads import Workload, load_workload
+
+PAPER = {"speedup": [1.1, 10.5], "energy_ratio": [1.37, 2.1],
+         "adc_less_energy": [2.0, 7.0], "adc_less_latency": [8.9, 24.6]}
+
+
+def account(wl: Workload, hw: HardwareParams, act: Activity) -> dict:
+    layers = workload_costs(wl, hw, act)
+    s = pipeline.sdfa(layers, wl, hw, act)
+    b = pipeline.pipelayer(layers, wl, hw, act)
+    return {"layers": layers, "sdfa": s, "pipelayer": b}
+
+
+def inference_cost(layers: list[LayerCost], wl: Workload) -> tuple[float, float]:
+    """(latency, energy) of one sample's forward pass, time steps pipelined across layers."""
+    steps = [c.step_s for c in layers]
+    latency = sum(steps) + (wl.spec.time_steps - 1) * max(steps)
+    return latency, sum(c.forward.total() for c in layers)
+
+
+def adc_less(wl: Workload, hw: HardwareParams, act: Activity, bits=(1, 6, 8)) -> dict:
+    rows = {}
+    for b in bits:
+        hb = hw.with_adc_bits(b)
+        r = account(wl, hb, act)
+        lat, en = inference_cost(r["layers"], wl)
+        rows[str(b)] = {"inference_latency_s": lat, "inference_energy_j": en,
+                        "update_latency_s": r["sdfa"].latency_s, "update_energy_j": r["sdfa"].energy.total(),
+                        "adc_energy_share": r["sdfa"].energy.component("adc") / r["sdfa"].energy.total()}
+    one = rows[str(min(bits))]
+    for b, row in rows.items():
+        row["energy_ratio_vs_1bit"] = {k: row[f"{k}_energy_j"] / one[f"{k}_energy_j"] for k in ("inference", "update")}
+        row["latency_ratio_vs_1bit"] = {k: row[f"{k}_latency_s"] / one[f"{k}_latency_s"] for k in ("inference", "update")}
+    return {"bits": rows, "paper_range": {"energy": PAPER["adc_less_energy"], "latency": PAPER["adc_less_latency"]}}
+
+
+def mapping_table(layers: list[LayerCost]) -> list[dict]:
+    out = []
+    for c in layers:
+        m = c.geometry.mapping
+        row = {"layer": c.geometry.index, "kind": m.kind, "method": m.method, "matrix": [m.in_features, m.out_features],
+               "tiles": m.tiles, "arrays": m.arrays, "cycles_per_step": m.cycles_per_step, "cc": m.cc,
+               "duplication": m.stored_weights // max(1, m.weights), "trainable": c.geometry.trainable}
+        if m.conv is not None:
+            row["window"] = [m.conv.window_h, m.conv.window_w]
+        out.append(row)
+    return out
+
+
+def bench(workload: str, preset: str = "neurosim32", batch: int | None = None,
+          activity: Activity | None = None, adc_bits: int | None = None, with_adc_less: bool = True,
+          endurance: float | None = None) -> dict:
+    """Everything ``edge-sdfa bench --backend pipesdfa`` prints."""
+    if endurance is not None and not endurance > 0:
+        from edge_sdfa.errors import UserError
+        raise UserError(f"endurance must be a positive number of pulses, got {endurance}")
+    wl = load_workload(workload, batch)
+    hw = load_preset(preset)
+    if adc_bits is not None:
+        hw = hw.with_adc_bits(adc_bits)
+    act = activity or Activity()
+    r = account(wl, hw, act)
+    s, b = r["sdfa"], r["pipelayer"]
+    report = {
+        "workload": wl.name, "preset": hw.name, "batch": wl.batch, "time_steps": wl.spec.time_steps,
+        "source": wl.source, "activity": dataclasses.asdict(act),
+        "arrays": sum(c.arrays + c.feedback_arrays for c in r["layers"]),
+        "sdfa": s.to_dict(), "pipelayer": b.to_dict(),
+        "speedup": b.latency_s / s.latency_s,
+        "energy_ratio": b.energy.total() / s.energy.total(),
+        "paper_range": {"speedup": PAPER["speedup"], "energy_ratio": PAPER["energy_ratio"]},
+        "mapping": mapping_table(r["layers"]),
+        "wear": wear_report(r["layers"], endurance or hw.device.endurance_pulses, s.latency_s),
+    }
+    if with_adc_less:
+        report["adc_less"] = adc_less(wl, hw, act)
+    return report
