@@ -39,6 +39,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/accuracy.py --json
 	$(PY) benchmarks/step.py --json
 	$(PY) benchmarks/binning.py --json
+	$(PY) benchmarks/pipesdfa.py --only accounting --only adc_less --only speed --json
+	$(PY) benchmarks/executors.py --quick --json
+	$(PY) benchmarks/lava.py --json
 
 clean:
 	rm -rf $(VENV) .demo-store build *.egg-info
