@@ -142,3 +142,13 @@ def test_int8_feedback_follows_the_float_draw():
     f = fn.feedback_matrices(spec, 3)[0]
     q = qn.feedback_int8(spec, 3)[0]
     np.testing.assert_array_equal(q, np.clip(np.round(f.astype(np.float64) * 16), -127, 127))
+
+
+def test_update_never_wraps_int64():
+    grad = np.array([[1 << 50, -(1 << 50)]], np.int64)
+    m, k = 1 << 20, 40  # grad * m = 2**70: outside int64
+    assert not arith.update_fits_int64(1 << 50, m, k)
+    out, sat = arith.apply_update(np.zeros((1, 2), np.int16), grad, m, k, 0)
+    assert out.tolist() == [[-32767, 32767]] and sat == 2
+    small, _ = arith.apply_update(np.zeros((1, 2), np.int16), np.array([[3 << 40, 0]], np.int64), 1, 40, 0)
+    assert small.tolist()[0][0] in (-3, -4)

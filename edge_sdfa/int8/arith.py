@@ -207,6 +207,21 @@ def random_bits(key: int, index: np.ndarray, k: int) -> np.ndarray:
     return (z >> _U64(64 - k)).astype(np.int64)
 
 
+def update_fits_int64(grad_abs_bound: int, m: int, k: int) -> bool:
+    """True when ``grad * m + r`` (r < 2**k) cannot leave the int64 range."""
+    return grad_abs_bound * m + (1 << k) < (1 << 63)
+
+
+def _scaled_round(grad: np.ndarray, m: int, k: int, r: np.ndarray) -> np.ndarray:
+    """floor((grad * m + r) / 2**k) exactly: int64 where it cannot wrap, Python ints otherwise."""
+    g = grad.astype(np.int64)
+    bound = int(np.abs(g).max(initial=0))
+    if update_fits_int64(bound, m, k):
+        return (g * m + r) >> k
+    exact = (g.astype(object) * m + r.astype(object)) >> k
+    return np.clip(exact, -(1 << 62), 1 << 62).astype(np.int64)
+
+
 def apply_update(master: np.ndarray, grad: np.ndarray, m: int, k: int, key: int,
                  rows: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """master - stochastic_round(grad * m / 2**k), saturating at int16; returns (master, saturated).
@@ -220,14 +235,14 @@ def apply_update(master: np.ndarray, grad: np.ndarray, m: int, k: int, key: int,
         sel_grad = grad.reshape(-1)
         idx = np.arange(grad.size, dtype=np.int64)
         target = out.reshape(-1)
-        delta = (sel_grad.astype(np.int64) * m + random_bits(key, idx, k)) >> k
+        delta = _scaled_round(sel_grad, m, k, random_bits(key, idx, k))
         new = target.astype(np.int64) - delta
         sat = int(np.count_nonzero((new > 32767) | (new < -32767)))
         target[:] = np.clip(new, -32767, 32767).astype(np.int16)
         return out, sat
     rows = np.asarray(rows, dtype=np.int64)
     idx = (rows[:, None] * flat_cols + np.arange(flat_cols, dtype=np.int64)[None, :])
-    delta = (grad[rows].astype(np.int64) * m + random_bits(key, idx, k)) >> k
+    delta = _scaled_round(grad[rows], m, k, random_bits(key, idx, k))
     new = out[rows].astype(np.int64) - delta
     sat = int(np.count_nonzero((new > 32767) | (new < -32767)))
     out[rows] = np.clip(new, -32767, 32767).astype(np.int16)

@@ -47,7 +47,8 @@ class Kernels:
     """
 
     def __init__(self, name: str, matmul_int, outer_acc, outer_acc_steps=None, dense_update=None,
-                 neuron_run=None, local_deltas=None):
+                 neuron_run=None, local_deltas=None, spike_index=None, matmul_index=None,
+                 surrogate_index=False):
         self.name = name
         self.matmul_int = matmul_int
         self.outer_acc = outer_acc
@@ -55,6 +56,9 @@ class Kernels:
         self.dense_update = dense_update
         self.neuron_run = neuron_run
         self.local_deltas = local_deltas
+        self.spike_index = spike_index
+        self.matmul_index = matmul_index
+        self.surrogate_index = surrogate_index  # neuron_run(..., sg_exp) / local_deltas(..., from_index)
 
     def __repr__(self) -> str:
         return f"Kernels({self.name!r})"

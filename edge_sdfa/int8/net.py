@@ -93,8 +93,10 @@ class Int8Trace:
 
     inputs: dict[int, np.ndarray] = field(default_factory=dict)   # [T, N, in] uint8
     membranes: dict[int, np.ndarray] = field(default_factory=dict)  # [T, N, out] int64
+    sg_index: dict[int, np.ndarray] = field(default_factory=dict)   # [T, N, out] uint8 LUT index of h - vth
     counts: np.ndarray | None = None                              # [N, classes] output spike counts
     out_spikes: np.ndarray | None = None                          # [T, N, classes] uint8
+    sparse: dict[int, object] = field(default_factory=dict)       # kernels' spike index of inputs
 
 
 def _current(layer, q: QLayer, rows: np.ndarray, kernels: Kernels) -> np.ndarray:
@@ -115,9 +117,10 @@ def _current(layer, q: QLayer, rows: np.ndarray, kernels: Kernels) -> np.ndarray
 
 
 def forward(spec: NetworkSpec, qnet: QNet, x: np.ndarray, kernels: Kernels = NUMPY,
-            keep: set[int] | None = None) -> Int8Trace:
+            keep: set[int] | None = None, *, surrogate_index: bool = False) -> Int8Trace:
     """Forward ``x[T, N, ...]`` (uint8 spikes or counts). ``keep`` lists synaptic layers whose
-    inputs and membranes are recorded for an update."""
+    inputs and membranes are recorded for an update. With ``surrogate_index`` and kernels that
+    support it, kept layers record the surrogate LUT index of h (``sg_index``) instead of h."""
     if x.dtype.kind not in "ub" and not np.issubdtype(x.dtype, np.integer):
         raise UserError(f"int8 runtime needs integer spikes or counts, got {x.dtype}")
     t_steps, n = x.shape[:2]
@@ -127,10 +130,23 @@ def forward(spec: NetworkSpec, qnet: QNet, x: np.ndarray, kernels: Kernels = NUM
     for i, layer in enumerate(spec.layers):
         if has_synapses(layer):
             q = qnet[i]
-            cur = _current(layer, q, rows, kernels).reshape(t_steps, n, -1)
+            sidx = None
+            if isinstance(layer, Dense) and kernels.spike_index is not None:
+                sidx = kernels.spike_index(rows, t_steps, n)
+            if sidx is not None:
+                small = kernels.neuron_run is not None and (q.bias is None or int(np.abs(q.bias).max(initial=0)) < (1 << 30))
+                cur = kernels.matmul_index(sidx, q.w8, small)
+                if q.bias is not None:
+                    cur += q.bias.astype(cur.dtype)
+                if i in keep:
+                    trace.sparse[i] = sidx
+            else:
+                cur = _current(layer, q, rows, kernels)
+            cur = cur.reshape(t_steps, n, int(np.prod(cur.shape[1:])))
             const = arith.neuron_constants(layer.neuron, q.exp)
+            use_sg = surrogate_index and kernels.surrogate_index and i in keep
             if kernels.neuron_run is not None:
-                spikes, hs = kernels.neuron_run(layer.neuron, const, cur, i in keep)
+                spikes, hs = kernels.neuron_run(layer.neuron, const, cur, i in keep, q.exp if use_sg else None)
             else:
                 v = np.full(cur.shape[1:], const["vreset"], np.int64)
                 spikes = np.empty(cur.shape, np.uint8)
@@ -141,7 +157,10 @@ def forward(spec: NetworkSpec, qnet: QNet, x: np.ndarray, kernels: Kernels = NUM
                         hs[t] = h
             if i in keep:
                 trace.inputs[i] = rows.reshape(t_steps, n, -1)
-                trace.membranes[i] = hs
+                if use_sg:
+                    trace.sg_index[i] = hs
+                else:
+                    trace.membranes[i] = hs
             out_shape = spec.shapes()[i + 1]
             rows = spikes.reshape(t_steps * n, *out_shape)
         elif isinstance(layer, Pool2d):
@@ -150,8 +169,8 @@ def forward(spec: NetworkSpec, qnet: QNet, x: np.ndarray, kernels: Kernels = NUM
             r = rows[:, :, : h // k * k, : w // k * k].reshape(b, c, h // k, k, w // k, k)
             rows = r.max(axis=(3, 5)) if layer.mode == "max" else r.sum(axis=(3, 5), dtype=np.int64).astype(np.uint8)
         elif isinstance(layer, Flatten):
-            rows = rows.reshape(rows.shape[0], -1)
-    out = rows.reshape(t_steps, n, -1)
+            rows = rows.reshape(rows.shape[0], int(np.prod(rows.shape[1:])))
+    out = rows.reshape(t_steps, n, int(np.prod(rows.shape[1:])))
     trace.out_spikes = out
     trace.counts = out.sum(axis=0, dtype=np.int64)
     return trace
@@ -235,11 +254,13 @@ def sdfa_update(spec: NetworkSpec, qnet: QNet, x: np.ndarray, y: np.ndarray, fee
     if config.mode not in ("online", "exact"):
         raise UserError(f"unknown temporal mode {config.mode!r} (expected online or exact)")
     t_steps, n = x.shape[:2]
+    if n == 0:
+        raise UserError("empty batch: an SDFA update needs at least one sample")
     train = [i for i, q in enumerate(qnet) if q.trainable]
     for i in train:
         if not isinstance(spec.layers[i], Dense):
             raise UserError(f"layer {i} ({spec.layers[i].type}) cannot be trained in int8; only dense layers can")
-    trace = forward(spec, qnet, x, kernels, keep=set(train))
+    trace = forward(spec, qnet, x, kernels, keep=set(train), surrogate_index=True)
     counts_by_step = np.cumsum(trace.out_spikes, axis=0, dtype=np.int64)
     e = step_errors(counts_by_step, y, spec.loss, config.mode)
     last = spec.synaptic_layers()[-1]
@@ -251,15 +272,27 @@ def sdfa_update(spec: NetworkSpec, qnet: QNet, x: np.ndarray, y: np.ndarray, fee
         layer = spec.layers[i]
         q = qnet[i]
         if i == last:
-            g, unit_bits, extra = e, arith.ERR_BITS + arith.SG_BITS, 1.0
+            unit_bits, extra = arith.ERR_BITS + arith.SG_BITS, 1.0
         else:
-            g = _project_int(e, feedback[i])
             unit_bits, extra = arith.ERR_BITS + arith.FB_BITS + arith.SG_BITS, norm
-        deltas, shifts = local_deltas(spec, qnet, i, trace.membranes[i], g, kernels)
+        if kernels.local_deltas is not None:  # fused projection, surrogate and int8 shift
+            const = arith.neuron_constants(layer.neuron, q.exp)
+            from_index = i in trace.sg_index
+            deltas, shifts = kernels.local_deltas(trace.sg_index[i] if from_index else trace.membranes[i], e,
+                                                  const["vth"], q.exp, None if i == last else feedback[i],
+                                                  from_index=from_index)
+        else:
+            g = e if i == last else _project_int(e, feedback[i])
+            deltas, shifts = local_deltas(spec, qnet, i, trace.membranes[i], g)
         xin = trace.inputs[i]
         m, k = arith.update_multiplier(config.lr, n, t_steps, layer.neuron.input_gain, extra, q.exp, unit_bits)
         key = arith.rounding_key(config.seed, update_index, i)
-        done = kernels.dense_update(xin, deltas, shifts, q.master, m, k, key) if kernels.dense_update else None
+        done = None
+        # |grad| <= N * max|x| * 127 * sum_t 2**shift_t; the fused kernel multiplies in int64,
+        # so it only runs where grad * m cannot wrap (the reference falls back to exact ints).
+        grad_bound = n * int(xin.max(initial=0)) * 127 * int(sum(1 << int(s_) for s_ in shifts))
+        if kernels.dense_update is not None and arith.update_fits_int64(grad_bound, m, k):
+            done = kernels.dense_update(xin, deltas, shifts, q.master, m, k, key, index=trace.sparse.get(i))
         if done is not None:
             master, w8, sat, sat_w8 = done
         else:

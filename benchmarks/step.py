@@ -1,0 +1,347 @@
+"""Seconds per learning-rule update on the N-MNIST MLP shapes, with peak RSS per method.
+
+    python benchmarks/step.py --json
+
+For each (method, shape) a fresh subprocess builds the network, runs warm-up updates (the first
+call's time, which includes numba's JIT compile or cache load, is reported as ``first_call_s``
+and never enters the median), then times ``--repeats`` updates and reports the median and its
+own peak RSS (``ru_maxrss``: the process ran that method alone). Methods:
+
+- ``sdfa_int8_online``: ``edge_sdfa.int8.net.sdfa_update`` (mode online) with the ``auto``
+  kernels (numba where importable, else the numpy reference); ``--kernels numpy`` forces the
+  reference.
+- ``sdfa_float_exact``: ``float_net.sdfa_exact_grads`` + an Adam step (float32 numpy).
+- ``bptt_float``: ``float_net.bptt_grads`` + an Adam step.
+
+Inputs are random binary spikes at 10% density; the weights are PyTorch's default init scaled per
+layer so that every hidden layer fires at about 10% (a silent hidden layer would flatter the
+sparse kernels); the measured densities are in the output.
+
+``gflops_equiv`` counts the dense work of an update, forward ``x @ W`` plus weight gradient
+``x^T d`` (2 * 2 * R * K * M flops per layer, R = T * batch rows), whatever the method really
+does; ``matmul_f32_*`` times exactly those float32 matmuls with numpy's BLAS in the same run, so
+the distance to the machine's dense limit is visible. Reference figures (PyTorch SDFA, cited from
+the issue, not measured here): 0.15 s per update for the 2-layer shape, 0.40 s for the 5-layer
+shape, about 840 MB peak RSS.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+METHODS = ("sdfa_int8_online", "sdfa_float_exact", "bptt_float")
+SHAPES = ("2312-1000-10", "2312-1000-1000-1000-1000-10")
+REFERENCE_S = {"2312-1000-10": 0.15, "2312-1000-1000-1000-1000-10": 0.40}
+REFERENCE_RSS_MB = 840.0
+GOAL_S = {"2312-1000-10": 0.030}
+
+
+def _log(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# worker: one (method, shape) in its own process
+
+
+def _calibrated_params(spec, x, target: float = 0.1, seed: int = 0):
+    """Default init, each layer's weights scaled (layer by layer) so it fires at ~target."""
+    import numpy as np
+
+    from edge_sdfa import float_net as fn
+    from edge_sdfa import ops
+
+    params = fn.init_params(spec, seed)
+    t_steps, n = x.shape[:2]
+    rows = x.reshape(t_steps * n, -1).astype(np.float32)
+    syn = spec.synaptic_layers()
+    for i in syn:
+        layer = spec.layers[i]
+        w0 = params[i]["weight"]
+        best = None
+        for gain in (1, 1.5, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64):
+            cur = rows @ (w0 * gain).T
+            _, s = ops.neuron_forward(layer.neuron, cur.reshape(t_steps, n, -1))
+            best = (gain, s)
+            if s.mean() >= target or i == syn[-1]:
+                break
+        gain, s = best
+        params[i]["weight"] = (w0 * gain).astype(np.float32)
+        rows = s.reshape(t_steps * n, -1)
+    return params
+
+
+def _inputs(sizes, batch, steps, density):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = (rng.random((steps, batch, sizes[0])) < density).astype(np.uint8)
+    y = rng.integers(0, sizes[-1], batch)
+    return x, y
+
+
+def write_params(shape: str, batch: int, steps: int, density: float, path: str) -> None:
+    """Calibrate the weights once in the parent (so the workers' peak RSS is the update's)."""
+    import numpy as np
+
+    from edge_sdfa.spec import mlp
+
+    sizes = [int(s) for s in shape.split("-")]
+    spec = mlp(sizes, time_steps=steps)
+    x, y = _inputs(sizes, batch, steps, density)
+    params = _calibrated_params(spec, x)
+    from edge_sdfa.int8 import net
+
+    qnet, _ = net.quantize(spec, params)  # a device loads a quantised head (head.npz), as here
+    arrays = {"x": x, "y": y}
+    for i, (p, q) in enumerate(zip(params, qnet)):
+        arrays[f"w{i}"] = p["weight"]
+        arrays[f"w8_{i}"], arrays[f"master_{i}"], arrays[f"exp_{i}"] = q.w8, q.master, np.int64(q.exp)
+    np.savez(path, **arrays)
+
+
+def worker(method: str, shape: str, batch: int, steps: int, density: float, repeats: int, kernels: str,
+           params_path: str | None = None) -> dict:
+    import numpy as np
+
+    from edge_sdfa import float_net as fn
+    from edge_sdfa.spec import mlp
+
+    sizes = [int(s) for s in shape.split("-")]
+    spec = mlp(sizes, time_steps=steps)
+    qnet = None
+    if params_path:
+        with np.load(params_path, allow_pickle=False) as z:
+            x, y = z["x"], z["y"]
+            if method == "sdfa_int8_online":
+                from edge_sdfa.int8.net import QLayer
+
+                qnet = [QLayer(int(z[f"exp_{i}"]), z[f"w8_{i}"], None, z[f"master_{i}"]) for i in range(len(spec.layers))]
+            else:
+                params = [{"weight": z[f"w{i}"]} for i in range(len(spec.layers))]
+    else:
+        x, y = _inputs(sizes, batch, steps, density)
+        params = _calibrated_params(spec, x)
+    extra: dict = {}
+    if method == "sdfa_int8_online":
+        from edge_sdfa.int8 import net
+        from edge_sdfa.int8.kernels import get_kernels
+
+        k = get_kernels(kernels)
+        if qnet is None:
+            qnet, _ = net.quantize(spec, params)
+        feedback = net.feedback_int8(spec, 0)
+        config = net.UpdateConfig(lr=0.05, mode="online")
+        state = {"q": qnet, "i": 0}
+
+        def update():
+            # the same batch every time, fresh rounding draws; weights evolve as in training
+            state["q"], _ = net.sdfa_update(spec, state["q"], x, y, feedback, config, state["i"], k)
+            state["i"] += 1
+
+        tr = net.forward(spec, qnet, x, k, keep=set(spec.synaptic_layers()))
+        extra["input_density"] = [round(float((tr.inputs[i] != 0).mean()), 4) for i in spec.synaptic_layers()]
+        extra["kernels"] = k.name
+        if k.name == "numba":
+            import numba
+
+            extra["numba_threads"] = numba.get_num_threads()
+            extra["numba_threading_layer"] = None
+    else:
+        xf = x.astype(np.float32)
+        feedback = fn.feedback_matrices(spec, 0)
+        opt = fn.optimizer_init("adam", params)
+        state = {"p": params, "o": opt}
+        rule = fn.bptt_grads if method == "bptt_float" else None
+
+        def update():
+            if rule is not None:
+                _, grads, _ = rule(spec, state["p"], xf, y)
+            else:
+                _, grads, _ = fn.sdfa_exact_grads(spec, state["p"], xf, y, feedback)
+            state["p"], state["o"] = fn.optimizer_step(state["p"], grads, state["o"], 1e-3)
+
+        tr = fn.forward(spec, params, xf)
+        extra["input_density"] = [round(float((tr.inputs[i] != 0).mean()), 4) for i in spec.synaptic_layers()]
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    update()
+    first = time.perf_counter() - t0
+    if method == "sdfa_int8_online" and extra.get("kernels") == "numba":
+        import numba
+
+        try:
+            extra["numba_threading_layer"] = numba.threading_layer()
+        except ValueError:
+            pass
+    update()  # second warm-up: page cache, allocator
+    times, cpu = [], []
+    for _ in range(repeats):
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        update()
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    del cpu0
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    extra["cpu_s_per_update"] = round(float(np.median(cpu)), 5)  # all threads; less load-sensitive
+    r = t_rows = steps * batch
+    flops = sum(4.0 * r * a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    med = float(np.median(times))
+    return {"method": method, "layers": sizes, "batch": batch, "T": steps, "s_per_update": med,
+            "peak_rss_mb": round(rss_mb, 1), "times_s": [round(t, 5) for t in times],
+            "first_call_s": round(first, 3), "gflops_equiv": round(flops / med / 1e9, 2),
+            "rows": t_rows, **extra}
+
+
+# ---------------------------------------------------------------------------------------------
+# the baseline matmul and the driver
+
+
+def matmul_baseline(shape: str, batch: int, steps: int, density: float, repeats: int) -> dict:
+    """float32 BLAS time of the same dense work: x @ W and x^T d for every layer."""
+    import numpy as np
+
+    sizes = [int(s) for s in shape.split("-")]
+    r = steps * batch
+    rng = np.random.default_rng(1)
+    mats = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        xs = (rng.random((r, a)) < density).astype(np.float32)
+        mats.append((xs, rng.standard_normal((a, b)).astype(np.float32), rng.standard_normal((r, b)).astype(np.float32)))
+
+    def run():
+        for xs, w, d in mats:
+            xs @ w
+            xs.T @ d
+
+    run()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    med = float(np.median(times))
+    flops = sum(4.0 * r * a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    return {"matmul_f32_s": med, "matmul_f32_gflops": round(flops / med / 1e9, 2)}
+
+
+def blas_info() -> dict:
+    info = {"OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = [d for d in threadpool_info() if d.get("user_api") == "blas"]
+        if blas:
+            info.update({"blas": blas[0].get("internal_api"), "blas_kernel": blas[0].get("architecture"),
+                         "blas_threads": blas[0].get("num_threads")})
+    except ImportError:
+        info["blas"] = "unknown (threadpoolctl not installed)"
+    return info
+
+
+def _run_worker(method, shape, args, params_path, env=None) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", method, "--shape", shape,
+           "--batch", str(args.batch), "--steps", str(args.steps), "--density", str(args.density),
+           "--repeats", str(args.repeats), "--kernels", args.kernels, "--params", params_path]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"error: worker {method} {shape} failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="print the JSON list on stdout")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--density", type=float, default=0.1)
+    ap.add_argument("--repeats", type=int, default=7, help="timed updates per method (median; >= 5)")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--kernels", default="auto", help="int8 kernels: auto, numba or numpy")
+    ap.add_argument("--cold-compile", action="store_true",
+                    help="also time a run with an empty numba cache (the JIT compile time and its RSS)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--shape", help=argparse.SUPPRESS)
+    ap.add_argument("--params", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.repeats < 5:
+        ap.error("--repeats must be >= 5")
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.shape, args.batch, args.steps, args.density, args.repeats,
+                                args.kernels, args.params)))
+        return 0
+    methods = [m for m in args.methods.split(",") if m]
+    shapes = [s for s in args.shapes.split(",") if s]
+    for m in methods:
+        if m not in METHODS:
+            ap.error(f"unknown method {m!r}")
+    import tempfile
+
+    results = []
+    cold = {}
+    with tempfile.TemporaryDirectory() as pdir:
+        paths = {}
+        for shape in shapes:
+            paths[shape] = os.path.join(pdir, f"{shape}.npz")
+            write_params(shape, args.batch, args.steps, args.density, paths[shape])
+        if args.cold_compile and "sdfa_int8_online" in methods:
+            with tempfile.TemporaryDirectory() as tmp:
+                env = dict(os.environ, NUMBA_CACHE_DIR=tmp)
+                _log("cold JIT compile run ...")
+                r = _run_worker("sdfa_int8_online", shapes[0], args, paths[shapes[0]], env)
+                cold = {"cold_first_call_s": r["first_call_s"], "cold_peak_rss_mb": r["peak_rss_mb"]}
+        for shape in shapes:
+            base = matmul_baseline(shape, args.batch, args.steps, args.density, args.repeats)
+            for m in methods:
+                _log(f"{m} {shape} ...")
+                load0 = os.getloadavg()[0]
+                r = _run_worker(m, shape, args, paths[shape])
+                r["loadavg_1min_before_after"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+                r.update(base)
+                if m == "sdfa_int8_online":
+                    r.update(cold)
+                results.append(r)
+            _log(f"matmul f32 {shape}: {base['matmul_f32_s'] * 1e3:.1f} ms")
+    by = {(r["method"], "-".join(map(str, r["layers"]))): r for r in results}
+    for shape in shapes:
+        r = by.get(("sdfa_int8_online", shape))
+        if r is None:
+            continue
+        ref = REFERENCE_S.get(shape)
+        ratios = {"reference_pytorch_s_cited": ref, "reference_pytorch_rss_mb_cited": REFERENCE_RSS_MB}
+        if ref:
+            ratios["speedup_vs_reference"] = round(ref / r["s_per_update"], 2)
+        for other in ("bptt_float", "sdfa_float_exact"):
+            if (other, shape) in by:
+                ratios[f"speedup_vs_{other}"] = round(by[(other, shape)]["s_per_update"] / r["s_per_update"], 2)
+        ratios["goal_5x_reference"] = bool(ref and r["s_per_update"] * 5 <= ref)
+        ratios["goal_rss_150mb"] = r["peak_rss_mb"] < 150
+        if "speedup_vs_bptt_float" in ratios:
+            ratios["goal_3x_bptt_float"] = ratios["speedup_vs_bptt_float"] >= 3
+        r.update(ratios)
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    env = {"cpus": os.cpu_count(), "loadavg": load, **blas_info()}
+    for r in results:
+        r["env"] = env
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        for r in results:
+            print(f"{r['method']:18s} {'-'.join(map(str, r['layers'])):28s} {r['s_per_update'] * 1e3:8.1f} ms "
+                  f"{r['peak_rss_mb']:7.1f} MB {r['gflops_equiv']:7.1f} GF/s-eq (f32 matmul {r['matmul_f32_gflops']} GF/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
