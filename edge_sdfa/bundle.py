@@ -17,6 +17,7 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -294,6 +295,23 @@ def read_bundle(path: str | Path, verify_signature: Callable[[dict], None] | Non
 # write
 
 
+@contextmanager
+def _staging(out: Path):
+    """Build a bundle in a sibling temp dir; it replaces ``out`` only if the block succeeds."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_manifest(folder: Path, manifest: dict) -> None:
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+
 def write_bundle(out: str | Path, spec: NetworkSpec, qnet: QNet, cut: int, *, model_id: str, version: int,
                  holdout: tuple[np.ndarray, np.ndarray], feedback_seed: int = 0, revision: int = 0,
                  rehearsal: tuple[np.ndarray, np.ndarray] | None = None, frozen_files: dict[str, Path] | None = None,
@@ -308,8 +326,7 @@ def write_bundle(out: str | Path, spec: NetworkSpec, qnet: QNet, cut: int, *, mo
     if out.exists():
         raise BundleError(f"{out} already exists")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with _staging(out) as tmp:
         frozen_format = frozen_format or ("none" if cut == 0 else "npz")
         frozen_entry = {"format": frozen_format, "file": None}
         if cut > 0 and frozen_format == "npz":
@@ -340,20 +357,14 @@ def write_bundle(out: str | Path, spec: NetworkSpec, qnet: QNet, cut: int, *, mo
         }
         for f in sorted(tmp.iterdir()):
             manifest["files"][f.name] = {"sha256": sha256_file(f), "bytes": f.stat().st_size}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _write_manifest(tmp, manifest)
     return out
 
 
 def with_head(bundle: Bundle, head: QNet, out: str | Path, revision: int | None = None) -> Path:
     """A copy of ``bundle`` with new trainable weights (a fine-tune candidate)."""
     out = Path(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with _staging(out) as tmp:
         for name in bundle.manifest["files"]:
             if name != "head.npz":
                 shutil.copyfile(bundle.path / name, tmp / name)
@@ -365,12 +376,7 @@ def with_head(bundle: Bundle, head: QNet, out: str | Path, revision: int | None 
         manifest["files"] = dict(manifest["files"])
         manifest["files"]["head.npz"] = {"sha256": sha256_file(tmp / "head.npz"),
                                         "bytes": (tmp / "head.npz").stat().st_size}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _write_manifest(tmp, manifest)
     return out
 
 

@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from edge_sdfa.executors import frozen_source
 from edge_sdfa.errors import BundleError, UserError, require
 
 
@@ -29,11 +30,7 @@ class OnnxExecutor:
         ``threads`` (or ``EDGE_SDFA_EXECUTOR_THREADS``): intra-op threads, 0 = runtime default.
         """
         ort = require("onnxruntime", "the ONNX frozen-part executor", extra="onnx")
-        if bundle is not None:
-            path = bundle.file(bundle.manifest["frozen"]["file"])
-            spec = bundle.frozen_spec()
-        if path is None or spec is None:
-            raise UserError("OnnxExecutor needs a bundle, or a model path and its frozen spec")
+        path, spec = frozen_source(bundle, path, spec, "OnnxExecutor")
         self.spec = spec
         self.time_steps = int(spec.time_steps)
         self.input_shape = tuple(spec.input_shape)

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from edge_sdfa.executors import frozen_source
 from edge_sdfa.errors import BundleError, MissingDependency, UserError
 
 
@@ -44,11 +45,7 @@ class TFLiteExecutor:
         ``threads`` (or ``EDGE_SDFA_EXECUTOR_THREADS``): interpreter threads, None = runtime default.
         """
         Interpreter = _interpreter_class()
-        if bundle is not None:
-            path = bundle.file(bundle.manifest["frozen"]["file"])
-            spec = bundle.frozen_spec()
-        if path is None or spec is None:
-            raise UserError("TFLiteExecutor needs a bundle, or a model path and its frozen spec")
+        path, spec = frozen_source(bundle, path, spec, "TFLiteExecutor")
         self.spec = spec
         self.time_steps = int(spec.time_steps)
         self.input_shape = tuple(spec.input_shape)

@@ -54,6 +54,16 @@ class IdentityExecutor:
         return x
 
 
+def frozen_source(bundle, path, spec, who: str):
+    """(model file, frozen spec) of an exported frozen part: from ``bundle``, or given directly."""
+    if bundle is not None:
+        path = bundle.file(bundle.manifest["frozen"]["file"])
+        spec = bundle.frozen_spec()
+    if path is None or spec is None:
+        raise UserError(f"{who} needs a bundle, or a model path and its frozen spec")
+    return path, spec
+
+
 def open_executor(bundle, kind: str | None = None) -> FrozenExecutor:
     kind = kind or bundle.frozen_format
     if kind == "none":
