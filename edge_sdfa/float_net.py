@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_sdfa import ops
-from edge_sdfa.spec import Conv2d, Dense, Flatten, NetworkSpec, Pool2d, has_synapses
+from edge_sdfa.spec import Flatten, NetworkSpec, Pool2d, has_synapses
 
 Params = list[dict[str, np.ndarray]]
 

@@ -35,7 +35,6 @@ raise UserError naming the node.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -1,7 +1,6 @@
 """The bundle format: round trip, verification failures, safe archive extraction."""
 import io
 import json
-import shutil
 import tarfile
 
 import numpy as np

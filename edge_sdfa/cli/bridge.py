@@ -45,11 +45,15 @@ def serve(port: str = PORT,
 
 
 def _progress(label: str):
+    shown = [-1]
+
     def show(done: int, total: int) -> None:
-        sys.stderr.write(f"\r{label}: {done}/{total} bytes ({100 * done / max(total, 1):.0f}%)")
-        if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+        pct = 100 * done // max(total, 1)
+        if pct >= shown[0] + 5 or done >= total:  # about 20 lines at most, on stderr
+            shown[0] = pct
+            end = "\n" if done >= total or not sys.stderr.isatty() else ""
+            sys.stderr.write(f"\r{label}: {done}/{total} bytes ({pct}%){end}")
+            sys.stderr.flush()
     return show
 
 
@@ -58,9 +62,11 @@ def deploy(bundle: str = typer.Argument(..., help="bundle directory or .tar"), p
            as_json: bool = JSON):
     """Upload a bundle (resumable); the device verifies it and installs it as the candidate."""
     from firmware_bridge.client import connect, deploy as run
+    from firmware_bridge.packing import pack_bundle
 
+    data = pack_bundle(bundle, sign_key=sign)  # a bad bundle or key fails before the line is opened
     with connect(port) as dev:
-        emit(run(dev, bundle, sign=sign, on_progress=_progress("upload")), as_json)
+        emit(run(dev, data, on_progress=_progress("upload")), as_json)
 
 
 def remote_finetune(port: str = PORT,

@@ -14,7 +14,7 @@ from edge_sdfa import float_net as fn
 from edge_sdfa.errors import UserError
 from edge_sdfa.int8 import arith
 from edge_sdfa.int8.kernels import NUMPY, Kernels
-from edge_sdfa.spec import Conv2d, Dense, Flatten, NetworkSpec, Pool2d, has_synapses
+from edge_sdfa.spec import Dense, Flatten, NetworkSpec, Pool2d, has_synapses
 
 # ---------------------------------------------------------------------------------------------
 # quantised parameters

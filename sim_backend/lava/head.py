@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_sdfa.errors import UserError
-from edge_sdfa.spec import Dense, Flatten, NetworkSpec, has_synapses
+from edge_sdfa.spec import Dense, Flatten, NetworkSpec
 
 
 @dataclass(frozen=True)
