@@ -25,8 +25,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from host_tools.datasets import binning, iter_batches, synth  # noqa: E402
-from host_tools.datasets.binning import make_events  # noqa: E402
+from edge_sdfa import binning  # noqa: E402
+from host_tools.datasets import iter_batches, synth  # noqa: E402
+from edge_sdfa.binning import make_events  # noqa: E402
 
 
 def progress(msg: str) -> None:

@@ -82,9 +82,8 @@ def load_data(spec: str | Path | None, time_steps: int, input_shape: tuple[int, 
 
         path = text[4:] if text.startswith("npz:") else text
         data = load_user_data(path)
-        if data.x is None:
-            raise DataError(f"{path}: holds events; bin them on the host first (edge-sdfa data) or pass a spikes file")
-        x, y = data.x, data.y
+        x = data.x if data.x is not None else bin_user_events(data, time_steps, input_shape, path)
+        y = data.y
     else:
         try:
             from host_tools.datasets import load_arrays
@@ -96,6 +95,28 @@ def load_data(spec: str | Path | None, time_steps: int, input_shape: tuple[int, 
     if tuple(x.shape[1:]) != expect:
         raise DataError(f"{text}: samples have shape {tuple(x.shape[1:])}, the model expects {expect}")
     return np.ascontiguousarray(x), y.astype(np.int64)
+
+
+def bin_user_events(data, time_steps: int, input_shape: tuple[int, ...], path: str) -> np.ndarray:
+    """Events of a user-data file -> frames ``[N, T, *input_shape]`` on the device (split by
+    number of events, as the reference bins N-MNIST/DVS; counts for camera events)."""
+    from edge_sdfa.binning import channel_events_to_frames, events_to_frames
+
+    frames = []
+    for i in range(len(data)):
+        ev = data.sample_events(i)
+        if "channel" in ev.dtype.names:
+            f = channel_events_to_frames(ev["t"], ev["channel"], int(np.prod(input_shape)), time_steps)
+        else:
+            if data.sensor is None:
+                raise DataError(f"{path}: camera events need the 'sensor' array (H, W)")
+            f = events_to_frames(ev, tuple(data.sensor), time_steps)
+        if f.size != time_steps * int(np.prod(input_shape)):
+            raise DataError(f"{path}: events bin to frames of shape {f.shape[1:]}, the model expects {input_shape}")
+        frames.append(f.reshape(time_steps, *input_shape))
+    if not frames:
+        return np.zeros((0, time_steps, *input_shape), np.uint8)
+    return np.stack(frames)
 
 
 def split_validation(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from host_tools.datasets import binning
-from host_tools.datasets.binning import make_events
+from edge_sdfa import binning
+from edge_sdfa.binning import make_events
 
 pytestmark = pytest.mark.unit
 

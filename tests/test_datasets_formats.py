@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from edge_sdfa.errors import DataError
 from host_tools.datasets import formats
-from host_tools.datasets.binning import make_events
+from edge_sdfa.binning import make_events
 
 pytestmark = pytest.mark.unit
 

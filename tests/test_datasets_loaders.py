@@ -11,7 +11,7 @@ import pytest
 
 from edge_sdfa.errors import DataError
 from host_tools.datasets import describe, iter_batches, load_arrays, open_dataset, synth
-from host_tools.datasets.binning import events_to_frames
+from edge_sdfa.binning import events_to_frames
 
 pytestmark = pytest.mark.unit
 

@@ -9,7 +9,7 @@ import pytest
 from edge_sdfa import userdata
 from edge_sdfa.errors import DataError
 from host_tools.datasets import describe, iter_batches, load_arrays, open_dataset
-from host_tools.datasets.binning import events_to_frames, make_events
+from edge_sdfa.binning import events_to_frames, make_events
 
 pytestmark = pytest.mark.unit
 

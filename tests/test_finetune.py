@@ -152,3 +152,27 @@ def test_device_only_install_runs_the_main_job(tmp_path):
     report = json.loads(proc.stdout)
     assert report["committed"] is True
     assert report["accuracy_after"] - report["accuracy_before"] >= 0.10
+
+
+@pytest.mark.integration
+def test_finetune_accepts_user_events_binned_on_the_device(tmp_path):
+    """An npz of camera events (N-MNIST-shaped, from the DVS emulator) is binned by the device."""
+    from edge_sdfa import float_net as fn
+    from edge_sdfa.bundle import write_bundle
+    from edge_sdfa.int8 import net as qn
+    from edge_sdfa.spec import mlp
+    from host_tools.datasets import open_dataset
+
+    ds = open_dataset("digits-events?split=test&limit=40")
+    samples = list(ds)
+    events = np.concatenate([s.events for s in samples])
+    offsets = np.cumsum([0] + [len(s.events) for s in samples])
+    y = np.array([s.label for s in samples])
+    path = tmp_path / "ev.npz"
+    save_user_data(str(path), y, events=events, offsets=offsets, sensor=(34, 34))
+    spec = mlp([2312, 32, 10], time_steps=5)
+    qnet, _ = qn.quantize(spec, [{k: v * 4 for k, v in p.items()} for p in fn.init_params(spec, 0)], trainable={1})
+    hold = (np.zeros((4, 5, 2312), np.uint8), np.arange(4))
+    bundle = write_bundle(tmp_path / "b", spec, qnet, 1, model_id="ev", version=1, holdout=hold)
+    report = finetune(bundle, f"npz:{path}", store=tmp_path / "st", config=FinetuneConfig(epochs=1, batch_size=8))
+    assert report["user_train_samples"] + report["user_validation_samples"] == 40

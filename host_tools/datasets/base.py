@@ -10,7 +10,7 @@ import numpy as np
 
 from edge_sdfa.errors import DataError
 
-from . import binning
+from edge_sdfa import binning
 from .spec import DataSpec
 
 

@@ -22,7 +22,7 @@ from edge_sdfa.errors import DataError
 
 from . import formats
 from .base import Dataset, Entry, Sample
-from .binning import make_events
+from edge_sdfa.binning import make_events
 
 USER_RE = re.compile(r"^user(\d+)_(.+?)$")
 TEST_USERS = range(24, 30)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .binning import EVENT_DTYPE, make_events
+from edge_sdfa.binning import EVENT_DTYPE, make_events
 
 SACCADE_VERTICES = ((-1.5, 1.0), (1.5, 1.0), (0.0, -1.5))  # (dx, dy) pixels, visited cyclically
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from edge_sdfa.errors import DataError
 
-from .binning import EVENT_DTYPE, make_events
+from edge_sdfa.binning import EVENT_DTYPE, make_events
 
 NMNIST_OVERFLOW_Y = 240
 NMNIST_OVERFLOW_STEP = 1 << 13

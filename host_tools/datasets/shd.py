@@ -15,7 +15,7 @@ import numpy as np
 from edge_sdfa.errors import DataError, require
 
 from .base import Dataset, Entry, Sample
-from .binning import CHANNEL_EVENT_DTYPE, channel_events_to_frames
+from edge_sdfa.binning import CHANNEL_EVENT_DTYPE, channel_events_to_frames
 
 
 class SHD(Dataset):

@@ -24,7 +24,7 @@ import numpy as np
 
 from edge_sdfa.errors import DataError
 
-from .binning import CHANNEL_EVENT_DTYPE, EVENT_DTYPE
+from edge_sdfa.binning import CHANNEL_EVENT_DTYPE, EVENT_DTYPE
 
 SHIFT_SEED = 77001
 EVENT_KINDS = ("rotation", "jitter", "time", "polarity", "noise", "hot")

@@ -12,7 +12,7 @@ import pickle
 import numpy as np
 
 from . import formats
-from .binning import EVENT_DTYPE, make_events
+from edge_sdfa.binning import EVENT_DTYPE, make_events
 
 
 def random_events(rng: np.random.Generator, n: int, hw: tuple[int, int], duration_us: int = 300_000,
