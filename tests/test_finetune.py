@@ -176,3 +176,12 @@ def test_finetune_accepts_user_events_binned_on_the_device(tmp_path):
     bundle = write_bundle(tmp_path / "b", spec, qnet, 1, model_id="ev", version=1, holdout=hold)
     report = finetune(bundle, f"npz:{path}", store=tmp_path / "st", config=FinetuneConfig(epochs=1, batch_size=8))
     assert report["user_train_samples"] + report["user_validation_samples"] == 40
+
+
+def test_device_runtime_loads_no_host_code():
+    """DESIGN boundary: edge_sdfa (CLI included) never imports host, bridge or simulator code up front."""
+    code = ("import sys, edge_sdfa.cli, edge_sdfa.finetune, edge_sdfa.store, edge_sdfa.binning;"
+            "edge_sdfa.cli.build_app();"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'host_tools','firmware_bridge','sim_backend','sklearn','lava','h5py','nir','onnx','matplotlib'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
