@@ -10,8 +10,8 @@ import os
 
 import numpy as np
 
-from edge_sdfa.executors import frozen_source
-from edge_sdfa.errors import BundleError, UserError, require
+from edge_sdfa.executors import check_frozen_input, frozen_source
+from edge_sdfa.errors import BundleError, require
 
 
 def _threads() -> int:
@@ -54,18 +54,8 @@ class OnnxExecutor:
             self.input_max = 255
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x)
-        if x.ndim < 2 or x.shape[0] != self.time_steps or tuple(x.shape[2:]) != self.input_shape:
-            raise UserError(f"frozen part expects input [T={self.time_steps}, N, {', '.join(map(str, self.input_shape))}], "
-                            f"got {list(x.shape)}")
+        x = check_frozen_input(x, self.time_steps, self.input_shape, self.input_max)
         if x.shape[1] == 0:
             return np.zeros((self.time_steps, 0, *self.output_shape), np.uint8)
-        if x.dtype != np.uint8:
-            if x.dtype.kind not in "uib" or (x.size and (x.min() < 0 or x.max() > 255)):
-                raise UserError(f"frozen part expects uint8 spikes or counts, got {x.dtype}")
-            x = x.astype(np.uint8)
-        if self.input_max < 255 and x.max() > self.input_max:
-            raise UserError(f"input values up to {int(x.max())} exceed the range the frozen part was exported "
-                            f"for (input_max={self.input_max}); re-export it with a larger input_max")
-        out = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x)})[0]
+        out = self.session.run([self.output_name], {self.input_name: x})[0]
         return out.reshape(self.time_steps, x.shape[1], *self.output_shape)

@@ -11,8 +11,8 @@ import os
 
 import numpy as np
 
-from edge_sdfa.executors import frozen_source
-from edge_sdfa.errors import BundleError, MissingDependency, UserError
+from edge_sdfa.executors import check_frozen_input, frozen_source
+from edge_sdfa.errors import BundleError, MissingDependency
 
 
 def _interpreter_class():
@@ -78,22 +78,12 @@ class TFLiteExecutor:
         self._batch = n
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x)
-        if x.ndim < 2 or x.shape[0] != self.time_steps or tuple(x.shape[2:]) != self.input_shape:
-            raise UserError(f"frozen part expects input [T={self.time_steps}, N, {', '.join(map(str, self.input_shape))}], "
-                            f"got {list(x.shape)}")
+        x = check_frozen_input(x, self.time_steps, self.input_shape, self.input_max)
         n = x.shape[1]
         if n == 0:
             return np.zeros((self.time_steps, 0, *self.output_shape), np.uint8)
-        if x.dtype != np.uint8:
-            if x.dtype.kind not in "uib" or (x.size and (x.min() < 0 or x.max() > 255)):
-                raise UserError(f"frozen part expects uint8 spikes or counts, got {x.dtype}")
-            x = x.astype(np.uint8)
-        if self.input_max < 255 and x.max() > self.input_max:
-            raise UserError(f"input values up to {int(x.max())} exceed the range the frozen part was exported "
-                            f"for (input_max={self.input_max}); re-export it with a larger input_max")
         self._resize(n)
-        self.interpreter.set_tensor(self.input_index, np.ascontiguousarray(x))
+        self.interpreter.set_tensor(self.input_index, x)
         self.interpreter.invoke()
         out = self.interpreter.get_tensor(self.output_index)
         return np.array(out, copy=True).reshape(self.time_steps, n, *self.output_shape)

@@ -64,6 +64,23 @@ def frozen_source(bundle, path, spec, who: str):
     return path, spec
 
 
+def check_frozen_input(x: np.ndarray, time_steps: int, input_shape: tuple[int, ...], input_max: int = 255) -> np.ndarray:
+    """Validate an exported frozen part's input ``x[T, N, ...]``: shape, integer range, and the
+    ``input_max`` it was exported for. Returns it as contiguous uint8."""
+    x = np.asarray(x)
+    if x.ndim < 2 or x.shape[0] != time_steps or tuple(x.shape[2:]) != tuple(input_shape):
+        raise UserError(f"frozen part expects input [T={time_steps}, N, {', '.join(map(str, input_shape))}], "
+                        f"got {list(x.shape)}")
+    if x.dtype != np.uint8:
+        if x.dtype.kind not in "uib" or (x.size and (x.min() < 0 or x.max() > 255)):
+            raise UserError(f"frozen part expects uint8 spikes or counts, got {x.dtype}")
+        x = x.astype(np.uint8)
+    if input_max < 255 and x.size and x.max() > input_max:
+        raise UserError(f"input values up to {int(x.max())} exceed the range the frozen part was exported "
+                        f"for (input_max={input_max}); re-export it with a larger input_max")
+    return np.ascontiguousarray(x)
+
+
 def open_executor(bundle, kind: str | None = None) -> FrozenExecutor:
     kind = kind or bundle.frozen_format
     if kind == "none":
