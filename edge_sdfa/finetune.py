@@ -156,18 +156,20 @@ def _accuracy(backend, x: np.ndarray, y: np.ndarray, batch: int = 256) -> float:
 class _Progress:
     def __init__(self, enabled: bool, total: int):
         self.enabled, self.total, self.t0 = enabled and total > 0, total, time.perf_counter()
+        self.tty = sys.stderr.isatty()  # a log file gets one line per epoch, a terminal one updating line
 
     def show(self, epoch: int, loss: float, acc: float):
         if not self.enabled:
             return
         width = 24
         done = int(width * epoch / self.total)
-        sys.stderr.write(f"\rfinetune [{'#' * done}{'.' * (width - done)}] epoch {epoch}/{self.total} "
-                         f"loss {loss:.3f} val {acc:.3f} {time.perf_counter() - self.t0:.1f}s")
+        sys.stderr.write(f"{chr(13) if self.tty else ''}finetune [{'#' * done}{'.' * (width - done)}] "
+                         f"epoch {epoch}/{self.total} loss {loss:.3f} val {acc:.3f} "
+                         f"{time.perf_counter() - self.t0:.1f}s{'' if self.tty else chr(10)}")
         sys.stderr.flush()
 
     def close(self):
-        if self.enabled:
+        if self.enabled and self.tty:
             sys.stderr.write("\n")
 
 
