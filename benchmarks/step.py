@@ -5,11 +5,16 @@
 For each (method, shape) a fresh subprocess builds the network, runs warm-up updates (the first
 call's time, which includes numba's JIT compile or cache load, is reported as ``first_call_s``
 and never enters the median), then times ``--repeats`` updates and reports the median and its
-own peak RSS (``ru_maxrss``: the process ran that method alone). Methods:
+own peak RSS (``VmHWM`` from /proc where available, else ``ru_maxrss``, which on Linux
+also counts the parent's RSS at fork time; the process ran that method alone). Methods:
 
 - ``sdfa_int8_online``: ``edge_sdfa.int8.net.sdfa_update`` (mode online) with the ``auto``
   kernels (numba where importable, else the numpy reference); ``--kernels numpy`` forces the
   reference.
+- ``sdfa_int8_online_c``: the same update with the ahead-of-time compiled C kernels
+  (``edge_sdfa.int8.c_kernels``; no numba/LLVM in the process), whatever ``--kernels`` says, so
+  numba and C are measured in the same run, each in its own subprocess. The C library is built
+  before the workers start, so its compile time is reported as ``c_build_s`` and never timed.
 - ``sdfa_float_exact``: ``float_net.sdfa_exact_grads`` + an Adam step (float32 numpy).
 - ``bptt_float``: ``float_net.bptt_grads`` + an Adam step.
 
@@ -34,7 +39,8 @@ import subprocess
 import sys
 import time
 
-METHODS = ("sdfa_int8_online", "sdfa_float_exact", "bptt_float")
+METHODS = ("sdfa_int8_online", "sdfa_int8_online_c", "sdfa_float_exact", "bptt_float")
+INT8_METHODS = ("sdfa_int8_online", "sdfa_int8_online_c")
 SHAPES = ("2312-1000-10", "2312-1000-1000-1000-1000-10")
 REFERENCE_S = {"2312-1000-10": 0.15, "2312-1000-1000-1000-1000-10": 0.40}
 REFERENCE_RSS_MB = 840.0
@@ -106,6 +112,19 @@ def write_params(shape: str, batch: int, steps: int, density: float, path: str) 
     np.savez(path, **arrays)
 
 
+def _vm_hwm_mb() -> float | None:
+    """This process's own peak RSS (VmHWM, reset at exec). ``ru_maxrss`` is not: Linux carries the
+    forked parent's RSS over into the child's maximum, so a small worker reports the parent's."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
 def worker(method: str, shape: str, batch: int, steps: int, density: float, repeats: int, kernels: str,
            params_path: str | None = None) -> dict:
     import numpy as np
@@ -119,7 +138,7 @@ def worker(method: str, shape: str, batch: int, steps: int, density: float, repe
     if params_path:
         with np.load(params_path, allow_pickle=False) as z:
             x, y = z["x"], z["y"]
-            if method == "sdfa_int8_online":
+            if method in INT8_METHODS:
                 from edge_sdfa.int8.net import QLayer
 
                 qnet = [QLayer(int(z[f"exp_{i}"]), z[f"w8_{i}"], None, z[f"master_{i}"]) for i in range(len(spec.layers))]
@@ -129,11 +148,11 @@ def worker(method: str, shape: str, batch: int, steps: int, density: float, repe
         x, y = _inputs(sizes, batch, steps, density)
         params = _calibrated_params(spec, x)
     extra: dict = {}
-    if method == "sdfa_int8_online":
+    if method in INT8_METHODS:
         from edge_sdfa.int8 import net
         from edge_sdfa.int8.kernels import get_kernels
 
-        k = get_kernels(kernels)
+        k = get_kernels("c" if method == "sdfa_int8_online_c" else kernels)
         if qnet is None:
             qnet, _ = net.quantize(spec, params)
         feedback = net.feedback_int8(spec, 0)
@@ -153,6 +172,11 @@ def worker(method: str, shape: str, batch: int, steps: int, density: float, repe
 
             extra["numba_threads"] = numba.get_num_threads()
             extra["numba_threading_layer"] = None
+        if k.name == "c":
+            from edge_sdfa.int8 import c_kernels
+
+            extra["c_threads"] = c_kernels.num_threads()
+        extra["numba_imported"] = "numba" in sys.modules
     else:
         xf = x.astype(np.float32)
         feedback = fn.feedback_matrices(spec, 0)
@@ -173,7 +197,7 @@ def worker(method: str, shape: str, batch: int, steps: int, density: float, repe
     t0 = time.perf_counter()
     update()
     first = time.perf_counter() - t0
-    if method == "sdfa_int8_online" and extra.get("kernels") == "numba":
+    if method in INT8_METHODS and extra.get("kernels") == "numba":
         import numba
 
         try:
@@ -189,7 +213,11 @@ def worker(method: str, shape: str, batch: int, steps: int, density: float, repe
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     del cpu0
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    ru_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    rss_mb = _vm_hwm_mb()
+    if rss_mb is None:
+        rss_mb = ru_mb
+    extra["ru_maxrss_mb"] = round(ru_mb, 1)  # on Linux includes the parent's RSS at fork time
     extra["cpu_s_per_update"] = round(float(np.median(cpu)), 5)  # all threads; less load-sensitive
     r = t_rows = steps * batch
     flops = sum(4.0 * r * a * b for a, b in zip(sizes[:-1], sizes[1:]))
@@ -265,7 +293,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=7, help="timed updates per method (median; >= 5)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--shapes", default=",".join(SHAPES))
-    ap.add_argument("--kernels", default="auto", help="int8 kernels: auto, numba or numpy")
+    ap.add_argument("--kernels", default="auto", help="int8 kernels of sdfa_int8_online: auto, numba, c or numpy "
+                    "(sdfa_int8_online_c always uses c)")
     ap.add_argument("--cold-compile", action="store_true",
                     help="also time a run with an empty numba cache (the JIT compile time and its RSS)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -298,6 +327,18 @@ def main(argv=None) -> int:
                 _log("cold JIT compile run ...")
                 r = _run_worker("sdfa_int8_online", shapes[0], args, paths[shapes[0]], env)
                 cold = {"cold_first_call_s": r["first_call_s"], "cold_peak_rss_mb": r["peak_rss_mb"]}
+        if "sdfa_int8_online_c" in methods:
+            from edge_sdfa.errors import UserError
+
+            t0 = time.perf_counter()
+            try:
+                from edge_sdfa.int8 import c_kernels
+
+                c_kernels.load()  # compile once (cached) before any worker is timed
+                cold["c_build_s"] = round(time.perf_counter() - t0, 3)
+            except UserError as exc:
+                _log(f"skipping sdfa_int8_online_c: {exc}")
+                methods = [m for m in methods if m != "sdfa_int8_online_c"]
         for shape in shapes:
             base = matmul_baseline(shape, args.batch, args.steps, args.density, args.repeats)
             for m in methods:
@@ -306,13 +347,13 @@ def main(argv=None) -> int:
                 r = _run_worker(m, shape, args, paths[shape])
                 r["loadavg_1min_before_after"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
                 r.update(base)
-                if m == "sdfa_int8_online":
+                if m in INT8_METHODS:
                     r.update(cold)
                 results.append(r)
             _log(f"matmul f32 {shape}: {base['matmul_f32_s'] * 1e3:.1f} ms")
     by = {(r["method"], "-".join(map(str, r["layers"]))): r for r in results}
-    for shape in shapes:
-        r = by.get(("sdfa_int8_online", shape))
+    for shape, int8_method in [(s, m) for s in shapes for m in INT8_METHODS]:
+        r = by.get((int8_method, shape))
         if r is None:
             continue
         ref = REFERENCE_S.get(shape)
@@ -324,6 +365,8 @@ def main(argv=None) -> int:
                 ratios[f"speedup_vs_{other}"] = round(by[(other, shape)]["s_per_update"] / r["s_per_update"], 2)
         ratios["goal_5x_reference"] = bool(ref and r["s_per_update"] * 5 <= ref)
         ratios["goal_rss_150mb"] = r["peak_rss_mb"] < 150
+        if shape in GOAL_S:
+            ratios["goal_s_per_update"] = r["s_per_update"] <= GOAL_S[shape]
         if "speedup_vs_bptt_float" in ratios:
             ratios["goal_3x_bptt_float"] = ratios["speedup_vs_bptt_float"] >= 3
         r.update(ratios)

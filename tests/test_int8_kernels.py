@@ -280,7 +280,7 @@ def test_empty_batch_and_silent_input(fk):
 def test_get_kernels_registry(fk, monkeypatch):
     assert get_kernels("numpy") is NUMPY
     assert get_kernels("numba").name == "numba"
-    assert get_kernels("auto").name == "numba"
+    assert get_kernels("auto").name in ("c", "numba")  # c where a C compiler is available
     monkeypatch.setenv("EDGE_SDFA_KERNELS", "numpy")
     assert get_kernels() is NUMPY
 
@@ -289,7 +289,10 @@ def test_auto_falls_back_without_numba(monkeypatch):
     from edge_sdfa.errors import MissingDependency, UserError
 
     import edge_sdfa.int8 as pkg
+    from edge_sdfa.int8 import c_kernels
 
+    monkeypatch.setattr(c_kernels, "_LIB", None)  # no C kernels either
+    monkeypatch.setattr(c_kernels, "find_compiler", lambda: None)
     monkeypatch.setitem(sys.modules, "edge_sdfa.int8.fast_kernels", None)  # import fails
     monkeypatch.delattr(pkg, "fast_kernels", raising=False)
     assert get_kernels("auto") is NUMPY

@@ -68,11 +68,28 @@ NUMPY = Kernels("numpy", matmul_int_ref, outer_acc_ref)
 
 
 def get_kernels(name: str | None = None) -> Kernels:
-    """``numpy`` (reference), ``numba`` (sparse JIT kernels, needs the 'fast' extra) or ``auto``
-    (numba where importable, else numpy). ``EDGE_SDFA_KERNELS`` overrides the default."""
+    """``numpy`` (reference), ``numba`` (sparse JIT kernels, needs the 'fast' extra), ``c``
+    (ahead-of-time compiled C kernels: a C compiler is needed once, on first use; see
+    ``c_kernels``) or ``auto``: c where it builds and loads (no LLVM at run time: measured faster
+    and 120 MB smaller than numba, docs/performance.md), else numba where importable, else numpy.
+    A failed C build is remembered in the cache, so ``auto`` does not retry it in every process.
+    ``EDGE_SDFA_KERNELS`` overrides the default."""
     name = name or os.environ.get("EDGE_SDFA_KERNELS", "auto")
     if name == "numpy":
         return NUMPY
+    if name == "c":
+        from edge_sdfa.int8 import c_kernels
+
+        return c_kernels.get(retry_failed=True)  # UserError (one line) without a working compiler
+    if name == "auto":
+        from edge_sdfa.errors import UserError
+
+        try:
+            from edge_sdfa.int8 import c_kernels
+
+            return c_kernels.get(retry_failed=False)
+        except (UserError, ImportError, OSError):
+            pass  # no compiler, a failed build or load: the next option, silently
     if name in ("numba", "auto"):
         try:
             from edge_sdfa.int8 import fast_kernels
@@ -83,4 +100,4 @@ def get_kernels(name: str | None = None) -> Kernels:
             return NUMPY
         return fast_kernels.KERNELS
     from edge_sdfa.errors import UserError
-    raise UserError(f"unknown kernel set {name!r} (expected numpy, numba or auto)")
+    raise UserError(f"unknown kernel set {name!r} (expected numpy, numba, c or auto)")

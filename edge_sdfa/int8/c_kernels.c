@@ -1,0 +1,646 @@
+/* Ahead-of-time compiled int8 kernels (plain C99, optional OpenMP), loaded with ctypes by
+ * edge_sdfa/int8/c_kernels.py. The same algorithms as fast_kernels.py (numba), bit-exact with the
+ * numpy reference (edge_sdfa/int8/arith.py, net.py). No intrinsics: the inner loops are written
+ * so that gcc/clang auto-vectorise them on any target (x86-64, aarch64 NEON).
+ *
+ * Conventions: all arrays C-contiguous; sizes int64; spikes uint8; weights/errors int8.
+ * Signed right shifts of negative values are arithmetic (gcc and clang guarantee it).
+ * Work is handed out in dynamic chunks: on a shared device a descheduled thread must not hold
+ * half of the work while the others wait at the barrier.
+ * The Python side only calls a kernel where its integer bounds hold (see c_kernels.py).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE inline
+#endif
+
+#define CHUNK16 255 /* binary rows summed in int16: 255 * 128 = 32640 <= 32767 */
+#define MASTER_BITS 8
+#define DECAY_BITS 12
+#define DELTA_BITS 7
+
+int esd_abi_version(void) { return 5; }
+
+int esd_num_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* sparse structure of the spikes */
+
+/* Per row of x[R, K]: the number of nonzeros; returns the largest value (1: binary). */
+int64_t esd_row_counts(const uint8_t *restrict x, int64_t R, int64_t K, int64_t *restrict counts)
+{
+    int64_t vmax = 0;
+    int64_t r;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 32) reduction(max : vmax)
+#endif
+    for (r = 0; r < R; r++) {
+        const uint8_t *row = x + r * K;
+        int64_t c = 0;
+        unsigned mx = 0;
+        for (int64_t k = 0; k < K; k++) {
+            unsigned v = row[k];
+            c += v != 0;
+            mx = v > mx ? v : mx;
+        }
+        counts[r] = c;
+        if ((int64_t)mx > vmax)
+            vmax = mx;
+    }
+    return vmax;
+}
+
+/* Padded CSR fill: row r's nonzeros go to idx[starts[r] ...] (one spare slot per row, so the
+ * branchless fill never writes into the next row); values into val unless binary. */
+void esd_csr_fill(const uint8_t *restrict x, int64_t R, int64_t K, const int64_t *restrict starts,
+                  int32_t *restrict idx, uint8_t *restrict val, int binary)
+{
+    int64_t r;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 32)
+#endif
+    for (r = 0; r < R; r++) {
+        const uint8_t *row = x + r * K;
+        int64_t p = starts[r];
+        if (binary) {
+            for (int64_t k = 0; k < K; k++) {
+                idx[p] = (int32_t)k;
+                p += row[k] != 0;
+            }
+        } else {
+            for (int64_t k = 0; k < K; k++) {
+                uint8_t v = row[k];
+                idx[p] = (int32_t)k;
+                val[p] = v;
+                p += v != 0;
+            }
+        }
+    }
+}
+
+/* Per input k and step t the rows r = t * N + n with a spike, input-major so that all steps of
+ * one input are contiguous: smp[ptr[k*T+t] : ptr[k*T+t+1]] (and their values in sval unless
+ * binary). ptr has K*T+1 slots. */
+int esd_csc(const int64_t *restrict starts, const int64_t *restrict ends, const int32_t *restrict idx,
+            const uint8_t *restrict val, int binary, int64_t T, int64_t N, int64_t K, int64_t *restrict ptr,
+            int32_t *restrict smp, uint8_t *restrict sval)
+{
+    int64_t *pos = (int64_t *)malloc(sizeof(int64_t) * (size_t)(T * K + 1));
+    if (!pos)
+        return -1;
+    memset(ptr, 0, sizeof(int64_t) * (size_t)(T * K + 1));
+    for (int64_t t = 0; t < T; t++) {
+        int64_t *cnt = ptr + t + 1;
+        for (int64_t n = 0; n < N; n++) {
+            int64_t r = t * N + n;
+            for (int64_t p = starts[r]; p < ends[r]; p++)
+                cnt[(int64_t)idx[p] * T]++;
+        }
+    }
+    for (int64_t i = 0; i < T * K; i++)
+        ptr[i + 1] += ptr[i];
+    memcpy(pos, ptr, sizeof(int64_t) * (size_t)(T * K));
+    for (int64_t t = 0; t < T; t++) {
+        int64_t *ps = pos + t;
+        for (int64_t n = 0; n < N; n++) {
+            int64_t r = t * N + n;
+            for (int64_t p = starts[r]; p < ends[r]; p++) {
+                int64_t q = ps[(int64_t)idx[p] * T]++;
+                smp[q] = (int32_t)r;
+                if (!binary)
+                    sval[q] = val[p];
+            }
+        }
+    }
+    free(pos);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* sums of selected int8 rows */
+
+/* acc[0:tw] += sum_{p in [a, b)} w[sel[p] * ld + 0:tw], int16 (b - a <= CHUNK16). */
+static inline void sum_rows16(const int8_t *restrict w, int64_t ld, const int32_t *restrict sel, int64_t a,
+                              int64_t b, int16_t *restrict acc, int64_t tw)
+{
+    int64_t p = a;
+    for (; p + 8 <= b; p += 8) {
+        const int8_t *restrict w0 = w + sel[p] * ld;
+        const int8_t *restrict w1 = w + sel[p + 1] * ld;
+        const int8_t *restrict w2 = w + sel[p + 2] * ld;
+        const int8_t *restrict w3 = w + sel[p + 3] * ld;
+        const int8_t *restrict w4 = w + sel[p + 4] * ld;
+        const int8_t *restrict w5 = w + sel[p + 5] * ld;
+        const int8_t *restrict w6 = w + sel[p + 6] * ld;
+        const int8_t *restrict w7 = w + sel[p + 7] * ld;
+        for (int64_t c = 0; c < tw; c++)
+            acc[c] += (int16_t)((((int16_t)w0[c] + (int16_t)w1[c]) + ((int16_t)w2[c] + (int16_t)w3[c])) +
+                                (((int16_t)w4[c] + (int16_t)w5[c]) + ((int16_t)w6[c] + (int16_t)w7[c])));
+    }
+    if (p + 4 <= b) {
+        const int8_t *restrict w0 = w + sel[p] * ld;
+        const int8_t *restrict w1 = w + sel[p + 1] * ld;
+        const int8_t *restrict w2 = w + sel[p + 2] * ld;
+        const int8_t *restrict w3 = w + sel[p + 3] * ld;
+        for (int64_t c = 0; c < tw; c++)
+            acc[c] += (int16_t)(((int16_t)w0[c] + (int16_t)w1[c]) + ((int16_t)w2[c] + (int16_t)w3[c]));
+        p += 4;
+    }
+    for (; p < b; p++) {
+        const int8_t *restrict w0 = w + sel[p] * ld;
+        for (int64_t c = 0; c < tw; c++)
+            acc[c] += w0[c];
+    }
+}
+
+/* acc32[0:tw] = sum_{p in [a, b)} val[p] * w[sel[p] * ld + 0:tw] exactly (the caller bounds it). */
+static inline void sum_rows32(const int8_t *restrict w, int64_t ld, const int32_t *restrict sel,
+                              const uint8_t *restrict val, int64_t a, int64_t b, int binary,
+                              int16_t *restrict acc16, int32_t *restrict acc32, int64_t tw)
+{
+    for (int64_t c = 0; c < tw; c++)
+        acc32[c] = 0;
+    if (binary) {
+        for (int64_t p0 = a; p0 < b; p0 += CHUNK16) {
+            int64_t p1 = p0 + CHUNK16 < b ? p0 + CHUNK16 : b;
+            memset(acc16, 0, sizeof(int16_t) * (size_t)tw);
+            sum_rows16(w, ld, sel, p0, p1, acc16, tw);
+            for (int64_t c = 0; c < tw; c++)
+                acc32[c] += acc16[c];
+        }
+    } else {
+        for (int64_t p = a; p < b; p++) {
+            const int8_t *restrict wr = w + sel[p] * ld;
+            int32_t v = val[p];
+            for (int64_t c = 0; c < tw; c++)
+                acc32[c] += v * (int32_t)wr[c];
+        }
+    }
+}
+
+/* out[r, :] = sum_p val[p] * w[idx[p], :] over row r's nonzeros, int32 (the caller checked
+ * K * 255 * 128 < 2**31). Rows split between threads; columns in tiles of width tile. */
+int esd_gather(const int64_t *restrict starts, const int64_t *restrict ends, const int32_t *restrict idx,
+               const uint8_t *restrict val, int binary, const int8_t *restrict w, int64_t R, int64_t M,
+               int64_t tile, int32_t *restrict out)
+{
+    int err = 0;
+    if (tile <= 0 || tile > M)
+        tile = M;
+#ifdef _OPENMP
+#pragma omp parallel reduction(| : err)
+#endif
+    {
+        int16_t *acc16 = (int16_t *)malloc(sizeof(int16_t) * (size_t)(tile + 1));
+        if (!acc16) {
+            err = 1;
+        } else {
+            for (int64_t c0 = 0; c0 < M; c0 += tile) {
+                int64_t tw = M - c0 < tile ? M - c0 : tile;
+                int64_t r;
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 8) nowait
+#endif
+                for (r = 0; r < R; r++)
+                    sum_rows32(w + c0, M, idx, val, starts[r], ends[r], binary, acc16, out + r * M + c0, tw);
+            }
+            free(acc16);
+        }
+    }
+    return err ? -1 : 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* weight gradient and the fused update */
+
+static inline uint64_t splitmix64(uint64_t z)
+{
+    z += 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+typedef struct {
+    const int64_t *ptr;
+    const int32_t *smp;
+    const uint8_t *sval;
+    int binary;
+    const int8_t *d; /* [T, N, M] */
+    int64_t T, N, K, M;
+    const int64_t *shifts;
+    int use32;
+    int64_t s_min;
+} grad_args;
+
+/* g[0:tw] = sum_t (sum_{n active at (t, k)} val * d[t, n, c0:c0+tw]) << shifts[t], int64.
+ * Binary spikes: runs of consecutive steps with the same shift are summed together, in int16
+ * chunks of at most CHUNK16 rows (rows are global, r = t * N + n, so a run is one contiguous
+ * range of smp). use32: the caller proved that sum_t (rows at (t, k) * 128) << (shift_t - s_min)
+ * < 2**31, so the chunks add up in int32 at the smallest shift s_min. */
+static void row_grad(const grad_args *A, int64_t k, int64_t c0, int64_t tw, int64_t *restrict g,
+                     int16_t *restrict acc16, int32_t *restrict acc32)
+{
+    const int64_t T = A->T, M = A->M;
+    const int64_t *pk = A->ptr + k * T;
+    const int8_t *d = A->d + c0;
+    if (!A->binary) {
+        for (int64_t c = 0; c < tw; c++)
+            g[c] = 0;
+        for (int64_t t = 0; t < T; t++) {
+            int s = (int)A->shifts[t];
+            for (int64_t p = pk[t]; p < pk[t + 1]; p++) {
+                const int8_t *restrict dr = d + (int64_t)A->smp[p] * M;
+                int64_t v = A->sval[p];
+                for (int64_t c = 0; c < tw; c++)
+                    g[c] += (int64_t)((uint64_t)(v * dr[c]) << s);
+            }
+        }
+        return;
+    }
+    int first = 1;
+    int64_t t = 0;
+    while (t < T) {
+        int64_t t1 = t + 1;
+        while (t1 < T && A->shifts[t1] == A->shifts[t])
+            t1++;
+        int s = (int)A->shifts[t];
+        for (int64_t a = pk[t], end = pk[t1]; a < end; a += CHUNK16) {
+            int64_t b = a + CHUNK16 < end ? a + CHUNK16 : end;
+            memset(acc16, 0, sizeof(int16_t) * (size_t)tw);
+            sum_rows16(d, M, A->smp, a, b, acc16, tw);
+            if (A->use32) {
+                int rel = (int)(s - A->s_min);
+                if (first)
+                    for (int64_t c = 0; c < tw; c++)
+                        acc32[c] = (int32_t)((uint32_t)(int32_t)acc16[c] << rel);
+                else
+                    for (int64_t c = 0; c < tw; c++)
+                        acc32[c] += (int32_t)((uint32_t)(int32_t)acc16[c] << rel);
+            } else {
+                if (first)
+                    for (int64_t c = 0; c < tw; c++)
+                        g[c] = (int64_t)((uint64_t)(int64_t)acc16[c] << s);
+                else
+                    for (int64_t c = 0; c < tw; c++)
+                        g[c] += (int64_t)((uint64_t)(int64_t)acc16[c] << s);
+            }
+            first = 0;
+        }
+        t = t1;
+    }
+    if (first) {
+        for (int64_t c = 0; c < tw; c++)
+            g[c] = 0;
+    } else if (A->use32) {
+        int s = (int)A->s_min;
+        for (int64_t c = 0; c < tw; c++)
+            g[c] = (int64_t)((uint64_t)(int64_t)acc32[c] << s);
+    }
+}
+
+static int k_active(const grad_args *A, int64_t k)
+{
+    return A->ptr[(k + 1) * A->T] > A->ptr[k * A->T];
+}
+
+/* out[k, :] = sum_t (x_t^T d_t)[k, :] << shifts[t] (int64 [K, M]). */
+int esd_outer_steps(const int64_t *ptr, const int32_t *smp, const uint8_t *sval, int binary, const int8_t *d,
+                    int64_t T, int64_t N, int64_t K, int64_t M, const int64_t *shifts, int use32, int64_t s_min,
+                    int64_t tile, int64_t *restrict out)
+{
+    grad_args A = {ptr, smp, sval, binary, d, T, N, K, M, shifts, use32, s_min};
+    int err = 0;
+    if (tile <= 0 || tile > M)
+        tile = M;
+#ifdef _OPENMP
+#pragma omp parallel reduction(| : err)
+#endif
+    {
+        int16_t *acc16 = (int16_t *)malloc(sizeof(int16_t) * (size_t)(tile + 1));
+        int32_t *acc32 = (int32_t *)malloc(sizeof(int32_t) * (size_t)(tile + 1));
+        if (!acc16 || !acc32) {
+            err = 1;
+        } else {
+            for (int64_t c0 = 0; c0 < M; c0 += tile) {
+                int64_t tw = M - c0 < tile ? M - c0 : tile;
+                int64_t k;
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 16) nowait
+#endif
+                for (k = 0; k < K; k++)
+                    row_grad(&A, k, c0, tw, out + k * M + c0, acc16, acc32);
+            }
+        }
+        free(acc16);
+        free(acc32);
+    }
+    return err ? -1 : 0;
+}
+
+/* new_master = master - floor((grad * m + r) / 2**kbits) on rows k with any input spike,
+ * r = splitmix64((k * M + c) ^ key) >> (64 - kbits) (arith.random_bits), saturating at
+ * +-32767; other rows copied unchanged; new_w8 = arith.w8_from_master(new_master) on every row.
+ * sat[0] = saturated master values, sat[1] = |w8| == 127 values. The caller checked that
+ * grad * m + r fits int64 and 0 <= kbits <= 62. */
+int esd_dense_update(const int64_t *ptr, const int32_t *smp, const uint8_t *sval, int binary, const int8_t *d,
+                     int64_t T, int64_t N, int64_t K, int64_t M, const int64_t *shifts, int use32, int64_t s_min,
+                     const int16_t *restrict master, int64_t m, int64_t kbits, uint64_t key, int64_t tile,
+                     int16_t *restrict new_master, int8_t *restrict new_w8, int64_t *sat)
+{
+    grad_args A = {ptr, smp, sval, binary, d, T, N, K, M, shifts, use32, s_min};
+    int err = 0;
+    int64_t n_sat = 0, n_127 = 0;
+    /* kbits == 0 draws no random bits: shift by 63 and mask to 0 (a shift by 64 is undefined) */
+    const int rshift = kbits > 0 ? (int)(64 - kbits) : 63;
+    const int64_t rmask = kbits > 0 ? -1 : 0;
+    const int kb = (int)kbits;
+    if (tile <= 0 || tile > M)
+        tile = M;
+#ifdef _OPENMP
+#pragma omp parallel reduction(| : err) reduction(+ : n_sat, n_127)
+#endif
+    {
+        int16_t *acc16 = (int16_t *)malloc(sizeof(int16_t) * (size_t)(tile + 1));
+        int32_t *acc32 = (int32_t *)malloc(sizeof(int32_t) * (size_t)(tile + 1));
+        int64_t *g = (int64_t *)malloc(sizeof(int64_t) * (size_t)(tile + 1));
+        if (!acc16 || !acc32 || !g) {
+            err = 1;
+        } else {
+            for (int64_t c0 = 0; c0 < M; c0 += tile) {
+                int64_t tw = M - c0 < tile ? M - c0 : tile;
+                int64_t k;
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 16) nowait
+#endif
+                for (k = 0; k < K; k++) {
+                    const int16_t *restrict mrow = master + k * M + c0;
+                    int16_t *restrict nrow = new_master + k * M + c0;
+                    int8_t *restrict wrow = new_w8 + k * M + c0;
+                    int64_t ls = 0, l127 = 0;
+                    if (k_active(&A, k)) {
+                        row_grad(&A, k, c0, tw, g, acc16, acc32);
+                        const uint64_t base = (uint64_t)(k * M + c0);
+                        for (int64_t c = 0; c < tw; c++) {
+                            uint64_t z = splitmix64((base + (uint64_t)c) ^ key);
+                            int64_t rb = (int64_t)(z >> rshift) & rmask;
+                            int64_t v = (int64_t)mrow[c] - ((g[c] * m + rb) >> kb);
+                            ls += (v > 32767) + (v < -32767);
+                            v = v < -32767 ? -32767 : (v > 32767 ? 32767 : v);
+                            nrow[c] = (int16_t)v;
+                            int64_t q = (v + (1 << (MASTER_BITS - 1))) >> MASTER_BITS;
+                            q = q < -127 ? -127 : (q > 127 ? 127 : q);
+                            wrow[c] = (int8_t)q;
+                            l127 += (q == 127) + (q == -127);
+                        }
+                    } else {
+                        for (int64_t c = 0; c < tw; c++) {
+                            int32_t v = mrow[c];
+                            nrow[c] = (int16_t)v;
+                            int32_t q = (v + (1 << (MASTER_BITS - 1))) >> MASTER_BITS;
+                            q = q < -127 ? -127 : (q > 127 ? 127 : q);
+                            wrow[c] = (int8_t)q;
+                            l127 += (q == 127) + (q == -127);
+                        }
+                    }
+                    n_sat += ls;
+                    n_127 += l127;
+                }
+            }
+        }
+        free(acc16);
+        free(acc32);
+        free(g);
+    }
+    sat[0] = n_sat;
+    sat[1] = n_127;
+    return err ? -1 : 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* neuron dynamics and local errors (arith.neuron_step_int, arith.surrogate_q, to_int8_dynamic) */
+
+static inline int64_t sg_index(int64_t h, int64_t vth, int64_t sg_shift, int64_t half)
+{
+    int64_t dd = h - vth;
+    int64_t i = sg_shift >= 0 ? (dd >> sg_shift) : dd * ((int64_t)1 << -sg_shift);
+    i = i < -half ? -half : (i > half - 1 ? half - 1 : i);
+    return i + half;
+}
+
+/* One sample's steps; called with literal flags so that every variant is specialised. */
+static ALWAYS_INLINE void neuron_sample(
+    const void *cur, const int cur32, int64_t T, int64_t N, int64_t M, int64_t n, const int kind,
+    const int decay_input, const int soft, int64_t vth, int64_t vr, int64_t decay, const int want,
+    int64_t sg_shift, int64_t half, uint8_t *restrict spikes, int64_t *restrict hs, uint8_t *restrict sgi,
+    int64_t *restrict v)
+{
+    for (int64_t c = 0; c < M; c++)
+        v[c] = vr;
+    for (int64_t t = 0; t < T; t++) {
+        int64_t off = (t * N + n) * M;
+        const int32_t *restrict c32 = (const int32_t *)cur + off;
+        const int64_t *restrict c64 = (const int64_t *)cur + off;
+        uint8_t *restrict sp = spikes + off;
+        for (int64_t c = 0; c < M; c++) {
+            int64_t vc = v[c];
+            int64_t x = cur32 ? (int64_t)c32[c] : c64[c];
+            int64_t h;
+            if (kind == 0) {
+                if (decay_input)
+                    h = vc + (((x - (vc - vr)) * decay) >> DECAY_BITS);
+                else
+                    h = vc - (((vc - vr) * decay) >> DECAY_BITS) + x;
+            } else {
+                h = vc + x;
+            }
+            int64_t s = h >= vth;
+            v[c] = soft ? h - vth * s : (s ? vr : h);
+            sp[c] = (uint8_t)s;
+            if (want == 1)
+                hs[off + c] = h;
+            else if (want == 2)
+                sgi[off + c] = (uint8_t)sg_index(h, vth, sg_shift, half);
+        }
+    }
+}
+
+#define NEURON_CASE(C32, KIND, DI, SOFT, WANT)                                                         \
+    if (cur32 == C32 && kind == KIND && decay_input == DI && soft == SOFT && want == WANT) {           \
+        neuron_sample(cur, C32, T, N, M, n, KIND, DI, SOFT, vth, vr, decay, WANT, sg_shift, half, spikes, \
+                      hs, sgi, v);                                                                     \
+        continue;                                                                                      \
+    }
+
+/* kind 0 = LIF, 1 = IF; v starts at vr; want: 0 nothing, 1 h into hs (int64), 2 the surrogate
+ * LUT index of h - vth into sgi (uint8). cur is int32 (cur32 != 0) or int64 [T, N, M]. */
+int esd_neuron_run(const void *cur, int cur32, int64_t T, int64_t N, int64_t M, int kind, int decay_input,
+                   int soft, int64_t vth, int64_t vr, int64_t decay, int want, int64_t sg_shift, int64_t half,
+                   uint8_t *restrict spikes, int64_t *restrict hs, uint8_t *restrict sgi)
+{
+    int err = 0;
+    cur32 = cur32 != 0;
+    decay_input = decay_input != 0;
+    soft = soft != 0;
+    if (kind != 0)
+        decay_input = 0;
+#ifdef _OPENMP
+#pragma omp parallel reduction(| : err)
+#endif
+    {
+        int64_t *v = (int64_t *)malloc(sizeof(int64_t) * (size_t)(M + 1));
+        if (!v) {
+            err = 1;
+        } else {
+            int64_t n;
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 4)
+#endif
+            for (n = 0; n < N; n++) {
+                /* the common cases, specialised: int32 currents, LIF, hard reset */
+                NEURON_CASE(1, 0, 1, 0, 2)
+                NEURON_CASE(1, 0, 1, 0, 0)
+                NEURON_CASE(1, 0, 1, 0, 1)
+                NEURON_CASE(1, 0, 1, 1, 2)
+                NEURON_CASE(1, 0, 1, 1, 0)
+                NEURON_CASE(1, 0, 0, 0, 2)
+                NEURON_CASE(1, 0, 0, 0, 0)
+                neuron_sample(cur, cur32, T, N, M, n, kind, decay_input, soft, vth, vr, decay, want, sg_shift,
+                              half, spikes, hs, sgi, v);
+            }
+            free(v);
+        }
+    }
+    return err ? -1 : 0;
+}
+
+/* delta_t = to_int8_dynamic(g_t * lut[index(h_t)]) per step t, g = e @ b (b != NULL) or g = e.
+ * e is [Te, N, C] with Te = T or 1 (the same error at every step); e and b are int32 (e32: the
+ * caller proved C * max|e| * max|b| < 2**31, so the projection is exact in int32 and the
+ * products with the LUT use 32x32->64 multiplies) or int64. h is the uint8 LUT index
+ * (from_index) or the int64 membrane. The caller checked that no product can wrap. */
+int esd_local_deltas(const void *h, int from_index, const void *e, int e32, int64_t Te, int64_t C,
+                     const void *b, int64_t T, int64_t N, int64_t M, int64_t vth, int64_t sg_shift,
+                     const int64_t *restrict lut, int64_t half, int8_t *restrict deltas, int64_t *restrict shifts)
+{
+    int err = 0;
+    int32_t lut32[256];
+    for (int64_t i = 0; i < 2 * half && i < 256; i++)
+        lut32[i] = (int32_t)lut[i];
+#ifdef _OPENMP
+#pragma omp parallel reduction(| : err)
+#endif
+    {
+        int64_t *raw = (int64_t *)malloc(sizeof(int64_t) * (size_t)(N * M + 1));
+        int64_t *gr = (int64_t *)malloc(sizeof(int64_t) * (size_t)(M + 1));
+        int32_t *gr32 = (int32_t *)malloc(sizeof(int32_t) * (size_t)(M + 1));
+        int32_t *li = (int32_t *)malloc(sizeof(int32_t) * (size_t)(M + 1));
+        if (!raw || !gr || !gr32 || !li) {
+            err = 1;
+        } else {
+            int64_t t;
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+            for (t = 0; t < T; t++) {
+                int64_t et = (Te > 1 ? t : 0) * N * C;
+                int64_t mx = 0;
+                for (int64_t n = 0; n < N; n++) {
+                    int64_t off = (t * N + n) * M;
+                    int64_t *restrict rn = raw + n * M;
+                    /* the LUT values of this row */
+                    if (from_index) {
+                        const uint8_t *hi = (const uint8_t *)h + off;
+                        for (int64_t c = 0; c < M; c++)
+                            li[c] = lut32[hi[c]];
+                    } else {
+                        const int64_t *hh = (const int64_t *)h + off;
+                        for (int64_t c = 0; c < M; c++)
+                            li[c] = lut32[sg_index(hh[c], vth, sg_shift, half)];
+                    }
+                    if (e32) {
+                        const int32_t *restrict en = (const int32_t *)e + et + n * C;
+                        const int32_t *restrict g;
+                        if (b) {
+                            for (int64_t c = 0; c < M; c++)
+                                gr32[c] = 0;
+                            for (int64_t j = 0; j < C; j++) {
+                                int32_t ej = en[j];
+                                const int32_t *restrict bj = (const int32_t *)b + j * M;
+                                for (int64_t c = 0; c < M; c++)
+                                    gr32[c] += ej * bj[c];
+                            }
+                            g = gr32;
+                        } else {
+                            g = en; /* C == M */
+                        }
+                        for (int64_t c = 0; c < M; c++) {
+                            int64_t r = (int64_t)g[c] * (int64_t)li[c];
+                            rn[c] = r;
+                            int64_t a = r < 0 ? -r : r;
+                            mx = a > mx ? a : mx;
+                        }
+                    } else {
+                        const int64_t *restrict en = (const int64_t *)e + et + n * C;
+                        const int64_t *restrict g;
+                        if (b) {
+                            for (int64_t c = 0; c < M; c++)
+                                gr[c] = 0;
+                            for (int64_t j = 0; j < C; j++) {
+                                int64_t ej = en[j];
+                                const int64_t *restrict bj = (const int64_t *)b + j * M;
+                                for (int64_t c = 0; c < M; c++)
+                                    gr[c] += ej * bj[c];
+                            }
+                            g = gr;
+                        } else {
+                            g = en; /* C == M */
+                        }
+                        for (int64_t c = 0; c < M; c++) {
+                            int64_t r = g[c] * (int64_t)li[c];
+                            rn[c] = r;
+                            int64_t a = r < 0 ? -r : r;
+                            mx = a > mx ? a : mx;
+                        }
+                    }
+                }
+                int bits = 0;
+                while (bits < 63 && (mx >> bits) > 0)
+                    bits++;
+                int sh = bits - DELTA_BITS > 0 ? bits - DELTA_BITS : 0;
+                shifts[t] = sh;
+                int8_t *dt = deltas + t * N * M;
+                if (sh == 0) {
+                    for (int64_t i = 0; i < N * M; i++)
+                        dt[i] = (int8_t)raw[i];
+                } else {
+                    int64_t rnd = (int64_t)1 << (sh - 1);
+                    for (int64_t i = 0; i < N * M; i++) {
+                        int64_t q = (raw[i] + rnd) >> sh;
+                        dt[i] = (int8_t)(q < -127 ? -127 : (q > 127 ? 127 : q));
+                    }
+                }
+            }
+        }
+        free(raw);
+        free(gr);
+        free(gr32);
+        free(li);
+    }
+    return err ? -1 : 0;
+}
