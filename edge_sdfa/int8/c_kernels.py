@@ -38,7 +38,7 @@ import numpy as np
 
 from edge_sdfa.errors import UserError
 from edge_sdfa.int8 import arith
-from edge_sdfa.int8.kernels import NUMPY, Kernels, matmul_int_ref, outer_acc_ref
+from edge_sdfa.int8.kernels import NUMPY, Kernels, as_i8, as_u8, matmul_int_ref, outer_acc_ref
 
 ABI_VERSION = 5
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "c_kernels.c")
@@ -294,30 +294,10 @@ class SpikeIndex:
         return int(np.diff(ptr).max()) if ptr.size > 1 else 0
 
 
-def _as_u8(x: np.ndarray) -> np.ndarray | None:
-    if x.dtype == np.uint8 or x.dtype == np.bool_:
-        return np.ascontiguousarray(x).view(np.uint8)
-    if not np.issubdtype(x.dtype, np.integer):
-        return None
-    if x.size and (int(x.min()) < 0 or int(x.max()) > 255):
-        return None
-    return np.ascontiguousarray(x, dtype=np.uint8)
-
-
-def _as_i8(a: np.ndarray) -> np.ndarray | None:
-    if a.dtype == np.int8:
-        return np.ascontiguousarray(a)
-    if not np.issubdtype(a.dtype, np.integer):
-        return None
-    if a.size and (int(a.min()) < -128 or int(a.max()) > 127):
-        return None
-    return np.ascontiguousarray(a, dtype=np.int8)
-
-
 def spike_index(x: np.ndarray, t_steps: int, n: int) -> SpikeIndex | None:
     """The sparse index of spikes ``x`` (``[T*N, K]`` or ``[T, N, K]``), or None when x is not
     uint8-representable or the int32 gather bound cannot hold (the caller uses the reference)."""
-    xu = _as_u8(x)
+    xu = as_u8(x)
     if xu is None or xu.size == 0:
         return None
     x3 = xu.reshape(t_steps, n, -1)
@@ -336,7 +316,7 @@ UPDATE_TILE = int(os.environ.get("EDGE_SDFA_C_UPDATE_TILE", "0"))
 def matmul_index(index: SpikeIndex, w: np.ndarray, small: bool = False) -> np.ndarray:
     """Exact ``x @ w`` for the spikes of ``index`` and int8 ``w[K, M]``: int32 with ``small``
     (K * 255 * 128 < 2**30, as the numba kernels), else int64."""
-    wi = _as_i8(w)
+    wi = as_i8(w)
     t_n, n_n, k_n = index.shape
     if wi is None or wi.ndim != 2 or wi.shape[0] != k_n:
         raise ValueError(f"matmul_index: weights {w.shape} {w.dtype} do not fit spikes {index.shape}")
@@ -352,7 +332,7 @@ def matmul_index(index: SpikeIndex, w: np.ndarray, small: bool = False) -> np.nd
 
 def matmul_int(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Exact ``x @ w`` (int64) for spikes/counts ``x[R, K]`` and int8 ``w[K, M]``."""
-    xu, wi = _as_u8(x), _as_i8(w)
+    xu, wi = as_u8(x), as_i8(w)
     if xu is None or wi is None or x.ndim != 2 or w.ndim != 2:
         return matmul_int_ref(x, w)
     if xu.shape[1] != wi.shape[0]:
@@ -396,7 +376,7 @@ def outer_acc_steps(x: np.ndarray, d: np.ndarray, shifts: np.ndarray) -> np.ndar
     shifts = np.ascontiguousarray(shifts, dtype=np.int64)
     if (shifts < 0).any():
         raise ValueError("negative shift")
-    xu, di = _as_u8(x), _as_i8(d)
+    xu, di = as_u8(x), as_i8(d)
     index = None
     if xu is not None and di is not None and x.ndim == 3 and d.ndim == 3 and not (shifts > 62).any() \
             and xu.size and di.shape[2] and xu.shape[:2] == di.shape[:2]:
@@ -419,7 +399,7 @@ def outer_acc_steps(x: np.ndarray, d: np.ndarray, shifts: np.ndarray) -> np.ndar
 
 def outer_acc(x: np.ndarray, d: np.ndarray) -> np.ndarray:
     """Exact ``x.T @ d`` (int64 [K, M]) for x[R, K] and int8 d[R, M]."""
-    if x.ndim != 2 or d.ndim != 2 or _as_u8(x) is None or _as_i8(d) is None:
+    if x.ndim != 2 or d.ndim != 2 or as_u8(x) is None or as_i8(d) is None:
         return outer_acc_ref(x, d)
     return outer_acc_steps(x[None], d[None], np.zeros(1, np.int64))
 
@@ -429,7 +409,7 @@ def dense_update(x: np.ndarray, d: np.ndarray, shifts: np.ndarray, master: np.nd
     """The fused dense update of ``net.sdfa_update`` (see ``fast_kernels.dense_update``):
     ``(master, w8, saturated_master, saturated_w8)``, or None when the reference must run."""
     shifts = np.ascontiguousarray(shifts, dtype=np.int64)
-    di = _as_i8(d)
+    di = as_i8(d)
     if (di is None or x.ndim != 3 or d.ndim != 3 or master.dtype != np.int16
             or master.ndim != 2 or (shifts < 0).any() or (shifts > 62).any()
             or not 0 <= k <= 62 or not 0 <= m < (1 << 62)):
@@ -438,7 +418,7 @@ def dense_update(x: np.ndarray, d: np.ndarray, shifts: np.ndarray, master: np.nd
     if x.shape[2] != k_n or di.shape[2] != m_n or x.shape[:2] != di.shape[:2]:
         raise ValueError(f"dense_update: shapes x{x.shape} d{d.shape} master{master.shape} do not align")
     if not isinstance(index, SpikeIndex):
-        xu = _as_u8(x)
+        xu = as_u8(x)
         if xu is None:
             return None
         if xu.size == 0:

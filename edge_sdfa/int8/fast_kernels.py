@@ -42,7 +42,7 @@ if not os.environ.get("NUMBA_THREADING_LAYER"):
     numba.config.THREADING_LAYER = "workqueue"
 
 from edge_sdfa.int8 import arith
-from edge_sdfa.int8.kernels import Kernels, matmul_int_ref, outer_acc_ref
+from edge_sdfa.int8.kernels import Kernels, as_i8, as_u8, matmul_int_ref, outer_acc_ref
 
 TILE = 1024         # widest column tile (int8 columns)
 _CHUNK16 = 255      # binary rows summed in int16: 255 * 128 = 32640 <= 32767 (int8 lies in [-128, 127])
@@ -163,7 +163,7 @@ class SpikeIndex:
 def spike_index(x: np.ndarray, t_steps: int, n: int) -> SpikeIndex | None:
     """The sparse index of spikes ``x`` (``[T*N, K]`` or ``[T, N, K]``), or None when x is not
     uint8-representable (negative or > 255 counts: the caller uses the reference)."""
-    xu = _as_u8(x)
+    xu = as_u8(x)
     if xu is None or xu.size == 0:
         return None
     return SpikeIndex(xu.reshape(t_steps, n, -1))
@@ -346,7 +346,6 @@ def _int32_plan(index: SpikeIndex, shifts: np.ndarray) -> tuple[bool, int]:
     s_min = int(shifts.min())
     bound = sum((per * 128) << int(s - s_min) for s in shifts)
     return bound < (1 << 31), s_min
-
 
 
 @njit(cache=True, inline="always")
@@ -544,34 +543,13 @@ def local_deltas(h: np.ndarray, e: np.ndarray, vth: int, exp: int, b: np.ndarray
 
 
 # ---------------------------------------------------------------------------------------------
-# dtype guards and the public kernels
-
-
-def _as_u8(x: np.ndarray) -> np.ndarray | None:
-    """x as a C-contiguous uint8 array with the same values, or None if it does not fit."""
-    if x.dtype == np.uint8 or x.dtype == np.bool_:
-        return np.ascontiguousarray(x).view(np.uint8)
-    if not np.issubdtype(x.dtype, np.integer):
-        return None
-    if x.size and (int(x.min()) < 0 or int(x.max()) > 255):
-        return None
-    return np.ascontiguousarray(x, dtype=np.uint8)
-
-
-def _as_i8(a: np.ndarray) -> np.ndarray | None:
-    if a.dtype == np.int8:
-        return np.ascontiguousarray(a)
-    if not np.issubdtype(a.dtype, np.integer):
-        return None
-    if a.size and (int(a.min()) < -128 or int(a.max()) > 127):
-        return None
-    return np.ascontiguousarray(a, dtype=np.int8)
+# the public kernels
 
 
 def matmul_index(index: SpikeIndex, w: np.ndarray, small: bool = False) -> np.ndarray:
     """Exact ``x @ w`` (int64 [T*N, M]) for the spikes of ``index`` and int8 ``w[K, M]``; with
     ``small``, int32 when every sum provably fits (K * 255 * 128 < 2**30)."""
-    wi = _as_i8(w)
+    wi = as_i8(w)
     t_n, n_n, k_n = index.shape
     if wi is None or wi.ndim != 2 or wi.shape[0] != k_n:
         raise ValueError(f"matmul_index: weights {w.shape} {w.dtype} do not fit spikes {index.shape}")
@@ -586,7 +564,7 @@ def matmul_index(index: SpikeIndex, w: np.ndarray, small: bool = False) -> np.nd
 
 def matmul_int(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Exact ``x @ w`` (int64) for spikes/counts ``x[R, K]`` and int8 ``w[K, M]``."""
-    xu, wi = _as_u8(x), _as_i8(w)
+    xu, wi = as_u8(x), as_i8(w)
     if xu is None or wi is None or x.ndim != 2 or w.ndim != 2:
         return matmul_int_ref(x, w)
     if xu.shape[1] != wi.shape[0]:
@@ -601,7 +579,7 @@ def outer_acc_steps(x: np.ndarray, d: np.ndarray, shifts: np.ndarray) -> np.ndar
     shifts = np.asarray(shifts, dtype=np.int64)
     if (shifts < 0).any():
         raise ValueError("negative shift")
-    xu, di = _as_u8(x), _as_i8(d)
+    xu, di = as_u8(x), as_i8(d)
     if xu is None or di is None or x.ndim != 3 or d.ndim != 3 or (shifts > 62).any():
         from edge_sdfa.int8.net import outer_acc_steps_ref
         return outer_acc_steps_ref(NUMPY_FALLBACK, x, d, shifts)
@@ -621,7 +599,7 @@ def outer_acc(x: np.ndarray, d: np.ndarray) -> np.ndarray:
     """Exact ``x.T @ d`` (int64 [K, M]) for x[R, K] and int8 d[R, M]."""
     if x.ndim != 2 or d.ndim != 2:
         return outer_acc_ref(x, d)
-    if _as_u8(x) is None or _as_i8(d) is None:
+    if as_u8(x) is None or as_i8(d) is None:
         return outer_acc_ref(x, d)
     return outer_acc_steps(x[None], d[None], np.zeros(1, np.int64))
 
@@ -638,7 +616,7 @@ def dense_update(x: np.ndarray, d: np.ndarray, shifts: np.ndarray, master: np.nd
     ``index`` is the forward pass's ``SpikeIndex`` of x (built here when None). Returns
     ``(master, w8, sat, sat_w8)``, or None when the inputs need the reference path."""
     shifts = np.asarray(shifts, dtype=np.int64)
-    di = _as_i8(d)
+    di = as_i8(d)
     if (di is None or x.ndim != 3 or d.ndim != 3 or master.dtype != np.int16
             or master.ndim != 2 or (shifts < 0).any() or (shifts > 62).any()
             or not 0 <= k <= 62 or not 0 <= m < (1 << 62)):
@@ -647,7 +625,7 @@ def dense_update(x: np.ndarray, d: np.ndarray, shifts: np.ndarray, master: np.nd
     if x.shape[2] != k_n or di.shape[2] != m_n or x.shape[:2] != di.shape[:2]:
         raise ValueError(f"dense_update: shapes x{x.shape} d{d.shape} master{master.shape} do not align")
     if index is None:
-        xu = _as_u8(x)
+        xu = as_u8(x)
         if xu is None:
             return None
         if xu.size == 0:

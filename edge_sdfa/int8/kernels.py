@@ -20,6 +20,29 @@ def _max_abs(a: np.ndarray) -> int:
     return int(max(abs(int(a.max())), abs(int(a.min()))))
 
 
+def as_u8(x: np.ndarray) -> np.ndarray | None:
+    """x as a C-contiguous uint8 array with the same values, or None if it does not fit
+    (the fast kernels then leave the work to the reference)."""
+    if x.dtype == np.uint8 or x.dtype == np.bool_:
+        return np.ascontiguousarray(x).view(np.uint8)
+    if not np.issubdtype(x.dtype, np.integer):
+        return None
+    if x.size and (int(x.min()) < 0 or int(x.max()) > 255):
+        return None
+    return np.ascontiguousarray(x, dtype=np.uint8)
+
+
+def as_i8(a: np.ndarray) -> np.ndarray | None:
+    """a as a C-contiguous int8 array with the same values, or None if it does not fit."""
+    if a.dtype == np.int8:
+        return np.ascontiguousarray(a)
+    if not np.issubdtype(a.dtype, np.integer):
+        return None
+    if a.size and (int(a.min()) < -128 or int(a.max()) > 127):
+        return None
+    return np.ascontiguousarray(a, dtype=np.int8)
+
+
 def matmul_int_ref(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     bound = x.shape[1] * _max_abs(x) * _max_abs(w)
     if bound < FLOAT_EXACT_LIMIT:
