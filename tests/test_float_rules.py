@@ -23,6 +23,20 @@ def _loss(spec, params, x, y):
     return fn.output_error(fn.forward(spec, params, x, keep=False).rates, y, spec.loss)[0]
 
 
+def _numerical_grad(spec, params, x, y, w, eps=1e-6):
+    """Central finite differences of the loss w.r.t. every element of ``w`` (one of ``params``' arrays)."""
+    num = np.zeros_like(w)
+    for idx in np.ndindex(w.shape):
+        old = w[idx]
+        w[idx] = old + eps
+        up = _loss(spec, params, x, y)
+        w[idx] = old - eps
+        down = _loss(spec, params, x, y)
+        w[idx] = old
+        num[idx] = (up - down) / (2 * eps)
+    return num
+
+
 @pytest.mark.parametrize("neuron", [NeuronSpec("lif"), NeuronSpec("if"), NeuronSpec("lif", v_reset=None),
                                     NeuronSpec("lif", decay_input=False, tau=3.0)])
 @pytest.mark.parametrize("loss", ["ce", "mse"])
@@ -34,19 +48,9 @@ def test_bptt_matches_finite_differences(monkeypatch, neuron, loss):
     x = rng.random((4, 3, 5))
     y = np.array([0, 2, 1])
     _, grads, _ = fn.bptt_grads(spec, params, x, y)
-    eps = 1e-6
     for i, p in enumerate(params):
         for name, w in p.items():
-            num = np.zeros_like(w)
-            for idx in np.ndindex(w.shape):
-                old = w[idx]
-                w[idx] = old + eps
-                up = _loss(spec, params, x, y)
-                w[idx] = old - eps
-                down = _loss(spec, params, x, y)
-                w[idx] = old
-                num[idx] = (up - down) / (2 * eps)
-            np.testing.assert_allclose(grads[i][name], num, rtol=1e-5, atol=1e-8)
+            np.testing.assert_allclose(grads[i][name], _numerical_grad(spec, params, x, y, w), rtol=1e-5, atol=1e-8)
 
 
 def test_bptt_conv_pool_matches_finite_differences(monkeypatch):
@@ -57,17 +61,7 @@ def test_bptt_conv_pool_matches_finite_differences(monkeypatch):
     x = rng.random((3, 2, 1, 4, 4))
     y = np.array([1, 2])
     _, grads, _ = fn.bptt_grads(spec, params, x, y)
-    eps = 1e-6
-    w = params[0]["weight"]
-    num = np.zeros_like(w)
-    for idx in np.ndindex(w.shape):
-        old = w[idx]
-        w[idx] = old + eps
-        up = _loss(spec, params, x, y)
-        w[idx] = old - eps
-        down = _loss(spec, params, x, y)
-        w[idx] = old
-        num[idx] = (up - down) / (2 * eps)
+    num = _numerical_grad(spec, params, x, y, params[0]["weight"])
     np.testing.assert_allclose(grads[0]["weight"], num, rtol=1e-5, atol=1e-8)
 
 
