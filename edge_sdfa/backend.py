@@ -13,11 +13,11 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from edge_sdfa import plugins
 from edge_sdfa.errors import UserError
 from edge_sdfa.int8 import net as qn
 from edge_sdfa.spec import NetworkSpec
 
-ENTRY_POINT_GROUP = "edge_sdfa.backends"
 
 
 @dataclass
@@ -87,28 +87,18 @@ class NumpyBackend:
 def available_backends() -> dict[str, str]:
     """Backend names and where they come from (``module:attr``)."""
     found = {"numpy": "edge_sdfa.backend:NumpyBackend"}
-    try:
-        from importlib.metadata import entry_points
-
-        eps = entry_points()
-        group = eps.select(group=ENTRY_POINT_GROUP) if hasattr(eps, "select") else eps.get(ENTRY_POINT_GROUP, [])
-        for ep in group:
-            found.setdefault(ep.name, ep.value)
-    except Exception:  # metadata unavailable (running from a source tree): built-ins only
-        pass
+    for name, ep in plugins.entry_points(plugins.BACKENDS).items():
+        found.setdefault(name, ep.value)
     return found
 
 
 def load_backend(name: str, **options) -> Backend:
     """Instantiate a backend by name; a one-line UserError names the available ones."""
-    import importlib
-
     found = available_backends()
     if name not in found:
         raise UserError(f"unknown backend {name!r} (available: {', '.join(sorted(found))})")
-    module_name, _, attr = found[name].partition(":")
     try:
-        cls = getattr(importlib.import_module(module_name), attr)
+        cls = plugins.load_object(found[name])
     except UserError:
         raise
     except ImportError as exc:

@@ -260,7 +260,7 @@ def read_bundle(path: str | Path, verify_signature: Callable[[dict], None] | Non
                 workdir: Path | None = None) -> Bundle:
     """Read and verify a bundle directory or .tar; raises BundleError, loads nothing on failure.
 
-    ``verify_signature(manifest)`` (e.g. from firmware_bridge.signing) raises if the signature is
+    ``verify_signature(manifest)`` (the serial bridge passes an Ed25519 check) raises if the signature is
     missing or wrong.
     """
     path = Path(path)

@@ -1,4 +1,4 @@
-"""Run a bundle's ``frozen.onnx`` (made by ``host_tools.export_onnx``) with ONNX Runtime.
+"""Run a bundle's ``frozen.onnx`` (made by the host tools) with ONNX Runtime.
 
 The model is integer-only (MatMulInteger / ConvInteger with int32 accumulation, integer neuron
 arithmetic), so its output spikes equal the numpy int8 reference's bit for bit. onnxruntime is

@@ -1,4 +1,4 @@
-"""Run a bundle's ``frozen.tflite`` (made by ``host_tools.export_tflite``) with the TFLite interpreter.
+"""Run a bundle's ``frozen.tflite`` (made by the host tools) with the TFLite interpreter.
 
 Uses ``ai_edge_litert`` (LiteRT, the current TFLite runtime) or, where only that exists (armv7
 Raspberry Pi OS images), ``tflite_runtime``; both are imported only when this executor is opened.

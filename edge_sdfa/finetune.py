@@ -75,7 +75,7 @@ class FinetuneConfig:
 
 def load_data(spec: str | Path | None, time_steps: int, input_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """User data as ``x[N, T, *input_shape]`` uint8 and ``y[N]``: an ``npz:PATH`` / ``.npz`` path
-    (device side, numpy only) or any data set spec of host_tools (imported only then)."""
+    (device side, numpy only) or any spec of the installed data source (``edge_sdfa.plugins``)."""
     text = str(spec)
     if text.startswith("npz:") or text.endswith(".npz"):
         from edge_sdfa.userdata import load_user_data
@@ -85,12 +85,13 @@ def load_data(spec: str | Path | None, time_steps: int, input_shape: tuple[int, 
         x = data.x if data.x is not None else bin_user_events(data, time_steps, input_shape, path)
         y = data.y
     else:
-        try:
-            from host_tools.datasets import load_arrays
-        except ImportError:
+        from edge_sdfa.plugins import data_source
+
+        source = data_source()
+        if source is None:
             raise UserError(f"data spec {text!r} needs the host tools (pip install 'edge-sdfa[host]'); "
-                            "on a device pass an npz file") from None
-        x, y, _ = load_arrays(text, time_steps=time_steps)
+                            "on a device pass an npz file")
+        x, y, _ = source.load_arrays(text, time_steps=time_steps)
     expect = (time_steps, *input_shape)
     if tuple(x.shape[1:]) != expect:
         raise DataError(f"{text}: samples have shape {tuple(x.shape[1:])}, the model expects {expect}")

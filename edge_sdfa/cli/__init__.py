@@ -1,7 +1,9 @@
 """The ``edge-sdfa`` command: a thin layer over library functions.
 
-Each command group lives in its own module with a ``register(app)`` function; modules import
-host, bridge or simulator code only inside the command that needs it, so a device never loads it.
+Each command group lives in a module with a ``register(app)`` function. The device's own groups
+(``runtime``, ``data``) are here; host, bridge and simulator groups are registered by their own
+packages through the ``edge_sdfa.commands`` entry-point group (``edge_sdfa.plugins``), so this
+package imports none of them and a device install lists none of their commands.
 """
 from __future__ import annotations
 
@@ -10,9 +12,10 @@ import sys
 
 import typer
 
+from edge_sdfa import plugins
 from edge_sdfa.errors import UserError
 
-COMMAND_MODULES = ("runtime", "data", "host", "bridge", "bench")
+COMMAND_MODULES = ("runtime", "data")
 
 
 def build_app() -> typer.Typer:
@@ -25,6 +28,13 @@ def build_app() -> typer.Typer:
     )
     for name in COMMAND_MODULES:
         importlib.import_module(f"edge_sdfa.cli.{name}").register(app)
+    for name, ep in sorted(plugins.entry_points(plugins.COMMANDS).items()):
+        try:
+            register = plugins.load_object(ep.value)
+        except ImportError as exc:  # a plug-in whose own dependencies are missing: skip it, say why
+            print(f"warning: command group {name!r} unavailable: {exc}", file=sys.stderr)
+            continue
+        register(app)
     return app
 
 

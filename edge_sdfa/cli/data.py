@@ -1,6 +1,7 @@
 """CLI commands: ``edge-sdfa data info|export``: inspect a data set spec, or write it as user data.
 
-Host code is imported inside the commands; ``data info npz:PATH`` works on a device with numpy only.
+Data-set specs other than ``npz:`` come from the installed data source (``edge_sdfa.plugins``, the host
+tools register one); ``data info npz:PATH`` works on a device with numpy only.
 """
 from __future__ import annotations
 
@@ -8,30 +9,31 @@ import sys
 
 import typer
 
-from edge_sdfa.cli._util import emit
+from edge_sdfa import plugins
+from edge_sdfa.cli.output import emit
+from edge_sdfa.errors import UserError
 
 
 def info(spec: str) -> dict:
     """Summary of a data set spec: samples, classes, subjects, sensor, events_per_sample_mean, ..."""
-    try:
-        from host_tools.datasets import describe
-    except ImportError:
+    source = plugins.data_source()
+    if source is None:
         if spec.startswith("npz:") and "?" not in spec:
             from edge_sdfa import userdata
 
             return {"spec": spec, "kind": "npz", **userdata.describe(spec[4:])}
-        from edge_sdfa.errors import UserError
-
-        raise UserError(f"data set {spec!r} needs the host tools (only npz:PATH works on a device)") from None
-    return describe(spec)
+        raise UserError(f"data set {spec!r} needs the host tools (only npz:PATH works on a device)")
+    return source.describe(spec)
 
 
 def export(spec: str, out: str, time_steps: int | None = None, limit: int | None = None) -> dict:
     """Bin a data set spec to dense spikes and write them as a user-data ``.npz``."""
     from edge_sdfa import userdata
-    from host_tools.datasets import load_arrays
 
-    x, y, subject = load_arrays(spec, time_steps=time_steps, limit=limit)
+    source = plugins.data_source()
+    if source is None:
+        raise UserError(f"data export needs the host tools (pip install 'edge-sdfa[host]'), got {spec!r}")
+    x, y, subject = source.load_arrays(spec, time_steps=time_steps, limit=limit)
     if x.dtype != "uint8":
         from edge_sdfa.errors import DataError
 

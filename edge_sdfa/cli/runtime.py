@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from edge_sdfa.cli._util import emit
+from edge_sdfa.cli.output import emit
 
 
 def register(app: typer.Typer) -> None:

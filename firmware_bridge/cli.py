@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from edge_sdfa.cli._util import emit
+from edge_sdfa.cli.output import emit
 
 PORT = typer.Option(..., "--port", help="serial device, socket://HOST:PORT, loop://, ...")
 JSON = typer.Option(False, "--json", help="print one JSON object")

@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from edge_sdfa.cli._util import emit
+from edge_sdfa.cli.output import emit
 from edge_sdfa.errors import UserError
 
 BACKENDS = ("pipesdfa",)
