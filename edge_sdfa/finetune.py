@@ -33,6 +33,7 @@ from edge_sdfa.backend import load_backend
 from edge_sdfa.errors import DataError, UserError
 from edge_sdfa.executors import open_executor, run_frozen
 from edge_sdfa.int8 import net as qn
+from edge_sdfa.progress import EpochProgress
 
 if TYPE_CHECKING:
     from edge_sdfa.store import Store
@@ -163,26 +164,6 @@ def _accuracy(backend, x: np.ndarray, y: np.ndarray, batch: int = 256) -> float:
         counts = backend.forward(np.swapaxes(x[i:i + batch], 0, 1))
         correct += int(np.sum(counts.argmax(1) == y[i:i + batch]))
     return correct / len(y)
-
-
-class _Progress:
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total, self.t0 = enabled and total > 0, total, time.perf_counter()
-        self.tty = sys.stderr.isatty()  # a log file gets one line per epoch, a terminal one updating line
-
-    def show(self, epoch: int, loss: float, acc: float):
-        if not self.enabled:
-            return
-        width = 24
-        done = int(width * epoch / self.total)
-        sys.stderr.write(f"{chr(13) if self.tty else ''}finetune [{'#' * done}{'.' * (width - done)}] "
-                         f"epoch {epoch}/{self.total} loss {loss:.3f} val {acc:.3f} "
-                         f"{time.perf_counter() - self.t0:.1f}s{'' if self.tty else chr(10)}")
-        sys.stderr.flush()
-
-    def close(self):
-        if self.enabled and self.tty:
-            sys.stderr.write("\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,18 +385,17 @@ def train(backend, prep: Prepared, *, on_event: Callable[[dict], None] | None = 
     before = score(backend, prep)
     best, best_layers, best_epoch, guard = before, backend.read_weights(), 0, None
     history = []
-    bar = _Progress(progress, cfg.epochs)
-    for report in epochs(backend, prep):
-        history.append(report)
-        if on_event:
-            on_event(report.to_dict())
-        bar.show(report.epoch, report.loss, report.scores.val)
-        guard = epoch_guard(report, cfg)
-        if guard:
-            break
-        if improves(report.scores, best, before, cfg.margin):
-            best, best_layers, best_epoch = report.scores, backend.read_weights(), report.epoch
-    bar.close()
+    with EpochProgress("finetune", cfg.epochs, progress) as bar:
+        for report in epochs(backend, prep):
+            history.append(report)
+            if on_event:
+                on_event(report.to_dict())
+            bar.update(report.epoch, loss=report.loss, val=report.scores.val)
+            guard = epoch_guard(report, cfg)
+            if guard:
+                break
+            if improves(report.scores, best, before, cfg.margin):
+                best, best_layers, best_epoch = report.scores, backend.read_weights(), report.epoch
     after = best if guard is None else score(backend, prep)
     return Training(before=before, after=after, best_epoch=best_epoch, best_layers=best_layers,
                     guard=guard, history=tuple(history))
