@@ -34,6 +34,7 @@ from edge_sdfa.errors import DataError, UserError
 from edge_sdfa.executors import open_executor, run_frozen
 from edge_sdfa.int8 import net as qn
 from edge_sdfa.progress import EpochProgress
+from edge_sdfa.spec import DEFAULT_TEMPORAL_MODE, temporal_mode
 
 if TYPE_CHECKING:
     from edge_sdfa.store import Store
@@ -55,7 +56,7 @@ class FinetuneConfig:
     epochs: int | None = None          # None: the bundle's default
     batch_size: int | None = None
     lr: float | None = None
-    mode: str = "online"
+    mode: str = DEFAULT_TEMPORAL_MODE  # spec.TemporalMode
     backend: str = "numpy"
     seed: int = 0
     val_fraction: float = 0.3
@@ -76,8 +77,7 @@ class FinetuneConfig:
             raise UserError("epochs must be >= 0, batch size >= 1 and lr a positive number")
         if not 0 < cfg.val_fraction < 1:
             raise UserError("the validation fraction must be between 0 and 1")
-        if cfg.mode not in ("online", "exact"):
-            raise UserError(f"unknown temporal mode {cfg.mode!r} (expected online or exact)")
+        temporal_mode(cfg.mode)
         return cfg
 
 
@@ -441,13 +441,15 @@ def finetune(source: str | Path | None = None, data: str | Path | None = None, *
     reasons = gate(training, prep.config.margin)
     committed = not reasons
     revision = commit(prep, training.best_layers) if committed else prep.bundle.revision
-    report = build_report(prep, training, reasons, revision, seconds=time.perf_counter() - t_start)
+    report = build_report(prep, training, reasons, revision, seconds=time.perf_counter() - t_start,
+                          kernels=getattr(backend, "kernel_set", None))
     if on_event:
         on_event({"event": "done", **{k: v for k, v in report.items() if k != "cost"}})
     return report
 
 
-def build_report(prep: Prepared, training: Training, reasons: list[str], revision: int, *, seconds: float) -> dict:
+def build_report(prep: Prepared, training: Training, reasons: list[str], revision: int, *, seconds: float,
+                 kernels: str | None = None) -> dict:
     """The ``finetune --json`` report."""
     cfg, before, after, last = prep.config, training.before, training.after, training.last
     committed = not reasons
@@ -470,6 +472,7 @@ def build_report(prep: Prepared, training: Training, reasons: list[str], revisio
         "peak_rss_mb": peak_rss_mb(),
         "peak_rss_children_mb": peak_rss_mb(resource.RUSAGE_CHILDREN),
         "backend": cfg.backend,
+        "kernels": kernels,  # the int8 kernel set that ran (numpy, c)
         "mode": cfg.mode,
         "lr": cfg.lr,
         "batch_size": cfg.batch_size,
