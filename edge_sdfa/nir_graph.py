@@ -1,7 +1,7 @@
-"""NIR graphs read once: the one graph walker and table of node handlers that NIR import
-(``host_tools.nir_io``: NIR -> NetworkSpec) and the Lava runner (``sim_backend.lava.nir_lava``:
-NIR -> Lava processes) share. Numpy only; NIR nodes are recognised by their class name, so this
-module does not import the ``nir`` package.
+"""NIR graphs read once: the one graph walker and table of node handlers that the host's NIR
+import (``nir_io``: NIR -> NetworkSpec) and the Lava simulator's NIR runner (``nir_lava``: NIR ->
+Lava processes) share. Numpy only; NIR nodes are recognised by their class name, so this module
+does not import the ``nir`` package.
 
 Semantics (NIR's own, stated once here): neurons are continuous-time and discretised by forward
 Euler at ``dt`` (the caller's, else the graph's ``metadata["dt"]``, else ``DEFAULT_DT`` with a

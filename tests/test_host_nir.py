@@ -10,7 +10,7 @@ from edge_sdfa import float_net as fn  # noqa: E402
 from edge_sdfa import nir_graph  # noqa: E402
 from edge_sdfa.errors import UserError  # noqa: E402
 from edge_sdfa.int8 import net as qn  # noqa: E402
-from edge_sdfa.spec import Dense, NeuronSpec, mlp  # noqa: E402
+from edge_sdfa.spec import NeuronSpec, mlp  # noqa: E402
 from host_tools import nir_io  # noqa: E402
 from host_tools.archs import parse_arch  # noqa: E402
 
@@ -247,6 +247,7 @@ def test_finetuned_bundle_exports_to_nir(tmp_path):
             np.testing.assert_array_equal(a.w8, c.w8 if a.exp == c.exp else a.w8)
 
 
+@pytest.mark.integration
 def test_cli_import_error_is_one_line(tmp_path, capsys):
     from edge_sdfa.cli import main
 

@@ -93,6 +93,7 @@ def test_nir_graph_runs_spike_exact_in_lava(tmp_path):
     np.testing.assert_array_equal(nir_lava.run(path, x[:, :2]), ref[:, :2])
 
 
+@pytest.mark.unit
 def test_plan_maps_lif_units():
     graph = _graph()
     p = nir_lava.plan(graph)
@@ -104,6 +105,7 @@ def test_plan_maps_lif_units():
     assert p.layers[1].dv == 0.0 and p.layers[2].du == pytest.approx(DT / 0.004)
 
 
+@pytest.mark.unit
 def test_plan_rejects_what_lava_cannot_express():
     g = _graph()
     g.nodes["lif1"] = nir.LIF(tau=np.linspace(0.01, 0.02, 24), r=np.ones(24), v_leak=np.zeros(24),
@@ -121,6 +123,7 @@ def test_plan_rejects_what_lava_cannot_express():
         nir_lava.plan(g)
 
 
+@pytest.mark.unit
 def test_plan_reads_dt_and_reset_as_nir_import_does():
     """One walker for both: the same dt default and the same reset mode, so a graph that imports
     with reset by subtraction is refused by Lava (it resets to 0) instead of running another way."""
