@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 BASE_PY := $(shell for c in python3.10 $$(ls -d $$HOME/.pyenv/versions/3.10*/bin/python3.10 2>/dev/null | sort -V | tail -n1) python3; do \
 	if command -v $$c >/dev/null 2>&1 && $$c -c 'import sys' >/dev/null 2>&1; then echo $$c; break; fi; done)
 
-.PHONY: demo test test-fast venv clean embedded bench
+.PHONY: demo test test-fast lint venv clean embedded bench
 
 $(STAMP): pyproject.toml
 	@test -n "$(BASE_PY)" || { echo "error: no python3.10 or python3 found" >&2; exit 2; }
@@ -25,11 +25,16 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/edge-sdfa finetune --store $(CURDIR)/.demo-store --json
 
-test: $(STAMP)
+# Test tiers are pytest markers (tests/conftest.py): unit (the default; in process, no compiler,
+# subprocess, pty or Lava), integration, lava, slow. `make test` lints, then runs every tier.
+test: lint
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not integration" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -m "unit and not integration and not lava and not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 # Rebuild the embedded default bundle and new-user data set from scikit-learn's digits.
 embedded: $(STAMP)

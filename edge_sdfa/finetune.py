@@ -370,7 +370,6 @@ class Training:
     best_layers: qn.QNet
     guard: str | None
     history: tuple[EpochReport, ...]
-    kernels: str | None = None        # the int8 kernel set the backend ran (numpy, c), if it says
 
     @property
     def last(self) -> EpochReport | None:
@@ -398,8 +397,8 @@ def train(backend, prep: Prepared, *, on_event: Callable[[dict], None] | None = 
             if improves(report.scores, best, before, cfg.margin):
                 best, best_layers, best_epoch = report.scores, backend.read_weights(), report.epoch
     after = best if guard is None else score(backend, prep)
-    return Training(before=before, after=after, best_epoch=best_epoch, best_layers=best_layers, guard=guard,
-                    history=tuple(history), kernels=getattr(backend, "kernel_set", None))
+    return Training(before=before, after=after, best_epoch=best_epoch, best_layers=best_layers,
+                    guard=guard, history=tuple(history))
 
 
 def gate(training: Training, margin: float) -> list[str]:
@@ -442,13 +441,15 @@ def finetune(source: str | Path | None = None, data: str | Path | None = None, *
     reasons = gate(training, prep.config.margin)
     committed = not reasons
     revision = commit(prep, training.best_layers) if committed else prep.bundle.revision
-    report = build_report(prep, training, reasons, revision, seconds=time.perf_counter() - t_start)
+    report = build_report(prep, training, reasons, revision, seconds=time.perf_counter() - t_start,
+                          kernels=getattr(backend, "kernel_set", None))
     if on_event:
         on_event({"event": "done", **{k: v for k, v in report.items() if k != "cost"}})
     return report
 
 
-def build_report(prep: Prepared, training: Training, reasons: list[str], revision: int, *, seconds: float) -> dict:
+def build_report(prep: Prepared, training: Training, reasons: list[str], revision: int, *, seconds: float,
+                 kernels: str | None = None) -> dict:
     """The ``finetune --json`` report."""
     cfg, before, after, last = prep.config, training.before, training.after, training.last
     committed = not reasons
@@ -471,7 +472,7 @@ def build_report(prep: Prepared, training: Training, reasons: list[str], revisio
         "peak_rss_mb": peak_rss_mb(),
         "peak_rss_children_mb": peak_rss_mb(resource.RUSAGE_CHILDREN),
         "backend": cfg.backend,
-        "kernels": training.kernels,
+        "kernels": kernels,  # the int8 kernel set that ran (numpy, c)
         "mode": cfg.mode,
         "lr": cfg.lr,
         "batch_size": cfg.batch_size,

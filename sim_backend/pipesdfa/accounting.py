@@ -83,7 +83,7 @@ def layer_geometries(wl: Workload, hw: HardwareParams) -> list[LayerGeometry]:
 
 def layer_cost(g: LayerGeometry, wl: Workload, hw: HardwareParams, act: C.Activity,
                propagates_error: bool) -> LayerCost:
-    m, T, B = g.mapping, wl.spec.time_steps, wl.batch
+    m, T = g.mapping, wl.spec.time_steps
     p, rho, sram = hw.periph, act.spike_rate, hw.periph.sram_j_per_bit
 
     # forward: one time step, then T of them
