@@ -401,14 +401,13 @@ def _exps(where: str, value: Any, spec: NetworkSpec, partition: int, frozen_form
 
 
 def _check_exponent(where: str, name: str, layer, exp: int) -> None:
-    """The layer's threshold and reset in its fixed point (``v * 2**exp``) must be int32 values,
-    and the threshold at least 1 (otherwise every neuron spikes on any input)."""
+    """The layer's threshold and reset in its fixed point (``v * 2**exp``) must be int32 values."""
     neuron = layer.neuron
     vth = round(neuron.v_threshold * 2.0 ** exp)
     vreset = round((neuron.v_reset or 0.0) * 2.0 ** exp)
-    if not 1 <= vth <= INT32_MAX or abs(vreset) > INT32_MAX:
-        raise _fail(where, name, f"= {exp} puts the threshold {neuron.v_threshold} at {vth} in fixed point, "
-                                 f"outside 1..{INT32_MAX} (int32)")
+    if abs(vth) > INT32_MAX or abs(vreset) > INT32_MAX:
+        raise _fail(where, name, f"= {exp} puts the neuron threshold {neuron.v_threshold} at {vth} in fixed "
+                                 f"point, outside the int32 range")
 
 
 def _finetune(where: str, value: Any) -> dict:
