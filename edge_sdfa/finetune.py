@@ -455,8 +455,7 @@ def commit(prep: Prepared, layers: qn.QNet) -> int:
     """Install the candidate head as the store's new active weights; returns the new revision."""
     with tempfile.TemporaryDirectory(prefix="edge-sdfa-cand-") as tmp:
         cand = bundle_mod.with_head(prep.bundle, layers, Path(tmp) / "candidate")
-        prep.store.install_candidate(cand, allow_same_version=True)
-        prep.store.commit()
+        prep.store.install_candidate(cand, allow_same_version=True, activate=True)  # one atomic state change
     return prep.bundle.revision + 1
 
 

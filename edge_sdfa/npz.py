@@ -49,16 +49,10 @@ def read_headers(path: str | os.PathLike, error: type[UserError], *,
             for info in infos:
                 if not _MEMBER.fullmatch(info.filename) or info.filename[:-4] in out:
                     raise error(f"{path}: unexpected archive member {info.filename[:80]!r} (not an array)")
-                with zf.open(info) as f:
-                    version = np.lib.format.read_magic(f)
-                    if version == (1, 0):
-                        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-                    elif version in ((2, 0), (3, 0)):
-                        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-                    else:
-                        raise ValueError(f"unsupported .npy version {version}")
-                    start = f.tell()
                 name = info.filename[:-4]
+                with zf.open(info) as f:
+                    shape, fortran, dtype = _parse_header(f, path, name, error)
+                    start = f.tell()
                 if dtype.hasobject or dtype.kind not in ARRAY_KINDS or dtype.fields is not None:
                     raise error(f"{path}: array {name!r} has dtype {dtype}; only plain numbers are read "
                                 "(Python objects/pickles are refused)")
@@ -81,6 +75,24 @@ def read_headers(path: str | os.PathLike, error: type[UserError], *,
     if total > max_bytes:
         raise error(f"{path}: arrays hold {total} bytes, more than the memory budget of {max_bytes} bytes")
     return out
+
+
+def _parse_header(f, path: str, name: str, error: type[UserError]):
+    """numpy's own header parser (``ast.literal_eval`` of at most 10,000 characters). Whatever it
+    raises on a malformed header (ValueError, SyntaxError, tokenize errors, ...) means the same:
+    not an array header."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(f)
+        if version in ((2, 0), (3, 0)):
+            return np.lib.format.read_array_header_2_0(f)
+        raise ValueError(f"unsupported .npy version {version}")
+    except (zipfile.BadZipFile, OSError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a malformed header, see the docstring
+        detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise error(f"{path}: array {name!r} has no valid .npy header ({detail})") from None
 
 
 def load_arrays(path: str | os.PathLike, error: type[UserError], names=None, *,

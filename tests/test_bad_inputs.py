@@ -119,10 +119,11 @@ def edit_manifest(bundle: Path, change) -> None:
 
 
 def set_path(m: dict, dotted: str, value) -> None:
-    *parents, last = dotted.split(".")
+    *parents, last = dotted.split("/" if "/" in dotted else ".")
+    key = lambda obj, k: int(k) if isinstance(obj, list) else k
     for k in parents:
-        m = m[k]
-    m[last] = value
+        m = m[key(m, k)]
+    m[key(m, last)] = value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,10 +149,10 @@ MANIFEST_CASES = {
     "format version 99": ("format_version", 99, "format version"),
     "format version string": ("format_version", "1", "format version"),
     "abi 7": ("runtime_abi", 7, "ABI"),
-    "wrong bytes": ("files.head.npz.bytes", 12, "head.npz"),
-    "bytes bool": ("files.head.npz.bytes", True, "bytes"),
-    "bytes huge": ("files.head.npz.bytes", 1 << 40, "bytes"),
-    "sha not hex": ("files.head.npz.sha256", "zz", "sha256"),
+    "wrong bytes": ("files/head.npz/bytes", 12, "head.npz"),
+    "bytes bool": ("files/head.npz/bytes", True, "bytes"),
+    "bytes huge": ("files/head.npz/bytes", 1 << 40, "bytes"),
+    "sha not hex": ("files/head.npz/sha256", "zz", "sha256"),
     "in_features string": ("network.layers.0.in_features", "12", "in_features"),
     "neuron tau nan": ("network.layers.1.neuron.tau", float("nan"), "tau"),
     "neuron kind": ("network.layers.1.neuron.kind", "izhikevich", "kind"),
@@ -716,7 +717,7 @@ class Faults:
     def __init__(self, at: int = -1, code: int = errno.ENOSPC):
         self.at, self.code, self.n = at, code, 0
 
-    def __call__(self, ops, op, path, *extra):
+    def __call__(self, op, path, *extra):
         i, self.n = self.n, self.n + 1
         if i == self.at:
             raise OSError(self.code, os.strerror(self.code), str(path))
@@ -754,8 +755,8 @@ def test_faults_at_every_store_operation_of_a_finetune(world, capsys, monkeypatc
             assert_one_line_error(rc, err, str(store), os_error_message(OSError(code, "", "x")).split(": ", 1)[1])
             assert tree(store) == old, f"fault at operation {at}"
             outcomes.append("old")
-    assert "old" in outcomes
-    assert outcomes == sorted(outcomes, reverse=False) or outcomes.index("new") > 0 if "new" in outcomes else True
+    # before the single state change every fault leaves the old store; after it, the new one
+    assert outcomes[0] == "old" and outcomes == sorted(outcomes, key=("old", "new").index), outcomes
     sandbox_clean(world)
 
 
@@ -784,29 +785,45 @@ def _restore(store: Path, snapshot: dict) -> None:
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
-def test_faults_at_every_store_operation_of_a_deploy(world, monkeypatch, code):
-    """Deploy on the device = install the new bundle as candidate, then commit it."""
+@pytest.mark.parametrize("step", ["install", "commit"])
+def test_faults_at_every_store_operation_of_a_deploy(world, monkeypatch, code, step):
+    """A deploy on the device: install the new bundle as the candidate, then (on the host's word)
+    commit it. A fault at any operation of either step is an OSError whose one-line message names
+    the store, and leaves the store exactly as it was before that step."""
     store = world["root"] / "store"
     Store.init(store, world["bundle"])
     v2 = make_bundle(world["in"] / "v2", version=2)
+    if step == "commit":
+        Store(store).install_candidate(v2)
+    do = (lambda st: st.install_candidate(v2)) if step == "install" else (lambda st: st.commit())
     old = tree(store)
     counter = Faults()
     monkeypatch.setattr(FileOps, "_hook", counter)
-    st = Store(store)
-    st.install_candidate(v2)
-    st.commit()
+    do(Store(store))
     n_ops = counter.n
+    assert n_ops >= 4
     _restore(store, old)
+    outcomes = []
     for at in range(n_ops):
         monkeypatch.setattr(FileOps, "_hook", Faults(at, code))
         try:
-            st = Store(store)
-            st.install_candidate(v2)
-            st.commit()
+            do(Store(store))
         except OSError as exc:
             message = os_error_message(exc)
             assert "\n" not in message and str(store) in message
             assert tree(store) == old, f"fault at operation {at}"
+            outcomes.append("old")
         else:
-            assert Store(store).status()["version"] == 2
+            monkeypatch.setattr(FileOps, "_hook", Faults())
+            s = Store(store).status()
+            assert (s["candidate"] or s["active"])["version"] == 2
+            outcomes.append("new")
             _restore(store, old)
+    assert outcomes[0] == "old" and outcomes == sorted(outcomes, key=("old", "new").index), outcomes
+
+
+def test_os_errors_name_the_path_and_what_to_do():
+    for code, words in ((errno.EROFS, "read-only"), (errno.ENOSPC, "no space left"), (errno.EACCES, "permission"),
+                        (errno.ENXIO, "reconnect")):
+        msg = os_error_message(OSError(code, os.strerror(code), "/some/where"))
+        assert msg.startswith("/some/where: ") and words in msg and "\n" not in msg
