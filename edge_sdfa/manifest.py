@@ -344,7 +344,7 @@ def _network(where: str, value: Any) -> NetworkSpec:
 def _layer(where: str, name: str, value: Any) -> None:
     layer = _dict(where, name, value)
     kind = layer.get("type")
-    if kind not in LAYER_TYPES:
+    if type(kind) is not str or kind not in LAYER_TYPES:
         raise _fail(where, f"{name}.type", f"must be one of {', '.join(LAYER_TYPES)}, got {_show(kind)}")
     allowed = {f.name for f in dataclasses.fields(LAYER_TYPES[kind])}
     for key, v in layer.items():

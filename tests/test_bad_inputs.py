@@ -67,8 +67,9 @@ def world(tmp_path, monkeypatch):
     inputs = tmp_path / "in"
     inputs.mkdir()
     b = make_bundle(inputs / "bundle")
-    return {"root": tmp_path, "home": home, "tmp": tmp, "bundle": b, "data": make_user_data(inputs / "user.npz"),
-            "in": inputs}
+    data = make_user_data(inputs / "user.npz")
+    return {"root": tmp_path, "home": home, "tmp": tmp, "bundle": b, "data": data, "in": inputs,
+            "listing": sorted(os.listdir(tmp_path))}
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -107,8 +108,10 @@ def tree(path: Path) -> dict:
 
 
 def sandbox_clean(w) -> None:
-    """Nothing new outside the inputs: no store under home, no temp folder left."""
+    """Nothing new outside the inputs: no store under home, no temp folder left, nothing in the
+    working directory but a store the test made itself."""
     assert not w["home"].exists(), sorted(tree(w["home"]))[:5]
+    assert sorted(set(os.listdir(w["root"])) - {"store"}) == w["listing"]
     assert list(w["tmp"].iterdir()) == [], list(w["tmp"].iterdir())
 
 
