@@ -33,7 +33,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from edge_sdfa import npz
-from edge_sdfa.errors import BundleError
+from edge_sdfa.errors import BundleError, naming
 from edge_sdfa.int8.net import QLayer, QNet
 from edge_sdfa.manifest import (FORMAT, FORMAT_VERSION, FROZEN_FORMATS, MANIFEST, MAX_BUNDLE_BYTES, MAX_FILES,
                                 MAX_MANIFEST_BYTES, RUNTIME_ABI, Manifest, file_name)
@@ -317,7 +317,7 @@ def safe_extract_tar(tar_path: Path, dest: Path) -> Path:
             dest.mkdir(parents=True, exist_ok=True)
             for name, m in files.items():
                 src = tf.extractfile(m)
-                with open(dest / name, "xb") as out:
+                with naming(dest / name), open(dest / name, "xb") as out:
                     shutil.copyfileobj(src, out)
     except (tarfile.TarError, EOFError) as exc:
         raise BundleError(f"{tar_path}: not a readable (uncompressed) tar archive ({exc})") from None
@@ -455,7 +455,8 @@ def _staging(out: Path):
     """Build a bundle in a sibling temp dir; it replaces ``out`` only if the block succeeds."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        yield tmp
+        with naming(tmp):
+            yield tmp
         os.chmod(tmp, 0o755)
         os.replace(tmp, out)
     except BaseException:

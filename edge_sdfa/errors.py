@@ -64,3 +64,20 @@ def os_error_message(exc: OSError) -> str:
     hint = _OS_HINTS.get(code) or (exc.strerror or str(exc) or type(exc).__name__)
     text = f"{where}: {hint}" if where is not None else hint
     return " ".join(text.split())
+
+
+class naming:
+    """``with naming(path): ...``: an OSError raised inside without a file name (a failed
+    ``write`` or ``fsync`` on an open file: disk full, I/O error) gets ``path`` as its file name,
+    so the one-line message says where."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or "", str(self.path)) from exc
+        return False

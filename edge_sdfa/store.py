@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from edge_sdfa.errors import BundleError, UserError
+from edge_sdfa.errors import BundleError, UserError, naming
 
 STATE_FILE = "state.json"
 STATE_FORMAT = "edge-sdfa-store"
@@ -75,14 +75,15 @@ class FileOps:
     def write(self, path: Path, data: bytes) -> None:
         """Create or truncate ``path`` and write ``data`` (not yet durable: see ``fsync``)."""
         self._hook("write", path, data)
-        with open(path, "wb") as f:
+        with naming(path), open(path, "wb") as f:
             f.write(data)
 
     def fsync(self, path: Path) -> None:
         self._hook("fsync", path)
         fd = os.open(path, os.O_RDONLY)
         try:
-            os.fsync(fd)
+            with naming(path):
+                os.fsync(fd)
         finally:
             os.close(fd)
 

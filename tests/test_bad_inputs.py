@@ -830,3 +830,47 @@ def test_os_errors_name_the_path_and_what_to_do():
                         (errno.ENXIO, "reconnect")):
         msg = os_error_message(OSError(code, os.strerror(code), "/some/where"))
         assert msg.startswith("/some/where: ") and words in msg and "\n" not in msg
+
+
+@pytest.mark.integration
+def test_real_full_disk_and_read_only_file_system(tmp_path):
+    """The same, on a real 2 MB tmpfs filled up, then remounted read-only (needs root and mount;
+    skipped elsewhere)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root and mount to make a small tmpfs")
+    try:
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "EDGE_SDFA_HOME": str(tmp_path / "home")}
+        cli = [sys.executable, "-c", "import sys; from edge_sdfa.cli import main; main(sys.argv[1:])"]
+        store = mnt / "store"
+        b = make_bundle(tmp_path / "b")
+        data = make_user_data(tmp_path / "u.npz")
+        monkey_gate = "import edge_sdfa.finetune as f; f.gate = lambda t, m: []; "   # force a commit: it writes
+        cli_commit = [sys.executable, "-c", monkey_gate + "import sys; from edge_sdfa.cli import main; main(sys.argv[1:])"]
+        ok = subprocess.run([*cli_commit, "finetune", str(b), "--data", str(data), "--store", str(store), "--quiet"],
+                            capture_output=True, text=True, env=env)
+        assert ok.returncode == 0, ok.stderr
+        old = tree(store)
+        with open(mnt / "filler", "wb") as f:       # fill the disk
+            with pytest.raises(OSError):
+                while True:
+                    f.write(bytes(64 << 10))
+                    f.flush()
+        r = subprocess.run([*cli_commit, "finetune", str(store), "--data", str(data), "--quiet"],
+                           capture_output=True, text=True, env=env)
+        assert_one_line_error(r.returncode, r.stderr, str(store), "no space left")
+        assert tree(store) == old
+        os.unlink(mnt / "filler")
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        for argv in ([*cli_commit, "finetune", str(store), "--data", str(data), "--quiet"],
+                     [*cli, "store", "revert", "--store", str(store)], [*cli, "store", "reset", "--store", str(store)]):
+            r = subprocess.run(argv, capture_output=True, text=True, env=env)
+            assert_one_line_error(r.returncode, r.stderr, str(store), "read-only")
+            assert tree(store) == old
+        r = subprocess.run([*cli, "eval", "--store", str(store), "--data", str(data)], capture_output=True, text=True,
+                           env=env)
+        assert r.returncode == 0, r.stderr
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
