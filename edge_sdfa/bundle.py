@@ -533,6 +533,7 @@ def with_head(bundle: Bundle, head: QNet, out: str | Path, revision: int | None 
         manifest["files"] = dict(manifest["files"])
         manifest["files"]["head.npz"] = {"sha256": sha256_file(tmp / "head.npz"),
                                         "bytes": (tmp / "head.npz").stat().st_size}
+        Manifest.from_dict(manifest, str(out / MANIFEST))
         _write_manifest(tmp, manifest)
     return out
 

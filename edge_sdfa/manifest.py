@@ -387,7 +387,7 @@ def _exps(where: str, value: Any, spec: NetworkSpec, partition: int, frozen_form
     synaptic = set(spec.synaptic_layers())
     out = {}
     for key, exp in raw.items():
-        if not (key.isdigit() and key == str(int(key)) and int(key) in synaptic):
+        if not (key.isascii() and key.isdigit() and key == str(int(key)) and int(key) in synaptic):
             raise _fail(where, f"quant.exps.{key}", f"must name a layer with weights (one of "
                                                     f"{', '.join(map(str, sorted(synaptic)))})")
         i = int(key)
