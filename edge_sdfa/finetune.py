@@ -35,6 +35,7 @@ from edge_sdfa.errors import DataError, UserError
 from edge_sdfa.executors import open_executor, run_frozen
 from edge_sdfa.int8 import net as qn
 from edge_sdfa.progress import EpochProgress
+from edge_sdfa.spec import DEFAULT_TEMPORAL_MODE, temporal_mode
 
 if TYPE_CHECKING:
     from edge_sdfa.store import Store
@@ -56,7 +57,7 @@ class FinetuneConfig:
     epochs: int | None = None          # None: the bundle's default
     batch_size: int | None = None
     lr: float | None = None
-    mode: str = "online"
+    mode: str = DEFAULT_TEMPORAL_MODE  # spec.TemporalMode
     backend: str = "numpy"
     seed: int = 0
     val_fraction: float = 0.3
@@ -77,8 +78,7 @@ class FinetuneConfig:
             raise UserError("epochs must be >= 0, batch size >= 1 and lr a positive number")
         if not 0 < cfg.val_fraction < 1:
             raise UserError("the validation fraction must be between 0 and 1")
-        if cfg.mode not in ("online", "exact"):
-            raise UserError(f"unknown temporal mode {cfg.mode!r} (expected online or exact)")
+        temporal_mode(cfg.mode)
         return cfg
 
 
@@ -405,6 +405,7 @@ class Training:
     best_layers: qn.QNet
     guard: str | None
     history: tuple[EpochReport, ...]
+    kernels: str | None = None        # the int8 kernel set the backend ran (numpy, c), if it says
 
     @property
     def last(self) -> EpochReport | None:
@@ -432,8 +433,8 @@ def train(backend, prep: Prepared, *, on_event: Callable[[dict], None] | None = 
             if improves(report.scores, best, before, cfg.margin):
                 best, best_layers, best_epoch = report.scores, backend.read_weights(), report.epoch
     after = best if guard is None else score(backend, prep)
-    return Training(before=before, after=after, best_epoch=best_epoch, best_layers=best_layers,
-                    guard=guard, history=tuple(history))
+    return Training(before=before, after=after, best_epoch=best_epoch, best_layers=best_layers, guard=guard,
+                    history=tuple(history), kernels=getattr(backend, "kernel_set", None))
 
 
 def gate(training: Training, margin: float) -> list[str]:
@@ -504,6 +505,7 @@ def build_report(prep: Prepared, training: Training, reasons: list[str], revisio
         "peak_rss_mb": peak_rss_mb(),
         "peak_rss_children_mb": peak_rss_mb(resource.RUSAGE_CHILDREN),
         "backend": cfg.backend,
+        "kernels": training.kernels,
         "mode": cfg.mode,
         "lr": cfg.lr,
         "batch_size": cfg.batch_size,
