@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from edge_sdfa.errors import BundleError, UserError
-from edge_sdfa.spec import LAYER_TYPES, NetworkSpec, NeuronSpec, has_synapses
+from edge_sdfa.spec import LAYER_TYPES, TEMPORAL_MODES, NetworkSpec, NeuronSpec, has_synapses
 
 FORMAT = "edge-sdfa-bundle"
 FORMAT_VERSION = 1
@@ -51,7 +51,7 @@ FINETUNE_FIELDS = {  # the bundle's fine-tuning defaults: name -> (kind, low, hi
     "batch_size": ("int", 1, 65_536),
     "lr": ("number", 0.0, 1e6),
     "rehearsal_ratio": ("number", 0.0, 100.0),
-    "mode": ("choice", ("online", "exact"), None),
+    "mode": ("choice", TEMPORAL_MODES, None),
 }
 
 
