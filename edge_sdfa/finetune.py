@@ -20,6 +20,7 @@ import dataclasses
 import math
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -245,12 +246,23 @@ def prepare(source: str | Path | None = None, data: str | Path | None = None, *,
     with bundle_mod.unpacked(st.active_dir() if st is not None else bundle_path) as folder:
         prep = _prepare(bundle_mod.read_bundle(folder), st, data, test_data, source, config)
         if st is None:
-            from edge_sdfa.store import Store
-
-            st = Store.init(root, folder)
+            st = _create_store(root, folder)
     if prep.store is None:
         prep = dataclasses.replace(prep, store=st, bundle=bundle_mod.read_bundle(st.active_dir()))
     return prep
+
+
+def _create_store(root: Path, factory: Path) -> "Store":
+    """``Store.init``; if it fails (disk full, read-only), a folder it created is removed again."""
+    from edge_sdfa.store import Store
+
+    existed = root.exists()
+    try:
+        return Store.init(root, factory)
+    except BaseException:
+        if not existed:
+            shutil.rmtree(root, ignore_errors=True)
+        raise
 
 
 def _prepare(bundle, st, data, test_data, source, config) -> Prepared:

@@ -875,3 +875,30 @@ def test_real_full_disk_and_read_only_file_system(tmp_path):
         assert r.returncode == 0, r.stderr
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_faults_while_a_finetune_creates_its_store(world, capsys, monkeypatch, code):
+    """A fine-tune that has to create the store and hits a fault at any operation of that leaves
+    no store folder behind."""
+    store = world["root"] / "store"
+    argv = ("finetune", str(world["bundle"]), "--data", str(world["data"]), "--store", str(store), "--quiet",
+            "--epochs", "0")
+    counter = Faults()
+    monkeypatch.setattr(FileOps, "_hook", counter)
+    rc, out, err = run(capsys, *argv)
+    assert rc == 0, err
+    assert [e["event"] for e in Store(store).events()] == ["init"]   # 0 epochs: creating is all it wrote
+    n_init = counter.n
+    import shutil
+
+    shutil.rmtree(store)
+    for at in range(n_init):
+        monkeypatch.setattr(FileOps, "_hook", Faults(at, code))
+        rc, out, err = run(capsys, *argv)
+        if rc == 0:
+            shutil.rmtree(store)
+            continue
+        assert_one_line_error(rc, err, str(store))
+        assert not store.exists(), f"fault at operation {at}"
+        sandbox_clean(world)
