@@ -17,6 +17,7 @@ and kernels, argmax of the output spike counts). ``docs/runtime.md`` has the det
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import time
@@ -31,6 +32,7 @@ from edge_sdfa.executors import open_executor
 from edge_sdfa.int8 import net as qn
 from edge_sdfa.int8.kernels import get_kernels
 
+SMALL_CALL_ROWS = 64      # T * N up to this: one OpenMP thread (waking a team costs more than it saves)
 RECHECK_S = 1.0           # re-read state.json at least this often, even when its stat is unchanged
 _RELOAD_TRIES = 5         # a slot deleted by two commits between our read of state.json and the load
 
@@ -80,6 +82,9 @@ class _Model:
         self.head_spec = bundle.head_spec()
         self.head = [q for q in bundle.head()]
         self.executor = open_executor(bundle)
+        # an npz frozen part is the int8 reference itself: run the whole network in one forward
+        # (the same integers as executor then head, one pass of per-call overhead less)
+        self.whole = (bundle.spec, list(bundle.qnet)) if bundle.frozen_format == "npz" else None
         self.kernels = kernels
         self.time_steps = int(bundle.spec.time_steps)
         self.input_shape = tuple(bundle.spec.input_shape)
@@ -89,6 +94,8 @@ class _Model:
 
     def counts(self, x_tn: np.ndarray) -> np.ndarray:
         """Output spike counts ``[N, C]`` for ``x[T, N, ...]`` (uint8)."""
+        if self.whole is not None:
+            return qn.forward(self.whole[0], self.whole[1], x_tn, self.kernels).counts
         if self._exec_lock is not None:
             with self._exec_lock:
                 h = self.executor.run(x_tn)
@@ -96,6 +103,23 @@ class _Model:
             h = self.executor.run(x_tn)
         h = np.ascontiguousarray(h).astype(np.uint8, copy=False)
         return qn.forward(self.head_spec, self.head, h, self.kernels).counts
+
+
+_GOMP = None
+
+
+def _openmp():
+    """The OpenMP runtime the C kernels loaded (libgomp), if any: never loads one itself."""
+    global _GOMP
+    if _GOMP is None:
+        try:
+            lib = ctypes.CDLL("libgomp.so.1", mode=getattr(os, "RTLD_NOLOAD", 4))
+            lib.omp_get_max_threads.restype = ctypes.c_int
+            lib.omp_set_num_threads.argtypes = [ctypes.c_int]
+            _GOMP = lib
+        except (OSError, AttributeError):
+            _GOMP = False
+    return _GOMP or None
 
 
 def _state_stat(path: Path):
@@ -110,12 +134,13 @@ class Runtime:
     """Inference on the active weights of a store, or on a fixed bundle. Open with :meth:`open`."""
 
     def __init__(self, *, store=None, bundle_path: Path | None = None, kernels=None, batch: int = 256,
-                 watch: bool = True):
+                 watch: bool = True, threads: int | None = None):
         self._store = store
         self._bundle_path = bundle_path
         self._kernels = kernels
         self.batch = int(batch)
         self.watch = watch
+        self.threads = threads
         self._lock = threading.Lock()       # serialises reloads (the single writer of _model)
         self._stat = None
         self._checked = 0.0
@@ -133,33 +158,38 @@ class Runtime:
 
     @classmethod
     def open(cls, source: str | Path | None = None, *, store: str | Path | None = None,
-             kernels: str | None = None, batch: int = 256, watch: bool = True) -> "Runtime":
+             kernels: str | None = None, batch: int = 256, watch: bool = True,
+             threads: int | None = None) -> "Runtime":
         """Open a store directory (follows its commits), a bundle directory or ``.tar`` (fixed
         weights), or with neither the default store (``edge-sdfa finetune``'s) when it exists,
         else the embedded default bundle. ``store`` names a store directory explicitly.
         ``kernels``: numpy | numba | c | auto (default ``EDGE_SDFA_KERNELS`` or auto).
-        ``watch=False`` keeps the weights loaded at open (call :meth:`reload` to update)."""
+        ``watch=False`` keeps the weights loaded at open (call :meth:`reload` to update).
+        ``threads``: OpenMP threads of the C kernels per call (default: one for small calls of
+        at most ``SMALL_CALL_ROWS`` time steps x samples, the library's default otherwise)."""
         from edge_sdfa.finetune import DEFAULT_BUNDLE, default_store_dir
         from edge_sdfa.store import STATE_FILE, Store
 
         if batch < 1:
             raise UserError("batch must be >= 1")
+        if threads is not None and threads < 1:
+            raise UserError("threads must be >= 1")
         k = get_kernels(kernels)
         if source is not None and store is not None:
             raise UserError("give a store or bundle path, or --store, not both")
         if store is not None:
-            return cls(store=Store(store), kernels=k, batch=batch, watch=watch)
+            return cls(store=Store(store), kernels=k, batch=batch, watch=watch, threads=threads)
         if source is None:
             root = default_store_dir()
             if (root / STATE_FILE).is_file():
-                return cls(store=Store(root), kernels=k, batch=batch, watch=watch)
-            return cls(bundle_path=DEFAULT_BUNDLE, kernels=k, batch=batch, watch=watch)
+                return cls(store=Store(root), kernels=k, batch=batch, watch=watch, threads=threads)
+            return cls(bundle_path=DEFAULT_BUNDLE, kernels=k, batch=batch, watch=watch, threads=threads)
         path = Path(source)
         if (path / STATE_FILE).is_file():
-            return cls(store=Store(path), kernels=k, batch=batch, watch=watch)
+            return cls(store=Store(path), kernels=k, batch=batch, watch=watch, threads=threads)
         if not path.exists():
             raise UserError(f"no such store or bundle: {path}")
-        return cls(bundle_path=path, kernels=k, batch=batch, watch=watch)
+        return cls(bundle_path=path, kernels=k, batch=batch, watch=watch, threads=threads)
 
     # ---- the model snapshot -------------------------------------------------------------------
 
@@ -251,8 +281,18 @@ class Runtime:
         n = x.shape[0]
         counts = np.empty((n, model.num_classes), np.int64)
         xt = np.swapaxes(x, 0, 1)
-        for i in range(0, n, self.batch):
-            counts[i:i + self.batch] = model.counts(xt[:, i:i + self.batch])
+        # OpenMP's thread count is per calling thread, so this never affects other callers
+        omp = _openmp() if model.kernels.name == "c" else None
+        want = self.threads or (1 if model.time_steps * min(n, self.batch) <= SMALL_CALL_ROWS else 0)
+        prev = omp.omp_get_max_threads() if omp is not None and want else 0
+        if prev and prev != want:
+            omp.omp_set_num_threads(want)
+        try:
+            for i in range(0, n, self.batch):
+                counts[i:i + self.batch] = model.counts(xt[:, i:i + self.batch])
+        finally:
+            if prev and prev != want:
+                omp.omp_set_num_threads(prev)
         labels = counts.argmax(axis=1) if n else np.zeros(0, np.int64)
         return Prediction(labels, (counts / float(model.time_steps)).astype(np.float32), counts,
                           time.perf_counter() - t0, model.info)

@@ -164,10 +164,9 @@ def forward(spec: NetworkSpec, qnet: QNet, x: np.ndarray, kernels: Kernels = NUM
             out_shape = spec.shapes()[i + 1]
             rows = spikes.reshape(t_steps * n, *out_shape)
         elif isinstance(layer, Pool2d):
-            b, c, h, w = rows.shape
-            k = layer.kernel_size
-            r = rows[:, :, : h // k * k, : w // k * k].reshape(b, c, h // k, k, w // k, k)
-            rows = r.max(axis=(3, 5)) if layer.mode == "max" else r.sum(axis=(3, 5), dtype=np.int64).astype(np.uint8)
+            from edge_sdfa.ops import pool2d_int
+
+            rows = pool2d_int(rows, layer.kernel_size, layer.mode)
         elif isinstance(layer, Flatten):
             rows = rows.reshape(rows.shape[0], int(np.prod(rows.shape[1:])))
     out = rows.reshape(t_steps, n, int(np.prod(rows.shape[1:])))

@@ -55,7 +55,9 @@ trap 'rm -rf "$WORK"' EXIT
 export EDGE_SDFA_KERNELS=numpy   # the executable specification on both sides; C is checked below
 log "x86 reference finetune ($HOST_PY)"
 (cd "$WORK" && "$HOST_PY" -m edge_sdfa finetune --json --quiet --store "$WORK/x86-store" > "$WORK/x86.json")
-x86_head=$(sha256sum "$WORK/x86-store/active/head.npz" | cut -d' ' -f1)
+# the committed head: the store's active slot (state.json; symlink views are not relied on)
+active_head() { "$HOST_PY" -c 'import sys; from edge_sdfa.store import Store; print(Store(sys.argv[1]).active_dir() / "head.npz")' "$1"; }
+x86_head=$(sha256sum "$(active_head "$WORK/x86-store")" | cut -d' ' -f1)
 
 fail=0
 summary=()
@@ -95,7 +97,7 @@ WRAP
     (cd "$WORK" && EDGE_SDFA_KERNELS=$kernels "$venv/bin/edge-sdfa" finetune --json --quiet --store "$store" \
         > "$WORK/$tag-$kernels.json")
     job_s=$(( $(date +%s) - t ))
-    head=$(sha256sum "$store/active/head.npz" | cut -d' ' -f1)
+    head=$(sha256sum "$(active_head "$store")" | cut -d' ' -f1)
     if [[ "$head" == "$x86_head" ]]; then same=yes; else same=NO; fail=1; fi
     log "[$cpu] kernels $kernels: ${job_s}s, committed weights equal x86: $same"
     summary+=("$cpu $kernels finetune ${job_s}s weights_equal_x86=$same")

@@ -8,8 +8,9 @@ set -euo pipefail
 CACHE=$(realpath -m "${1:?usage: sysroot.sh CACHE_DIR}")
 MIRROR=${PI_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SUITE=${PI_DEBIAN_SUITE:-bookworm}
-# Python 3.11 with venv/ensurepip, plus libgomp1 (OpenMP runtime of the C kernels).
-ROOTS=(python3.11 python3.11-venv libpython3.11-stdlib libgomp1 ca-certificates)
+# Python 3.11 with venv/ensurepip; libstdc++6 (numpy's wheels link it) and libgomp1 (OpenMP runtime of
+# the C kernels), as on Raspberry Pi OS.
+ROOTS=(python3.11 python3.11-venv libpython3.11-stdlib libstdc++6 libgomp1 ca-certificates)
 APT="$CACHE/apt"
 SYSROOT="$CACHE/sysroot"
 STAMP="$SYSROOT/.stamp"
@@ -24,7 +25,7 @@ echo "deb [arch=arm64] $MIRROR $SUITE main" > "$APT/etc/sources.list"
 opts=(-o "Dir::Etc::SourceList=$APT/etc/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
       -o "Dir::Etc::Parts=$APT/etc/apt.conf.d" -o "Dir::Etc::PreferencesParts=$APT/etc/preferences.d"
       -o "Dir::State=$APT/state" -o "Dir::State::status=$APT/state/status" -o "Dir::Cache=$APT/cache"
-      -o "APT::Architecture=arm64" -o "APT::Architectures::=arm64" -o "Debug::NoLocking=1"
+      -o "APT::Architecture=arm64" -o "APT::Architectures::=arm64" -o "Debug::NoLocking=1" -o "APT::Sandbox::User=root"
       -o "Acquire::Retries=3" -o "Acquire::http::Timeout=30")
 echo "pi: arm64 package index ($MIRROR $SUITE)" >&2
 apt-get "${opts[@]}" -q update >&2
