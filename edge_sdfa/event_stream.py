@@ -9,7 +9,8 @@ Record format (``docs/runtime.md``), little-endian, 16 bytes per record, no head
     10      int16   y      camera row (0 for channel events)
     12      int8    p      polarity 0/1 (0 for channel events)
     13      uint8   flags  bit 0: this record ends its window; bit 1: marker only (no event)
-    14      uint16  reserved, 0
+    14      uint16  sync   0xA55A (bytes 5A A5): the reader realigns on it when it joins a stream
+                           mid-record or bytes are lost; records without it are dropped
 
 A window ends at a record with flag bit 0, after ``window_events`` events, when an event at or
 after ``t_first + window_us`` arrives (that event opens the next window), or at the end of the
@@ -29,8 +30,11 @@ import numpy as np
 
 from edge_sdfa.errors import DataError, UserError
 
-RECORD_DTYPE = np.dtype([("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("p", "i1"), ("flags", "u1"), ("reserved", "<u2")])
+RECORD_DTYPE = np.dtype([("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("p", "i1"), ("flags", "u1"), ("sync", "<u2")])
 assert RECORD_DTYPE.itemsize == 16
+SYNC = 0xA55A
+_SYNC_BYTES = SYNC.to_bytes(2, "little")
+_SYNC_AT = 14
 END_OF_WINDOW, MARKER_ONLY = 1, 2
 NPZ_MAGIC = b"PK\x03\x04"
 
@@ -39,7 +43,7 @@ def encode_records(t, x, y=None, p=None, flags=None) -> bytes:
     """Records for the given fields (the sender's side; tests and tools use it)."""
     n = len(t)
     rec = np.zeros(n, RECORD_DTYPE)
-    rec["t"], rec["x"] = t, x
+    rec["t"], rec["x"], rec["sync"] = t, x, SYNC
     if y is not None:
         rec["y"] = y
     if p is not None:
@@ -56,6 +60,35 @@ class Window:
     label: int | None = None
 
 
+def aligned_records(buf: bytes) -> tuple[np.ndarray, bytes, int]:
+    """The whole records at the start of ``buf`` that carry the sync word, realigning past bytes
+    that do not (a reader joining mid-stream, lost or corrupted bytes). Returns (records, the
+    unparsed tail to prepend to the next read, bytes dropped)."""
+    size = RECORD_DTYPE.itemsize
+    parts, pos, dropped, n = [], 0, 0, len(buf)
+    while n - pos >= size:
+        rec = np.frombuffer(buf, RECORD_DTYPE, count=(n - pos) // size, offset=pos)
+        bad = np.flatnonzero(rec["sync"] != SYNC)
+        if bad.size == 0:
+            parts.append(rec)
+            pos += len(rec) * size
+            break
+        k = int(bad[0])
+        if k:
+            parts.append(rec[:k])
+            pos += k * size
+        j = buf.find(_SYNC_BYTES, pos + _SYNC_AT + 1)   # the next record start after pos
+        if j < 0:
+            keep = max(pos, n - (_SYNC_AT + 1))           # a sync word may still be arriving
+            dropped += keep - pos
+            pos = keep
+            break
+        dropped += j - _SYNC_AT - pos
+        pos = j - _SYNC_AT
+    rec = np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else np.zeros(0, RECORD_DTYPE))
+    return rec, buf[pos:], dropped
+
+
 class WindowSplitter:
     """Feeds bytes, yields closed windows. Buffers a partial record across reads."""
 
@@ -66,18 +99,15 @@ class WindowSplitter:
             raise UserError("--window-events must be >= 1")
         self.window_us, self.window_events = window_us, window_events
         self._tail = b""
+        self.dropped_bytes = 0
         self._pending: list[np.ndarray] = []
         self._count = 0
         self._t0: int | None = None
 
     def feed(self, data: bytes, now: float) -> list[Window]:
-        buf = self._tail + data
-        whole = len(buf) // RECORD_DTYPE.itemsize * RECORD_DTYPE.itemsize
-        self._tail = buf[whole:]
-        if not whole:
-            return []
-        rec = np.frombuffer(buf[:whole], RECORD_DTYPE)
-        return self._split(rec, now)
+        rec, self._tail, dropped = aligned_records(self._tail + data)
+        self.dropped_bytes += dropped
+        return self._split(rec, now) if len(rec) else []
 
     def _split(self, rec: np.ndarray, now: float) -> list[Window]:
         out = []
@@ -128,8 +158,10 @@ class WindowSplitter:
     def finish(self, now: float) -> list[Window]:
         """End of input: the last, partial window (if it holds events)."""
         if self._tail:
-            print(f"warning: {len(self._tail)} trailing bytes (not a whole 16-byte record) ignored", file=sys.stderr)
+            self.dropped_bytes += len(self._tail)
             self._tail = b""
+        if self.dropped_bytes:
+            print(f"warning: {self.dropped_bytes} bytes outside whole records (no sync word) ignored", file=sys.stderr)
         w = self._close(now)
         return [] if w is None else [w]
 
@@ -219,6 +251,8 @@ def windows_from_npz(data: bytes) -> Iterator[tuple[object, int | None, str]]:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         ud = load_user_data(tmp)
+    except DataError as exc:  # name the stream, not the temporary file
+        raise DataError(str(exc).replace(tmp, "the npz stream")) from None
     finally:
         os.unlink(tmp)
     for i in range(len(ud)):

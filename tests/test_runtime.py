@@ -16,7 +16,7 @@ import pytest
 import edge_sdfa
 from edge_sdfa import bundle as bundle_mod
 from edge_sdfa.backend import NumpyBackend
-from edge_sdfa.event_stream import END_OF_WINDOW, MARKER_ONLY, RECORD_DTYPE, WindowSplitter, encode_records
+from edge_sdfa.event_stream import END_OF_WINDOW, MARKER_ONLY, WindowSplitter, aligned_records, encode_records
 from edge_sdfa.executors import open_executor, run_frozen
 from edge_sdfa.finetune import DEFAULT_BUNDLE, DEFAULT_USER_TEST, evaluate, load_data
 from edge_sdfa.int8 import net as qn
@@ -245,6 +245,21 @@ def test_window_splitter_end_flags_and_markers():
     assert _windows(data, [17, 33]) == [[0, 10, 20, 30], [40, 50], [70, 80, 90]]
 
 
+def test_records_realign_on_the_sync_word():
+    t, c = _records(50)
+    data = encode_records(t, c)
+    assert aligned_records(data)[0]["t"].tolist() == t.tolist()
+    # joined mid-record, a corrupted record in the middle, a partial record at the end
+    bad = bytearray(data)
+    bad[16 * 20 + 14] ^= 0xFF
+    rec, tail, dropped = aligned_records(b"\x01\x02\x03" + bytes(bad[5:-3]))
+    want = t[1:-1].tolist()
+    del want[19]
+    assert rec["t"].tolist() == want and dropped == 3 + 11 + 16 and len(tail) == 13
+    rec, tail, dropped = aligned_records(tail + data[-3:])
+    assert rec["t"].tolist() == [t[-1]] and tail == b"" and dropped == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # the command
 
@@ -300,3 +315,43 @@ def test_cli_stream_records_and_npz_on_stdin(tmp_path, user_test):
     summary = json.loads(proc.stderr.decode().strip().splitlines()[-1])["summary"]
     assert summary["windows"] == len(y) and summary["accuracy"] == pytest.approx(0.4979, abs=1e-4)
     assert summary["decision_latency_ms"]["p99"] > 0
+
+
+@pytest.mark.integration
+def test_cli_stream_reads_a_serial_url():
+    """--port takes any pyserial URL: records arrive over socket://, the stream ends when the
+    sender hangs up."""
+    import socket
+
+    rng = np.random.default_rng(9)
+    t = np.sort(rng.integers(0, 400_000, 600))
+    c = rng.integers(0, 64, 600)
+    data = encode_records(t, c)
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+
+    def send():
+        conn, _ = srv.accept()
+        time.sleep(0.3)   # pyserial's socket:// discards what is already waiting when it opens
+        for i in range(0, len(data), 1000):   # partial records across writes
+            conn.sendall(data[i:i + 1000])
+            time.sleep(0.01)
+        time.sleep(0.3)   # pyserial's socket:// drops the bytes of a read() that a hang-up interrupts
+        conn.close()
+
+    th = threading.Thread(target=send)
+    th.start()
+    proc = run_cli("predict", str(DEFAULT_BUNDLE), "--stream", "--port", f"socket://127.0.0.1:{port}",
+                   "--window-us", "100000", timeout=120)
+    th.join(10)
+    srv.close()
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(v) for v in proc.stdout.decode().splitlines()]
+    ev = np.empty(len(t), [("t", "<i8"), ("channel", "<i2")])
+    ev["t"], ev["channel"] = t, c
+    starts = [d["t_start_us"] for d in lines]
+    assert sum(d["events"] for d in lines) == len(t) and starts[0] == t[0]
+    assert all(b - a >= 100_000 for a, b in zip(starts, starts[1:]))
+    want = Runtime.open(DEFAULT_BUNDLE).predict_events(
+        [ev[(t >= d["t_start_us"]) & (t <= d["t_end_us"])] for d in lines])
+    assert [d["label"] for d in lines] == want.labels.tolist()

@@ -8,8 +8,9 @@
 # 2. an arm64 Debian 12 sysroot with Python 3.11 (tools/pi/sysroot.sh), cached in $PI_CACHE;
 # 3. per CPU: `qemu-aarch64-static -cpu CPU -L SYSROOT` runs Python 3.11; a venv, then
 #    `pip install .` (PyPI's aarch64 wheels: numpy 2), as on a Pi;
-# 4. per CPU: `edge-sdfa finetune --json`, `edge-sdfa predict --json` and the kernel bit-exactness
-#    tests under emulation; the committed head weights must equal the x86 run's, byte for byte.
+# 4. per CPU: `edge-sdfa finetune --json` (C kernels; also the numpy kernels on the first CPU,
+#    or the sets in $PI_KERNELS), `edge-sdfa predict --json` and the kernel bit-exactness tests
+#    under emulation; the committed head weights must equal the x86 run's, byte for byte.
 # Everything is cached under $PI_CACHE (default .cache/pi, git-ignored); a second run reuses it.
 # If the registries cannot be reached the run says SKIPPED (exit 0; exit 1 with PI_REQUIRED=1).
 set -euo pipefail
@@ -90,7 +91,10 @@ WRAP
   log "[$cpu] installed in ${install_s}s: $probe"
 
   export CC=aarch64-linux-gnu-gcc EDGE_SDFA_CACHE_DIR="$CACHE/kernels-$tag"
-  for kernels in numpy c; do
+  # the numpy path is the specification and CPU-independent: once (on the first CPU) is enough
+  kernel_sets=${PI_KERNELS:-c}
+  [[ -z "${PI_KERNELS:-}" && "$cpu" == "${CPUS[0]}" ]] && kernel_sets="numpy c"
+  for kernels in $kernel_sets; do
     store="$WORK/$tag-$kernels-store"
     log "[$cpu] edge-sdfa finetune --json (kernels $kernels)"
     t=$(date +%s)
