@@ -209,7 +209,7 @@ def main(argv=None) -> dict:
         args.size = min(args.size, 64)
     import onnxruntime
 
-    from edge_sdfa.int8.kernels import get_kernels
+    from edge_sdfa.int8 import kernels as kernel_sets
 
     try:
         import ai_edge_litert
@@ -221,7 +221,7 @@ def main(argv=None) -> dict:
         "benchmark": "inference per sample: device runtime vs onnxruntime vs TFLite",
         "machine": {"python": platform.python_version(), "numpy": np.__version__, "cpu_count": os.cpu_count(),
                     "machine": platform.machine(), "onnxruntime": onnxruntime.__version__, "tflite": tfl,
-                    "device_kernels": get_kernels().name, "threads": args.threads or "runtime default"},
+                    "device_kernels": kernel_sets.get().NAME, "threads": args.threads or "runtime default"},
         "unit": "ms per sample: median and p99 of one-sample calls; batch_ms_per_sample: a batch call / batch",
         "repeats": args.repeats, "batch": args.batch,
         "models": {},

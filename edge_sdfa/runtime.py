@@ -30,7 +30,7 @@ from edge_sdfa import bundle as bundle_mod
 from edge_sdfa.errors import BundleError, DataError, UserError
 from edge_sdfa.executors import open_executor
 from edge_sdfa.int8 import net as qn
-from edge_sdfa.int8.kernels import get_kernels
+from edge_sdfa.int8 import kernels as kernel_sets
 
 SMALL_CALL_ROWS = 64      # T * N up to this: one OpenMP thread (waking a team costs more than it saves)
 RECHECK_S = 1.0           # re-read state.json at least this often, even when its stat is unchanged
@@ -163,7 +163,7 @@ class Runtime:
         """Open a store directory (follows its commits), a bundle directory or ``.tar`` (fixed
         weights), or with neither the default store (``edge-sdfa finetune``'s) when it exists,
         else the embedded default bundle. ``store`` names a store directory explicitly.
-        ``kernels``: numpy | numba | c | auto (default ``EDGE_SDFA_KERNELS`` or auto).
+        ``kernels``: numpy | c | auto (default ``EDGE_SDFA_KERNELS`` or auto).
         ``watch=False`` keeps the weights loaded at open (call :meth:`reload` to update).
         ``threads``: OpenMP threads of the C kernels per call (default: one for small calls of
         at most ``SMALL_CALL_ROWS`` time steps x samples, the library's default otherwise)."""
@@ -174,7 +174,7 @@ class Runtime:
             raise UserError("batch must be >= 1")
         if threads is not None and threads < 1:
             raise UserError("threads must be >= 1")
-        k = get_kernels(kernels)
+        k = kernel_sets.get(kernels)
         if source is not None and store is not None:
             raise UserError("give a store or bundle path, or --store, not both")
         if store is not None:
@@ -282,7 +282,7 @@ class Runtime:
         counts = np.empty((n, model.num_classes), np.int64)
         xt = np.swapaxes(x, 0, 1)
         # OpenMP's thread count is per calling thread, so this never affects other callers
-        omp = _openmp() if model.kernels.name == "c" else None
+        omp = _openmp() if model.kernels.NAME == "c" else None
         want = self.threads or (1 if model.time_steps * min(n, self.batch) <= SMALL_CALL_ROWS else 0)
         prev = omp.omp_get_max_threads() if omp is not None and want else 0
         if prev and prev != want:
@@ -380,7 +380,7 @@ def predict_report(source: str | Path | None = None, data: str | Path | None = N
         "latency_samples": len(single),
         "batch_ms_per_sample": pred.latency_per_sample_s * 1e3,
         "batch": rt.batch,
-        "kernels": model.kernels.name,
+        "kernels": model.kernels.NAME,
         "frozen_executor": model.executor.name,
         "peak_rss_mb": peak_rss_mb(),
     })

@@ -19,7 +19,7 @@ def predict(
     data: Optional[str] = typer.Option(None, "--data", help="samples: npz:PATH or a data set spec "
                                                             "(default: the embedded new user's test set)"),
     store: Optional[str] = typer.Option(None, "--store", help="store dir (instead of SOURCE)"),
-    kernels: Optional[str] = typer.Option(None, "--kernels", help="numpy | numba | c | auto"),
+    kernels: Optional[str] = typer.Option(None, "--kernels", help="numpy | c | auto"),
     batch: int = typer.Option(256, "--batch", help="samples per inference call"),
     stream_mode: bool = typer.Option(False, "--stream", help="decide live windows of events, one JSON line each"),
     input_path: str = typer.Option("-", "--input", help="--stream: a file of records or an npz ('-' = stdin)"),
