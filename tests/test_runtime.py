@@ -355,3 +355,25 @@ def test_cli_stream_reads_a_serial_url():
     want = Runtime.open(DEFAULT_BUNDLE).predict_events(
         [ev[(t >= d["t_start_us"]) & (t <= d["t_end_us"])] for d in lines])
     assert [d["label"] for d in lines] == want.labels.tolist()
+
+
+@pytest.mark.parametrize("kernels", ["numpy", "c"])
+def test_conv_layers_run_channels_last_with_the_same_spikes(kernels):
+    """Unrecorded conv layers run their neurons in the gather's channels-last order (the
+    inference fast path); recorded ones keep channels-first. Same spikes either way."""
+    from edge_sdfa import float_net as fn
+    from edge_sdfa.int8 import kernels as kernel_sets
+    from edge_sdfa.spec import Conv2d, Dense, Flatten, NetworkSpec, Pool2d
+
+    try:
+        ks = kernel_sets.get(kernels)
+    except Exception as exc:  # the C set where it was not built
+        pytest.skip(str(exc))
+    spec = NetworkSpec((2, 12, 12), (Conv2d(2, 6), Pool2d(2), Conv2d(6, 5, bias=True), Pool2d(2, mode="avg"),
+                                     Flatten(), Dense(5 * 3 * 3, 4)), time_steps=6)
+    params = [{k: v * 20 for k, v in p.items()} for p in fn.init_params(spec, 2)]
+    q, _ = qn.quantize(spec, params)
+    x = (np.random.default_rng(4).random((6, 3, 2, 12, 12)) < 0.3).astype(np.uint8)
+    fast = qn.forward(spec, q, x, ks)
+    recorded = qn.forward(spec, q, x, ks, keep={0, 2})
+    assert fast.out_spikes.any() and np.array_equal(fast.out_spikes, recorded.out_spikes)
