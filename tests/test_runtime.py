@@ -3,7 +3,6 @@ commits are seen between calls and never inside one, event windows, latency fiel
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
