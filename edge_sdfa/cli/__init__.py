@@ -15,7 +15,7 @@ import typer
 from edge_sdfa import plugins
 from edge_sdfa.errors import UserError, os_error_message
 
-COMMAND_MODULES = ("runtime", "data")
+COMMAND_MODULES = ("runtime", "data", "predict")
 
 
 def build_app() -> typer.Typer:
