@@ -7,10 +7,11 @@ PipeSDFA (three levels):
   error projection and the local deltas of all layers run at once, right after the forward;
 - batches: when the last sample's deltas are done (``E = F + proj + deltas + (B-1) I`` after the
   batch started), every layer runs its dW pass (``D_l``) and the write engine programs the layers
-  in order (``W_l``, serial). With ``raw = "wait"`` (default) batch b+1 reads layer l only after
-  batch b's write of layer l: its sample 0 reaches layer l ``o_l = sum_{k<l} s_k`` after the batch
-  starts, so the period is ``max(max_l (end_l - o_l), B I, sum_l W_l)`` with
-  ``end_l = max(E + D_l, end_{l-1}) + W_l``. With ``raw = "stale"`` batch b+1 streams through layers
+  in order (``W_l``, serial): ``end_l = max(E + D_l, end_{l-1}) + W_l``. With ``raw = "wait"``
+  (default) batch b+1 reads layer l only after batch b's write of layer l, a flow shop whose layer k
+  frees at ``a_k = end_k - E``: its forward ends ``max_{k<=l} (a_k + sum_{k<=j<l} s_j + B T s_l +
+  sum_{j>l} s_j)`` after batch b's deltas, and the period is that plus the projection and the
+  deltas, at least ``B I`` and ``sum_l W_l``. With ``raw = "stale"`` batch b+1 streams through layers
   whose batch-b write is pending (one-batch-stale weights) and is only blocked while a layer's own
   arrays are written: ``max(max_l (B T s_l + W_l), B I, sum_l W_l)``.
 
@@ -158,8 +159,13 @@ def sdfa_closed_form(st: Stages, n_batches: int, raw: str = "wait") -> dict:
     first = prev if any(st.trainable) else end_grads
     writes = sum(st.write) if st.serial_writes else max(st.write)
     if raw == "wait":
-        offsets = [sum(st.step[:k]) for k in range(len(st.step))]
-        blocked = max((e - o for e, o in zip(ends, offsets) if e is not None), default=0.0)
+        # batch b+1 as a flow shop whose layer k becomes free when batch b's write of k ends: its last
+        # sample leaves layer l no earlier than max_{k<=l} (a_k + s_k..s_{l-1} + B T s_l + s_{l+1}..)
+        a = [e - end_grads if e is not None else None for e in ends]
+        fwd_end = max(a[k] + sum(st.step[k:l]) + B * T * st.step[l] + sum(st.step[l + 1:])
+                      for l in range(len(st.step)) for k in range(l + 1) if a[k] is not None) \
+            if any(x is not None for x in a) else 0.0
+        blocked = fwd_end + st.proj + max(st.delta)
     else:
         blocked = max(max(B * T * s + w for s, w in zip(st.step, st.write)),
                       max(B * d + w for d, w in zip(st.delta, st.dw)))      # a layer's lanes: deltas + dW

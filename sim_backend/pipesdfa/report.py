@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from . import pipeline
+from . import pipeline, schedule
 from .accounting import LayerCost, workload_costs
 from .area import area_mm2, layer_area_mm2
 from .costs import Activity
@@ -56,6 +56,28 @@ def mapping_table(layers: list[LayerCost]) -> list[dict]:
         if m.conv is not None:
             row["window"] = [m.conv.window_h, m.conv.window_w]
         out.append(row)
+    return out
+
+
+SCHEDULE_MAX_OPS = 6000       # forward operations per batch (B*T*layers) up to which bench simulates
+SCHEDULE_BATCHES = 3
+
+
+def simulated_schedule(layers: list[LayerCost], wl: Workload, hw: HardwareParams, act: Activity,
+                       raw: str = "wait", closed: dict | None = None) -> dict:
+    """The event-driven schedule of both pipelines over ``SCHEDULE_BATCHES`` batches, next to the
+    closed forms for the same number of batches; stalls as the schedule saw them."""
+    out = {"batches": SCHEDULE_BATCHES}
+    st, _ = pipeline.sdfa_stages(layers, wl, hw, act)
+    sim = schedule.run(st, SCHEDULE_BATCHES, "sdfa", raw)
+    cf = pipeline.sdfa_closed_form(st, SCHEDULE_BATCHES, raw)
+    out["sdfa"] = {**sim, "closed_form_latency_s": cf["latency_s"], "ratio": sim["latency_s"] / cf["latency_s"]}
+    st, _ = pipeline.pipelayer_stages(layers, wl, hw, act)
+    sim = schedule.run(st, SCHEDULE_BATCHES, "pipelayer")
+    cf = pipeline.pipelayer_closed_form(st, SCHEDULE_BATCHES)
+    out["pipelayer"] = {**sim, "closed_form_latency_s": cf["latency_s"], "ratio": sim["latency_s"] / cf["latency_s"]}
+    for side in ("sdfa", "pipelayer"):
+        out[side].pop("batch_end_s", None)
     return out
 
 
@@ -124,6 +146,11 @@ def bench(workload: str, preset: str = "neurosim32", batch: int | None = None,
         "mapping": mapping_table(r["layers"]),
         "wear": wear_report(r["layers"], endurance or hw.device.endurance_pulses, s.latency_s),
     }
+    size = wl.batch * wl.spec.time_steps * len(r["layers"])
+    if size <= SCHEDULE_MAX_OPS:
+        report["schedule"] = simulated_schedule(r["layers"], wl, hw, act, raw)
+    else:
+        report["schedule"] = {"skipped": f"{size} forward operations per batch > {SCHEDULE_MAX_OPS}: closed form only"}
     if with_adc_less:
         report["adc_less"] = adc_less(wl, hw, act)
     return report
