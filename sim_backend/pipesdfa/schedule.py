@@ -30,7 +30,7 @@ class Graph:
         self.deps: list[list[int]] = []
         self.kind: list[str] = []
         self.raw_deps: list[list[int]] = []
-
+        self.entries: set[int] = set()      # the first operation of every batch
     def add(self, kind: str, res: tuple, dur: float, deps=(), raw_deps=()) -> int:
         self.res.append(res)
         self.dur.append(dur)
@@ -41,7 +41,9 @@ class Graph:
 
 
 def simulate(g: Graph) -> dict:
-    """Start and end of every operation; waits split into resource conflicts and read-after-write."""
+    """Start and end of every operation. Stalls: ``resource_wait_s`` sums, per kind of operation, the
+    time ready operations waited for a busy resource; ``raw_wait_s`` sums how long the first
+    operation of each batch waited for the previous batch's writes beyond its other inputs."""
     n = len(g.dur)
     succ = defaultdict(list)
     indeg = [0] * n
@@ -66,7 +68,7 @@ def simulate(g: Graph) -> dict:
         start[i], end[i] = s, e
         if s > ready:
             waits[g.kind[i]] += s - ready
-        if ready_raw[i] > ready_data[i]:
+        if i in g.entries and ready_raw[i] > ready_data[i]:
             raw_wait += ready_raw[i] - ready_data[i]
         for j in succ[i]:
             if i in g.raw_deps[j]:
@@ -98,11 +100,13 @@ def sdfa_graph(st: Stages, n_batches: int, raw: str = "wait") -> tuple[Graph, li
                         deps.append(cur)
                     if t == 0 and l == 0:
                         deps.append(prev_dram)
-                    raw_deps = [last_write[l]] if (raw == "wait" and t == 0) else []
+                    raw_deps = [last_write[l]] if (raw == "wait" and t == 0 and s == 0) else []
                     cur = g.add("forward", (("arr", l),), st.step[l], deps, raw_deps)
                     prev_t[l] = cur
                     if t == 0 and l == 0:
                         first = cur
+                        if s == 0:
+                            g.entries.add(cur)
             prev_sample_last = list(prev_t)
             # the sample's spilled history streams to DRAM while it runs; the next sample enters
             # when the channel has caught up
@@ -138,6 +142,8 @@ def pipelayer_graph(st: Stages, n_batches: int) -> tuple[Graph, list[int]]:
             for l in range(L):
                 deps = [prev_sample[l]] + ([cur] if l else [])
                 cur = g.add("forward", (("arr", l),), st.T * st.step[l], deps, writes if (s == 0 and l == 0) else [])
+                if s == 0 and l == 0:
+                    g.entries.add(cur)
                 prev_sample[l] = cur
             err = g.add("error", (("err",),), st.error, [cur, prev_err])
             prev_err = err
