@@ -131,10 +131,13 @@ def layer_cost(g: LayerGeometry, wl: Workload, hw: HardwareParams, act: C.Activi
     else:
         rt, ct = math.ceil(classes / hw.crossbar.rows), math.ceil(g.features_out / hw.crossbar.cols)
         rows_used, cols_used = classes / rt, g.features_out / ct
-        feedback_arrays = rt * ct * 2
+        # fold: B_l has only `classes` rows, so floor(R / classes) column blocks share one array's
+        # rows, driven one block per cycle (fewer arrays, `fold` cycles per error bit)
+        fold = max(1, min(hw.crossbar.rows // max(1, math.ceil(rows_used)), ct)) if rt == 1 else 1
+        feedback_arrays = rt * math.ceil(ct / fold) * 2
         pcyc = C.mvm_cycle(hw, act, "error", rt * ct, rows_used, cols_used, 1, act.error_bit_density)
-        proj_s = hw.error_bits * C.cycle_time(hw, math.ceil(cols_used))
-        busy_error_sdfa = C.cycle_busy(hw, "error", math.ceil(cols_used)) * hw.error_bits
+        proj_s = hw.error_bits * fold * C.cycle_time(hw, math.ceil(cols_used))
+        busy_error_sdfa = C.cycle_busy(hw, "error", math.ceil(cols_used)) * (hw.error_bits * fold)
         error_sdfa = pcyc * hw.error_bits + Breakdown.of(
             "error", buffers=g.features_out * hw.membrane_bits * sram,
             interconnect=C.transfer_energy(hw, classes * hw.error_bits))
