@@ -111,7 +111,8 @@ def layer_rows(layers: list[LayerCost], wl: Workload, hw: HardwareParams) -> lis
 
 def bench(workload: str, preset: str = "neurosim32", batch: int | None = None,
           activity: Activity | None = None, adc_bits: int | None = None, with_adc_less: bool = True,
-          endurance: float | None = None, hw: HardwareParams | None = None, raw: str = "wait") -> dict:
+          endurance: float | None = None, hw: HardwareParams | None = None, raw: str = "wait",
+          with_schedule: bool = True) -> dict:
     """Everything ``edge-sdfa bench --backend pipesdfa`` prints (``hw`` overrides ``preset``)."""
     if endurance is not None and not endurance > 0:
         from edge_sdfa.errors import UserError
@@ -147,7 +148,9 @@ def bench(workload: str, preset: str = "neurosim32", batch: int | None = None,
         "wear": wear_report(r["layers"], endurance or hw.device.endurance_pulses, s.latency_s),
     }
     size = wl.batch * wl.spec.time_steps * len(r["layers"])
-    if size <= SCHEDULE_MAX_OPS:
+    if not with_schedule:
+        pass
+    elif size <= SCHEDULE_MAX_OPS:
         report["schedule"] = simulated_schedule(r["layers"], wl, hw, act, raw)
     else:
         report["schedule"] = {"skipped": f"{size} forward operations per batch > {SCHEDULE_MAX_OPS}: closed form only"}

@@ -71,7 +71,7 @@ def _run(args) -> dict:
 
     workload, preset, point, act, batch = args
     hw, a, b = point_inputs(preset, point, act, batch)
-    r = bench(workload, batch=b, activity=a, hw=hw, with_adc_less=False)
+    r = bench(workload, batch=b, activity=a, hw=hw, with_adc_less=False, with_schedule=False)
     row = dict(point)
     row.update({"speedup": r["speedup"], "energy_ratio": r["energy_ratio"],
                 "sdfa_latency_s": r["sdfa"]["latency_s"], "sdfa_energy_j": r["sdfa"]["energy_j"],
