@@ -7,7 +7,7 @@ PipeSDFA (three levels):
   error projection and the local deltas of all layers run at once, right after the forward;
 - batches: when the last sample's deltas are done (``E = F + proj + deltas + (B-1) I`` after the
   batch started), every layer runs its dW pass (``D_l``) and the write engine programs the layers
-  in order (``W_l``, serial): ``end_l = max(E + D_l, end_{l-1}) + W_l``. With ``raw = "wait"``
+  in the order their passes end (``W_l``, serial): ``end_l = max(E + D_l, end of the previous write) + W_l``. With ``raw = "wait"``
   (default) batch b+1 reads layer l only after batch b's write of layer l, a flow shop whose layer k
   frees at ``a_k = end_k - E``: its forward ends ``max_{k<=l} (a_k + sum_{k<=j<l} s_j + B T s_l +
   sum_{j>l} s_j)`` after batch b's deltas, and the period is that plus the projection and the
@@ -148,24 +148,17 @@ def sdfa_closed_form(st: Stages, n_batches: int, raw: str = "wait") -> dict:
     forward = sum(st.step) + (T - 1) * max(st.step)
     sample = forward + st.proj + max(st.delta)
     end_grads = sample + (B - 1) * interval
-    ends, prev = [], 0.0
-    for d, w, t in zip(st.dw, st.write, st.trainable):
-        if not t:
-            ends.append(None)
-            continue
-        end = (max(end_grads + d, prev) if st.serial_writes else end_grads + d) + w
-        prev = max(prev, end) if not st.serial_writes else end
-        ends.append(end)
-    first = prev if any(st.trainable) else end_grads
+    ends, prev = [None] * len(st.step), 0.0
+    # the write engine takes the layers in the order their dW passes finish (ties: layer order)
+    for l in sorted((l for l, t in enumerate(st.trainable) if t), key=lambda l: (st.delta[l] + st.dw[l], l)):
+        ready = forward + st.proj + st.delta[l] + (B - 1) * interval + st.dw[l]      # this layer's last deltas
+        end = (max(ready, prev) if st.serial_writes else ready) + st.write[l]
+        prev = end if st.serial_writes else max(prev, end)
+        ends[l] = end
+    first = max((e for e in ends if e is not None), default=end_grads)
     writes = sum(st.write) if st.serial_writes else max(st.write)
     if raw == "wait":
-        # batch b+1 as a flow shop whose layer k becomes free when batch b's write of k ends: its last
-        # sample leaves layer l no earlier than max_{k<=l} (a_k + s_k..s_{l-1} + B T s_l + s_{l+1}..)
-        a = [e - end_grads if e is not None else None for e in ends]
-        fwd_end = max(a[k] + sum(st.step[k:l]) + B * T * st.step[l] + sum(st.step[l + 1:])
-                      for l in range(len(st.step)) for k in range(l + 1) if a[k] is not None) \
-            if any(x is not None for x in a) else 0.0
-        blocked = fwd_end + st.proj + max(st.delta)
+        blocked = _flow_shop(st, ends, end_grads)
     else:
         blocked = max(max(B * T * s + w for s, w in zip(st.step, st.write)),
                       max(B * d + w for d, w in zip(st.delta, st.dw)))      # a layer's lanes: deltas + dW
@@ -175,17 +168,49 @@ def sdfa_closed_form(st: Stages, n_batches: int, raw: str = "wait") -> dict:
             "latency_s": (first + (n_batches - 1) * period) / n_batches}
 
 
+def _flow_shop(st: Stages, ends: list, end_grads: float) -> float:
+    """Batch b+1 as a flow shop whose stages become free at ``a`` after batch b's last deltas: the
+    forward layers when their writes end (frozen ones when batch b left them), each layer's lanes
+    when its dW pass ends. Its last deltas end ``max_{k<=l} a_k + lead(k, l) + B p_l + tail(l)``
+    later, ``p`` the per-sample time of a stage, ``lead`` the first sample's way from k to l,
+    ``tail`` the last sample's way from l to its deltas."""
+    T, B, L = st.T, st.B, len(st.step)
+    s, dmax = st.step, max(st.delta)
+    stages = []          # (availability, per-sample time, lead to the projection, tail, kind)
+    for l in range(L):
+        if ends[l] is not None:
+            a = ends[l] - end_grads
+        else:
+            a = sum(s[:l]) + B * T * s[l] - end_grads
+        to_proj = sum(s[l:]) + (T - 1) * max(s[l:])
+        stages.append((a, T * s[l], to_proj, sum(s[l + 1:]) + st.proj + dmax, l))
+    worst = -math.inf
+    for k, (a, _, to_proj_k, _, _) in enumerate(stages):
+        for l in range(k, L):
+            worst = max(worst, a + sum(s[k:l]) + B * stages[l][1] + stages[l][3])
+        worst = max(worst, a + to_proj_k + B * st.proj + dmax)
+        for d, dw, t in zip(st.delta, st.dw, st.trainable):
+            if t:
+                worst = max(worst, a + to_proj_k + st.proj + B * d)
+    for d, dw, t in zip(st.delta, st.dw, st.trainable):       # a layer's lanes free after its dW pass
+        if t:
+            worst = max(worst, dw + B * d)
+    return worst
+
+
 def pipelayer_closed_form(st: Stages, n_batches: int) -> dict:
     interval = pipelayer_interval(st)
     L = len(st.step)
     fwd_end = st.T * sum(st.step) + st.error
-    ends, t_back, prev = [], fwd_end, 0.0
+    ready, t_back = {}, fwd_end
     for k in reversed(range(L)):                      # backward stages top-down, then dW, then writes
         if not st.trainable[k]:
             continue
         t_back += st.back[k]
-        ready = t_back + (st.B - 1) * interval + st.dw[k]
-        end = (max(ready, prev) if st.serial_writes else ready) + st.write[k]
+        ready[k] = t_back + (st.B - 1) * interval + st.dw[k]
+    ends, prev = [], 0.0
+    for k in sorted(ready, key=lambda k: (ready[k], -k)):
+        end = (max(ready[k], prev) if st.serial_writes else ready[k]) + st.write[k]
         prev = end if st.serial_writes else prev
         ends.append(end)
     sample = t_back
