@@ -108,6 +108,45 @@ def sensitivity(preset: str = "neurosim32", factors=(0.5, 2.0)) -> dict:
     return {"preset": preset, "factors": list(factors), "baseline": base, "rows": rows, "tornado": tornado}
 
 
+def schedule_table(batches: int = 3, max_ops: int = 60000) -> dict:
+    """The event-driven schedule against the closed form for every workload small enough
+    (B*T*layers forward operations per batch <= max_ops), with read-after-write enforced (wait,
+    the default) and with one-batch-stale weights allowed; stalls as the schedule saw them."""
+    from sim_backend.pipesdfa import pipeline as P
+    from sim_backend.pipesdfa import schedule as S
+    from sim_backend.pipesdfa.accounting import workload_costs
+    from sim_backend.pipesdfa.params import load_preset
+
+    rows = []
+    hw = load_preset("neurosim32")
+    for name in named_workloads():
+        wl, act = load_workload(name), Activity()
+        layers = workload_costs(wl, hw, act)
+        size = wl.batch * wl.spec.time_steps * len(layers)
+        if size > max_ops:
+            rows.append({"workload": name, "skipped": f"{size} operations per batch"})
+            continue
+        st, _ = P.sdfa_stages(layers, wl, hw, act)
+        row = {"workload": name, "operations_per_batch": size}
+        for raw in ("wait", "stale"):
+            sim = S.run(st, batches, "sdfa", raw)
+            cf = P.sdfa_closed_form(st, batches, raw)
+            row[f"sdfa_{raw}_schedule_s"] = sim["latency_s"]
+            row[f"sdfa_{raw}_closed_form_s"] = cf["latency_s"]
+            row[f"sdfa_{raw}_ratio"] = sim["latency_s"] / cf["latency_s"]
+            row[f"sdfa_{raw}_stalls"] = sim["stalls"]
+        stb, _ = P.pipelayer_stages(layers, wl, hw, act)
+        sim = S.run(stb, batches, "pipelayer")
+        row["pipelayer_schedule_s"] = sim["latency_s"]
+        row["pipelayer_ratio"] = sim["latency_s"] / P.pipelayer_closed_form(stb, batches)["latency_s"]
+        row["pipelayer_stalls"] = sim["stalls"]
+        row["speedup_wait"] = sim["latency_s"] / row["sdfa_wait_schedule_s"]
+        row["speedup_stale"] = sim["latency_s"] / row["sdfa_stale_schedule_s"]
+        rows.append(row)
+        log(f"schedule: {name} done")
+    return {"batches": batches, "preset": "neurosim32", "rows": rows}
+
+
 def validation_rows() -> list[dict]:
     from sim_backend.pipesdfa.validation import validation
 
@@ -319,14 +358,15 @@ def speed(repeats: int = 3) -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=["accounting", "sensitivity", "validation", "timing", "adc_less", "wear",
+    ap.add_argument("--only", choices=["accounting", "sensitivity", "validation", "timing", "schedule", "adc_less", "wear",
                                        "accuracy", "speed"], action="append")
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    parts = args.only or ["accounting", "sensitivity", "validation", "timing", "adc_less", "wear", "accuracy", "speed"]
+    parts = args.only or ["accounting", "sensitivity", "validation", "timing", "schedule", "adc_less", "wear",
+                          "accuracy", "speed"]
     if parts == ["validation"]:
         print(json.dumps(validation_rows(), indent=1 if not args.json else None))
         return
@@ -339,6 +379,8 @@ def main(argv=None) -> None:
         report["validation"] = validation_rows()
     if "timing" in parts:
         report["timing"] = timing(args.repeats)
+    if "schedule" in parts:
+        report["schedule"] = schedule_table()
     if "adc_less" in parts:
         report["adc_less"] = adc_less_table()
     if "wear" in parts:

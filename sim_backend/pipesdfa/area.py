@@ -47,11 +47,23 @@ def area_mm2(layers: list[LayerCost], hw: HardwareParams, design: str) -> dict:
             "arrays": sum(design_arrays(c, design) for c in layers)}
 
 
+def converter_leakage_w(hw: HardwareParams, bits: int | None = None) -> float:
+    """Static power of one converter: ``adc_fraction`` of the peak power of the ADC at the reference
+    resolution ``bits_ref`` (ISAAC's 8 bits, where PUMA gives the leakage share), scaled with the
+    area table to other resolutions (Accelergy scales leakage like area, pow_base(2)); a 1-bit
+    sense amplifier leaks as the table extrapolates to 1 bit."""
+    ref = hw.adc.bits_ref
+    b = hw.adc.bits if bits is None else bits
+    peak = hw.adc.conversion_energy(ref) / hw.adc.conversion_time(ref)
+    table = hw.area.adc_table_um2
+    scale = table_value(table, b) / table_value(table, ref) if table else 1.0
+    return hw.leakage.adc_fraction * peak * scale
+
+
 def leakage_w(layers: list[LayerCost], hw: HardwareParams, design: str) -> float:
     """Static power of everything the design holds."""
     x, lk, p = hw.crossbar, hw.leakage, hw.periph
     n = sum(design_arrays(c, design) for c in layers)
     converters = n * x.cols / hw.adc.columns_per_converter() / 2.0
-    adc_peak = hw.adc.conversion_energy() / hw.adc.conversion_time()
-    return (converters * lk.adc_fraction * adc_peak + n * p.buffer_bits_per_array * lk.buffer_w_per_bit
+    return (converters * converter_leakage_w(hw) + n * p.buffer_bits_per_array * lk.buffer_w_per_bit
             + n * x.rows * lk.driver_w + n / p.arrays_per_tile * p.digital_ops_per_cycle_per_tile * lk.lane_w)

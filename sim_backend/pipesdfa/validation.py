@@ -18,6 +18,7 @@ where a row misses by more than 20% the ``residual`` says which term makes the d
 from __future__ import annotations
 
 from . import costs as C
+from .area import converter_leakage_w
 from .params import load_preset, table_value
 
 ISAAC_TILE_MW = {"adc": 12 * 16.0, "drivers": 12 * 4.0, "array": 12 * 2.4,
@@ -50,7 +51,7 @@ def isaac_tile(preset: str = "isaac") -> list[dict]:
          "buffers": ima * 2 * 128 * hw.periph.sram_j_per_bit,
          "interconnect": C.transfer_energy(hw, ima * 128)}
     lk = hw.leakage
-    leak = (xbars * lk.adc_fraction * hw.adc.conversion_energy() / hw.adc.conversion_time()
+    leak = (xbars * converter_leakage_w(hw)
             + 64 * 1024 * 8 * lk.buffer_w_per_bit + xbars * rows * lk.driver_w
             + hw.periph.digital_ops_per_cycle_per_tile * lk.lane_w)
     mw = {k: v / cycle * 1e3 for k, v in e.items()}
