@@ -87,8 +87,8 @@ def sdfa_graph(st: Stages, n_batches: int, raw: str = "wait") -> tuple[Graph, li
     L, T, B = len(st.step), st.T, st.B
     last_write = [None] * L
     batch_ends = []
+    prev_sample_last = [None] * L           # the previous sample's last step on each layer
     for b in range(n_batches):
-        prev_sample_last = [None] * L       # the previous sample's last step on each layer
         prev_dram = None
         deltas = [[] for _ in range(L)]
         for s in range(B):
