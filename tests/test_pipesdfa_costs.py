@@ -85,10 +85,10 @@ def test_adc_models():
     assert hw.adc.conversion_time(8) == pytest.approx(1 / 1.28e9, rel=1e-3)
     ns = load_preset("neurosim32")
     assert ns.adc.conversion_time(6) == pytest.approx(7e-9)
-    assert ns.adc.conversion_energy(6) == pytest.approx((1.13 * 6 + 8.9) * 1e-6 * 7e-9)
+    assert ns.adc.conversion_energy(6) == pytest.approx((1.1294 * 6 + 8.8998) * 1e-6 * 7e-9)
     # NeuroSim's column term: +0.0794 exp(-2.297 log10 R) W, about +20% at 25 kOhm
     with_col = ns.adc.conversion_energy(6, 25e3)
-    assert with_col == pytest.approx(((1.13 * 6 + 8.9) * 1e-6 + 0.0794 * math.exp(-2.297 * math.log10(25e3))) * 7e-9)
+    assert with_col == pytest.approx(((1.1294 * 6 + 8.8998) * 1e-6 + 0.079449 * math.exp(-2.297 * math.log10(25e3))) * 7e-9)
     assert with_col / ns.adc.conversion_energy(6) == pytest.approx(1.21, abs=0.02)
     assert ns.adc.columns_per_converter(1) == 1 and ns.adc.columns_per_converter(6) == 8
 
