@@ -97,7 +97,7 @@ def sdfa_graph(st: Stages, n_batches: int, raw: str = "wait") -> tuple[Graph, li
                 for l in range(L):
                     deps = [prev_t[l] if t else prev_sample_last[l]]
                     if l:
-                        deps.append(cur)
+                        deps.append(prev_t[l - 1])  # this step's output of the layer below
                     if t == 0 and l == 0:
                         deps.append(prev_dram)
                     raw_deps = [last_write[l]] if (raw == "wait" and t == 0 and s == 0) else []
