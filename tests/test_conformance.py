@@ -112,7 +112,7 @@ def test_the_mvm_seam_carries_the_whole_synaptic_product(case):
     the golden integers, a wrong one changes them, and returning None leaves it to the kernels."""
     from edge_sdfa.int8 import reference
 
-    spec, layers, config, g = load_case(case)
+    spec, layers, _, g = load_case(case)
     seen = []
 
     def exact(i, rows):
