@@ -9,8 +9,9 @@ layers with a UserError is skipped for that case only). Runners, found, not list
   ``NumpyBackend(kernels=name)``: ``set:numpy`` is the spec against its committed answers (unit),
   ``set:c`` the C set built at install time (integration).
 - ``backend:<name>``: every installed backend (entry points ``edge_sdfa.backends``) with its
-  default options: PipeSDFA with every non-ideality off (unit), Lava ``fixed_pt`` where lava-nc
-  imports (marker lava); any other backend runs as integration.
+  default options and the numpy set in its digital units: PipeSDFA with every non-ideality off
+  (unit), Lava ``fixed_pt`` where lava-nc imports (marker lava); any other backend runs as
+  integration.
 """
 from __future__ import annotations
 
