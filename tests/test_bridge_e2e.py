@@ -98,7 +98,7 @@ def _assert_rejected(dev, blob: bytes, active_before: dict, store_dir) -> str:
 
 
 def test_damaged_unsigned_downgraded_or_escaping_bundles_are_rejected(tmp_path, world):
-    store = make_store(tmp_path / "store", world["v1"])
+    make_store(tmp_path / "store", world["v1"])
     root = tmp_path / "store"
     with AgentProcess(root, ["--trust", str(world["pub"])]) as agent:
         with connect(agent.url, config=SLOW_LINK) as dev:

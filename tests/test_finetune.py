@@ -178,6 +178,7 @@ def test_finetune_accepts_user_events_binned_on_the_device(tmp_path):
     assert report["user_train_samples"] + report["user_validation_samples"] == 40
 
 
+@pytest.mark.integration
 def test_device_runtime_loads_no_host_code():
     """DESIGN boundary: edge_sdfa imports no host, bridge or simulator code; building the CLI loads
     only the plug-ins' thin command modules, never their heavy dependencies."""
@@ -199,7 +200,7 @@ class _CostingBackend:
     def __init__(self):
         from edge_sdfa.backend import NumpyBackend
 
-        self.inner, self.n = NumpyBackend(), 0
+        self.inner, self.n = NumpyBackend(kernels="numpy"), 0
 
     def __getattr__(self, attr):
         return getattr(self.inner, attr)
