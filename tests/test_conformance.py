@@ -9,8 +9,9 @@ layers with a UserError is skipped for that case only). Runners, found, not list
   ``NumpyBackend(kernels=name)``: ``set:numpy`` is the spec against its committed answers (unit),
   ``set:c`` the C set built at install time (integration).
 - ``backend:<name>``: every installed backend (entry points ``edge_sdfa.backends``) with its
-  default options: PipeSDFA with every non-ideality off (unit), Lava ``fixed_pt`` where lava-nc
-  imports (marker lava); any other backend runs as integration.
+  default options and the numpy set in its digital units: PipeSDFA with every non-ideality off
+  (unit), Lava ``fixed_pt`` where lava-nc imports (marker lava); any other backend runs as
+  integration.
 """
 from __future__ import annotations
 
@@ -55,11 +56,12 @@ def _runners():
     return [pytest.param(n, marks=marks.get(n, pytest.mark.integration)) for n in names]
 
 
-def _backend(runner: str):
+def _backend(runner: str, monkeypatch):
     from edge_sdfa.backend import NumpyBackend, load_backend
-    from edge_sdfa.errors import UserError
+    from edge_sdfa.int8 import kernels
 
     kind, name = runner.split(":")
+    monkeypatch.setenv(kernels.ENV, "numpy")  # a backend's digital units: the numpy set (c is set:c)
     try:
         return NumpyBackend(kernels=name) if kind == "set" else load_backend(name)
     except UserError as exc:  # a set not built here, lava-nc not importable, ...
@@ -75,9 +77,9 @@ def test_the_golden_cases_exist():
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("runner", RUNNERS)
-def test_reproduces_the_golden_vectors(runner, case):
+def test_reproduces_the_golden_vectors(runner, case, monkeypatch):
     spec, layers, config, g = load_case(case)
-    backend = _backend(runner)
+    backend = _backend(runner, monkeypatch)
     try:
         try:
             backend.program(spec, layers, config["feedback_seed"],
@@ -112,7 +114,7 @@ def test_the_mvm_seam_carries_the_whole_synaptic_product(case):
     the golden integers, a wrong one changes them, and returning None leaves it to the kernels."""
     from edge_sdfa.int8 import reference
 
-    spec, layers, config, g = load_case(case)
+    spec, layers, _, g = load_case(case)
     seen = []
 
     def exact(i, rows):

@@ -201,7 +201,7 @@ def test_dense_update_saturation_and_silent_rows(ks):
     x[0, :, :2] = 1
     d = np.full((1, 4, 5), -127, np.int8)
     master = np.full((3, 5), 32700, np.int16)
-    new, w8, sat, sat8 = ks.dense_update(ks.prepare_inputs(x), d, np.zeros(1, np.int64), master, 1 << 10, 0, 7)
+    new, _, sat, sat8 = ks.dense_update(ks.prepare_inputs(x), d, np.zeros(1, np.int64), master, 1 << 10, 0, 7)
     assert sat == 10 and (new[:2] == 32767).all() and (new[2] == 32700).all() and sat8 == 15
     assert (master == 32700).all()
 
@@ -305,5 +305,5 @@ def test_c_kernels_change_no_environment(c_set):
     code = ("import os; before = dict(os.environ); from edge_sdfa.int8 import kernels; "
             "kernels.get('c').info(); assert dict(os.environ) == before, set(os.environ) ^ set(before)")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
