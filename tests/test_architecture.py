@@ -162,3 +162,13 @@ def test_a_unit_test_that_starts_a_process_fails(pytester):
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2, failed=2)
     result.stdout.fnmatch_lines(["*test_unit_runs_a_process* is marked unit but starts a process*"])
+
+
+def test_every_data_set_kind_names_a_reader():
+    """A data set format is its reader module plus one entry in host_tools.datasets.spec.KINDS."""
+    from host_tools.datasets import Dataset, reader_class
+    from host_tools.datasets.spec import KINDS
+
+    assert len(KINDS) >= 9
+    for kind in KINDS:
+        assert issubclass(reader_class(kind), Dataset), kind
