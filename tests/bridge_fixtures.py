@@ -12,10 +12,10 @@ from typing import Any, Iterator
 from firmware_bridge.agent import Agent
 from firmware_bridge.client import LinkConfig
 from firmware_bridge.faults import Faults, PtyPair, Relay
-from firmware_bridge.link import Link, open_port
+from firmware_bridge.link import Channel, open_port
 from firmware_bridge.transfer import Staging
 
-FAST = LinkConfig(timeout=0.15, max_timeout=0.6, max_attempts=40, give_up_after=8.0)
+FAST = LinkConfig(give_up_after=4.0, reconnects=0)
 
 
 @dataclass
@@ -37,9 +37,11 @@ class RecordingOps:
         return {"commits": self.commits}
 
     def accept_upload(self, up) -> dict[str, Any]:
-        data = up.path.read_bytes()
+        from firmware_bridge.transfer import unpack
+
+        data = unpack(up)
         self.accepted.append(data)
-        return {"accepted_sha256": hashlib.sha256(data).hexdigest()}
+        return {"accepted_sha256": hashlib.sha256(data).hexdigest(), "data": up.sha}
 
 
 @dataclass
@@ -70,14 +72,15 @@ class Harness:
 @contextlib.contextmanager
 def agent_harness(tmp: Path, ops: Any = None, *, to_device: Faults | None = None,
                   to_host: Faults | None = None, seed: int = 0, tap=None,
-                  insecure: bool = True) -> Iterator[Harness]:
+                  insecure: bool = True, guard=None) -> Iterator[Harness]:
     ops = ops if ops is not None else RecordingOps()
     dev, host = PtyPair(), PtyPair()
     relay = Relay(host.master, dev.master, to_device=to_device, to_host=to_host, seed=seed, tap=tap,
                   hang_up=host.hang_up)
     relay.start()
     ser = open_port(dev.path)
-    agent = Agent(Link(ser), ops, Staging(Path(tmp) / "staging"), insecure=insecure)
+    agent = Agent(Channel(ser, role="device"), ops, Staging(Path(tmp) / "staging"), insecure=insecure,
+                  guard=guard)
     stop = threading.Event()
     thread = threading.Thread(target=agent.serve, args=(stop,), kwargs={"poll": 0.05}, daemon=True)
     thread.start()
@@ -87,6 +90,7 @@ def agent_harness(tmp: Path, ops: Any = None, *, to_device: Faults | None = None
     finally:
         stop.set()
         thread.join(timeout=2)
+        agent.channel.close()
         h.relay.stop()
         ser.close()
         h.host_pty.close()
@@ -205,7 +209,7 @@ class AgentProcess:
         self.stop()
 
 
-SLOW_LINK = LinkConfig(timeout=3.0, max_timeout=6.0, max_attempts=6, give_up_after=30.0)
+SLOW_LINK = LinkConfig(give_up_after=30.0)
 
 
 def cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
