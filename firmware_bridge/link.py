@@ -7,8 +7,8 @@ Both ends run a ``Channel``: an I/O thread owns the port; ``send(payload)`` queu
   a DATA frame with its stream offset (selective repeat, as Kermit's sliding windows and TCP SACK);
 * the receiver acknowledges the contiguous prefix it holds plus the starts of the segments it
   received recently; a segment is retransmitted when segments sent after it were acknowledged
-  (the line is FIFO) or its retransmission timer (3x smoothed round trip, doubled on each retry,
-  Jacobson/Karels) runs out;
+  (the line is FIFO) or its retransmission timer (smoothed round trip + 4 deviations, Jacobson/Karels,
+  doubled once on a retry: a serial line has no congestion to back off from) runs out;
 * the segment size follows the measured error rate: from the fraction of segments lost at the
   current wire size the sender estimates a per-byte error rate ``p`` and picks the payload ``n``
   that maximises goodput ``n (1-p)^(n+h) / (n+h)`` (about 4 KiB on a clean line, 12-20 bytes at
@@ -41,6 +41,7 @@ SIZES = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536
 H = OVERHEAD + DATA_HDR.size       # per-frame wire bytes besides the payload
 ACK_EVERY = 1                      # data frames per ACK (each ACK names the last RECENT segments)
 RECENT = 6
+TAIL_COPIES = 3
 
 
 class Port(Protocol):
@@ -101,14 +102,14 @@ class Channel:
     """One end of the reliable stream. ``role`` is ``"host"`` (opens sessions) or ``"device"``."""
 
     def __init__(self, port: Port, *, role: str = "host", window: int = 48 * 1024,
-                 max_segments: int = 768, seg_size: int | None = None, rto: float = 0.3,
-                 min_rto: float = 0.02, max_rto: float = 3.0, fixed_size: bool = False):
+                 max_segments: int = 768, seg_size: int | None = None, rto: float = 0.2,
+                 min_rto: float = 0.02, max_rto: float = 1.0, fixed_size: bool = False):
         self.port = port
         self.role = role
         self.window = window
         self.max_segments = max_segments
         self.fixed_size = fixed_size
-        self.seg_size = seg_size or 256
+        self.seg_size = seg_size or 64
         self.min_rto, self.max_rto, self._init_rto = min_rto, max_rto, rto
         self.stats = LinkStats()
         self.decoder = FrameDecoder()
@@ -196,6 +197,7 @@ class Channel:
         self.rttvar = 0.0
         self.outcomes: collections.deque[tuple[int, bool]] = collections.deque(maxlen=128)  # (wire, ok)
         self.fresh = 0             # outcomes since the error rate was last estimated
+        self.fresh_losses = 0
         self.p_err = 0.0           # estimated probability that a byte is damaged
         self.rcv_cum = 0
         self.rcv_segs: dict[int, bytes] = {}
@@ -214,8 +216,8 @@ class Channel:
         shrink at once but at most doubles per pick (probing upward like a slow start)."""
         if self.fixed_size:
             return self.seg_size
-        if self.fresh >= 16:
-            self.fresh = 0
+        if self.fresh >= 16 or self.fresh_losses and self.fresh >= 2:
+            self.fresh = self.fresh_losses = 0
             self.p_err = estimate_error_rate(self.outcomes)
         p = self.p_err
         best = max(SIZES, key=lambda n: n * (1 - p) ** (n + H) / (n + H))
@@ -406,6 +408,7 @@ class Channel:
     def _sample(self, ok: bool, wire: int) -> None:
         self.outcomes.append((wire, ok))
         self.fresh += 1
+        self.fresh_losses += not ok
 
     def _detect_losses(self, below_txn: int) -> None:
         """Segments sent before one that arrived, and still unacknowledged, were lost (FIFO line)."""
@@ -437,7 +440,7 @@ class Channel:
             if seg is None or seg.txn != txn:
                 self.order.popleft()
                 continue
-            if now - seg.sent < rto * (2 ** min(seg.tries - 1, 4)):
+            if now - seg.sent < min(self.max_rto, rto * (2 if seg.tries > 1 else 1)):
                 break
             self.order.popleft()
             self._sample(False, seg.wire)
@@ -470,9 +473,12 @@ class Channel:
         wire = encode_frame(DATA, DATA_HDR.pack(self.session & 0xFF, start & 0xFFFFFFFF) + piece)
         self.inflight[start] = _Seg(end, self.txn, now, tries, len(wire))
         self.order.append((self.txn, start))
-        out += wire
-        self.stats.frames_out += 1
-        return len(wire)
+        # The tail of a message on a noisy line (few small segments, nothing behind them to reveal
+        # a loss early) goes out in copies: one round trip instead of several timer periods.
+        copies = TAIL_COPIES if self.p_err > 0.005 and len(self.inflight) <= 8 and len(wire) < 128 else 1
+        out += wire * copies
+        self.stats.frames_out += copies
+        return len(wire) * copies
 
 
 _GRID = None
