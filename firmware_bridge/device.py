@@ -211,7 +211,8 @@ class DeviceOps:
                     shutil.copyfile(src, bdir / name)
             (bdir / MANIFEST).write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
             bundle = read_bundle(bdir, verify_signature=verify)   # every file's sha256, shapes, signature
-            self.store.install_candidate(bdir, allow_model_change=new_model)
+            # same version, newer revision: a fine-tuned head re-deployed (the store checks the revision)
+            self.store.install_candidate(bdir, allow_model_change=new_model, allow_same_version=True)
         return {"installed": "candidate", "model_id": m["model_id"], "version": m["version"],
                 "revision": m.get("revision", 0), "signed": "signature" in m,
                 "signature_checked": verify is not None, "new_model": new_model,

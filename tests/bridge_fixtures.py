@@ -110,7 +110,8 @@ CLI = [sys.executable, "-c", "import sys; from edge_sdfa.cli import main; main(s
 MODEL_ID = "bridge-test"
 
 
-def make_bundle(out: Path, *, version: int = 1, seed: int = 0, pad_bytes: int = 0) -> Path:
+def make_bundle(out: Path, *, version: int = 1, seed: int = 0, pad_bytes: int = 0,
+                model_id: str = MODEL_ID) -> Path:
     """A real, tiny bundle (8-6-4 MLP, T=2, cut after layer 0); ``pad_bytes`` of extra holdout
     samples make it bigger (for transfer tests)."""
     from edge_sdfa.bundle import write_bundle
@@ -125,7 +126,7 @@ def make_bundle(out: Path, *, version: int = 1, seed: int = 0, pad_bytes: int = 
     n = 12 + pad_bytes // 16
     x = rng.integers(0, 2, size=(n, 2, 8), dtype=np.uint8)
     y = rng.integers(0, 4, size=n)
-    return write_bundle(out, spec, qnet, 1, model_id=MODEL_ID, version=version, holdout=(x, y),
+    return write_bundle(out, spec, qnet, 1, model_id=model_id, version=version, holdout=(x, y),
                         finetune_defaults={"epochs": 2, "batch_size": 4})
 
 
@@ -168,6 +169,7 @@ class AgentProcess:
     device_pty: PtyPair | None = None
     relay: Relay | None = None
     log: Path | None = None
+    faults: Faults | None = None
 
     @property
     def url(self) -> str:
@@ -175,7 +177,8 @@ class AgentProcess:
 
     def start(self) -> "AgentProcess":
         self.host_pty, self.device_pty = PtyPair(), PtyPair()
-        self.relay = Relay(self.host_pty.master, self.device_pty.master)
+        self.relay = Relay(self.host_pty.master, self.device_pty.master, to_device=self.faults,
+                           to_host=self.faults, seed=5)
         self.relay.start()
         cmd = self.launcher or CLI
         self.log = self.store.parent / f"agent-{time.monotonic_ns()}.log"
