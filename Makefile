@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 BASE_PY := $(shell for c in python3.10 $$(ls -d $$HOME/.pyenv/versions/3.10*/bin/python3.10 2>/dev/null | sort -V | tail -n1) python3; do \
 	if command -v $$c >/dev/null 2>&1 && $$c -c 'import sys' >/dev/null 2>&1; then echo $$c; break; fi; done)
 
-.PHONY: demo test test-fast venv clean embedded bench
+.PHONY: demo test test-fast test-pi lint venv clean embedded bench
 
 $(STAMP): pyproject.toml
 	@test -n "$(BASE_PY)" || { echo "error: no python3.10 or python3 found" >&2; exit 2; }
@@ -25,11 +25,22 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/edge-sdfa finetune --store $(CURDIR)/.demo-store --json
 
-test: $(STAMP)
+# Test tiers are pytest markers (tests/conftest.py): unit (the default; in process, no compiler,
+# subprocess, pty or Lava), integration, lava, slow. `make test` lints, then runs every tier.
+test: lint
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-pi
+
+# The device package installed and run on an emulated Raspberry Pi 4 (cortex-a72) and Pi 5
+# (cortex-a76): Debian and PyPI downloads cached in .cache/pi (docs/runtime.md).
+test-pi: $(STAMP)
+	PI_HOST_PYTHON=$(CURDIR)/$(PY) tools/pi/run.sh
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not integration" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -m "unit and not integration and not lava and not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 # Rebuild the embedded default bundle and new-user data set from scikit-learn's digits.
 embedded: $(STAMP)
@@ -41,6 +52,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/binning.py --json
 	$(PY) benchmarks/pipesdfa.py --only accounting --only adc_less --only speed --json
 	$(PY) benchmarks/executors.py --quick --json
+	$(PY) benchmarks/predict.py --quick --json
 	$(PY) benchmarks/lava.py --json
 
 clean:

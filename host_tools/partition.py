@@ -181,7 +181,6 @@ def calibrate(spec: NetworkSpec, params, x: np.ndarray, cut: int, headroom: floa
     Returns (qnet, report) with per-layer exponent, spike mismatch, clipped weights, the largest
     input value and the float32-exactness bound of its integer sums.
     """
-    from edge_sdfa import float_net as fn
     from edge_sdfa.int8 import arith
     from edge_sdfa.int8 import net as qn
     from edge_sdfa.int8.net import QLayer

@@ -107,13 +107,18 @@ def _build_sg_lut() -> np.ndarray:
 SG_LUT = _build_sg_lut()
 
 
-def surrogate_q(h: np.ndarray, vth: int, exp: int) -> np.ndarray:
-    """Surrogate derivative at ``h - vth`` from the LUT, in units 2**-SG_BITS (int64)."""
-    d = h.astype(np.int64) - vth
+def surrogate_index(h: np.ndarray, vth: int, exp: int) -> np.ndarray:
+    """The LUT index (uint8, in ``[0, len(SG_LUT))``) of ``h - vth`` at resolution 2**-SG_RES_BITS."""
+    d = np.asarray(h).astype(np.int64) - vth
     shift = exp - SG_RES_BITS
     idx = (d >> shift) if shift >= 0 else (d << -shift)
     half = SG_RANGE << SG_RES_BITS
-    return SG_LUT[np.clip(idx, -half, half - 1) + half]
+    return (np.clip(idx, -half, half - 1) + half).astype(np.uint8)
+
+
+def surrogate_q(h: np.ndarray, vth: int, exp: int) -> np.ndarray:
+    """Surrogate derivative at ``h - vth`` from the LUT, in units 2**-SG_BITS (int64)."""
+    return SG_LUT[surrogate_index(h, vth, exp)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,6 +188,19 @@ def update_multiplier(lr: float, batch: int, steps: int, gain: float, extra: flo
     k = max(0, min(k, 62))
     m = int(round(real * 2.0 ** k))
     return m, k
+
+
+def update_scale(lr: float, batch: int, steps: int, gain: float, exp: int,
+                 hidden_norm: float | None) -> tuple[int, int]:
+    """(m, k) of one layer's SDFA update, the one place that scales it (every executor calls it).
+
+    The output layer (``hidden_norm`` None) accumulates ``e * sg`` in units 2**-(ERR_BITS+SG_BITS);
+    a hidden layer accumulates ``(e @ B_q) * sg`` with one more factor 2**-FB_BITS and the float
+    rule's feedback normalisation ``hidden_norm`` (``float_net.feedback_norm``).
+    """
+    if hidden_norm is None:
+        return update_multiplier(lr, batch, steps, gain, 1.0, exp, ERR_BITS + SG_BITS)
+    return update_multiplier(lr, batch, steps, gain, hidden_norm, exp, ERR_BITS + FB_BITS + SG_BITS)
 
 
 def splitmix64(z: np.ndarray) -> np.ndarray:
