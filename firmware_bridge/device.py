@@ -120,24 +120,19 @@ class DeviceOps:
 
     def check_manifest(self, manifest: Any, new_model: bool) -> dict:
         """Parse, authenticate and check a manifest before any byte of its bundle is accepted."""
-        from edge_sdfa.bundle import MANIFEST, read_manifest
+        from edge_sdfa.bundle import MANIFEST, Manifest
 
         if not isinstance(manifest, dict):
             raise NamedError("bad_request", "PUT_BUNDLE of a bundle needs its manifest")
-        with tempfile.TemporaryDirectory(prefix="manifest-", dir=self.workspace) as tmp:
-            (Path(tmp) / MANIFEST).write_text(json.dumps(manifest))
-            m = read_manifest(Path(tmp))
+        meta = Manifest.from_dict(manifest)      # every field checked (BundleError otherwise)
+        m = meta.raw
         if self.public_key is not None:
             from firmware_bridge.signing import verify_manifest
 
             verify_manifest(m, self.public_key)
-        files = m["files"]
-        if not isinstance(files, dict) or not files:
-            raise BundleError("manifest 'files' must map names to digests")
-        for name, meta in files.items():
-            if not valid_name(name) or name == MANIFEST or not isinstance(meta, dict) \
-                    or not isinstance(meta.get("bytes"), int) or not isinstance(meta.get("sha256"), str):
-                raise BundleError(f"manifest lists an invalid file entry {name!r}")
+        for name, entry in meta.files.items():
+            if not valid_name(name) or name == MANIFEST:
+                raise BundleError(f"manifest lists an invalid file name {name!r}")
         active = self.store.status()["active"]
         mid, ver, rev = str(m["model_id"]), int(m["version"]), int(m.get("revision", 0))
         if mid != active["model_id"]:
@@ -268,7 +263,7 @@ class DeviceOps:
             source = self.data_path(name)
             if source is None:
                 raise NamedError("no_data", "no user data on the device; send samples with the request")
-        return predict(self.store.active_dir(), source, min(limit, MAX_PREDICT))
+        return predict(self.root, source, min(limit, MAX_PREDICT))
 
     # ---- transitions
     def commit(self) -> dict[str, Any]:

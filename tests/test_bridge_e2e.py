@@ -283,14 +283,15 @@ def test_cli_deploy_remote_monitor_and_port_lock(tmp_path, world):
     paths = json.loads(keys.stdout)
     assert (tmp_path / "me.key").stat().st_mode & 0o077 == 0
     with AgentProcess(tmp_path / "store", ["--trust", paths["public_key"]]) as agent:
-        second = cli("serve", "--port", agent.device_pty.path, "--store", str(tmp_path / "store2"),
-                     "--trust", paths["public_key"])
-        assert second.returncode == 2 and second.stderr.strip().count("\n") == 0
-        assert "in use by another process" in second.stderr and not (tmp_path / "store2").exists()
         key = ["--sign", paths["private_key"]]
         r = cli("deploy", str(world["v2"]), "--port", agent.url, *key, "--json")
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["version"] == 2
+        # the agent is serving (it answered): a second one on its port refuses with one line
+        second = cli("serve", "--port", agent.device_pty.path, "--store", str(tmp_path / "store2"),
+                     "--trust", paths["public_key"], timeout=30)
+        assert second.returncode == 2 and second.stderr.strip().count("\n") == 0
+        assert "in use by another process" in second.stderr and not (tmp_path / "store2").exists()
         r = cli("deploy", str(world["v3"]), "--port", agent.url, "--json")      # unsigned: refused
         assert r.returncode == 2 and r.stderr.splitlines()[-1].startswith("error: device refused (unauthorized)")
         r = cli("remote", "commit", "--port", agent.url, "--json")              # unsigned: refused
@@ -320,14 +321,15 @@ def test_monitor_beside_a_running_remote_finetune(tmp_path, world):
 
     from bridge_fixtures import CLI, REPO, agent_env
 
+    from firmware_bridge.monitor import mirror_path
+
     make_store(tmp_path / "store", world["v1"])
     with AgentProcess(tmp_path / "store", ["--insecure"]) as agent:
+        mirror_path(agent.url).unlink(missing_ok=True)     # a pty path is reused: no stale mirror
         ft = subprocess.Popen([*CLI, "remote", "finetune", "--port", agent.url, "--data", f"npz:{world['data']}",
                                "--epochs", "12", "--json"], env=agent_env(), cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            from firmware_bridge.monitor import mirror_path
-
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and not (mirror_path(agent.url).exists()
                                                        and mirror_path(agent.url).read_text()):
