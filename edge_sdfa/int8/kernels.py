@@ -71,7 +71,7 @@ class Kernels:
 
     def __init__(self, name: str, matmul_int, outer_acc, outer_acc_steps=None, dense_update=None,
                  neuron_run=None, local_deltas=None, spike_index=None, matmul_index=None,
-                 surrogate_index=False):
+                 surrogate_index=False, exact_deltas=None):
         self.name = name
         self.matmul_int = matmul_int
         self.outer_acc = outer_acc
@@ -82,6 +82,7 @@ class Kernels:
         self.spike_index = spike_index
         self.matmul_index = matmul_index
         self.surrogate_index = surrogate_index  # neuron_run(..., sg_exp) / local_deltas(..., from_index)
+        self.exact_deltas = exact_deltas  # (idx, g, carry) -> arith.exact_deltas(idx, g, carry) or None
 
     def __repr__(self) -> str:
         return f"Kernels({self.name!r})"

@@ -243,13 +243,44 @@ def local_deltas(spec: NetworkSpec, qnet: QNet, layer_index: int, h: np.ndarray,
     return deltas, shifts
 
 
+def update_scale(mode: str, is_last: bool, norm: float, t_steps: int) -> tuple[int, float, int]:
+    """(unit_bits, extra factor, steps divisor) of a layer's accumulated gradient.
+
+    As the reference: the output layer's spikes get ``e/T`` at every step (its true gradient);
+    a hidden block's output gets ``B_l e / sqrt(max n)`` at every step, with no 1/T. ``online``
+    uses the surrogate (units 2**-SG_BITS), ``exact`` the BPTT eligibility (2**-ELIG_BITS).
+    """
+    elig = arith.ELIG_BITS if mode == "exact" else arith.SG_BITS
+    if is_last:
+        return arith.ERR_BITS + elig, 1.0, t_steps
+    return arith.ERR_BITS + arith.FB_BITS + elig, norm, 1
+
+
+def exact_local_deltas(layer, q: QLayer, h: np.ndarray, from_index: bool, e: np.ndarray,
+                       b: np.ndarray | None, kernels: Kernels = NUMPY) -> tuple[np.ndarray, np.ndarray]:
+    """The exact rule's int8 local errors of one layer: ``g = e`` (output layer) or ``e @ B_l``,
+    through the layer's own recurrence (``arith.exact_deltas``). ``h`` holds membranes or, with
+    ``from_index``, their surrogate bins."""
+    const = arith.neuron_constants(layer.neuron, q.exp)
+    idx = np.asarray(h, np.uint8) if from_index else arith.sg_index(h, const["vth"], q.exp)
+    g = e.astype(np.int64) if b is None else _project_int(e, b)
+    carry = arith.carry_lut(layer.neuron)
+    if kernels.exact_deltas is not None:
+        done = kernels.exact_deltas(idx, g, carry)
+        if done is not None:
+            return done
+    return arith.exact_deltas(idx, g, carry)
+
+
 def sdfa_update(spec: NetworkSpec, qnet: QNet, x: np.ndarray, y: np.ndarray, feedback: dict[int, np.ndarray],
                 config: UpdateConfig, update_index: int, kernels: Kernels = NUMPY) -> tuple[QNet, UpdateStats]:
     """One int8 SDFA update on the batch ``x[T, N, ...]``; returns new layers (inputs untouched).
 
-    Only Dense layers train in int8. The per-step local term needs only the current step's state,
-    so a streaming executor (Lava, the RRAM simulator) can run it step by step; this reference
-    runs layer by layer over all steps, which gives the same integers.
+    Only Dense layers train in int8. ``online``: the per-step local term needs only the current
+    step's state, so a streaming executor (Lava, the RRAM simulator) can run it step by step.
+    ``exact`` (the reference's rule): the final-rate error, projected once, reaches every step
+    and goes back through each layer's own membrane recurrence (``arith.exact_deltas``). This
+    reference runs layer by layer over all steps, which gives the same integers.
     """
     if config.mode not in ("online", "exact"):
         raise UserError(f"unknown temporal mode {config.mode!r} (expected online or exact)")
@@ -261,8 +292,11 @@ def sdfa_update(spec: NetworkSpec, qnet: QNet, x: np.ndarray, y: np.ndarray, fee
         if not isinstance(spec.layers[i], Dense):
             raise UserError(f"layer {i} ({spec.layers[i].type}) cannot be trained in int8; only dense layers can")
     trace = forward(spec, qnet, x, kernels, keep=set(train), surrogate_index=True)
-    counts_by_step = np.cumsum(trace.out_spikes, axis=0, dtype=np.int64)
-    e = step_errors(counts_by_step, y, spec.loss, config.mode)
+    exact = config.mode == "exact"
+    if exact:
+        e = arith.output_error_q(trace.counts, t_steps, y, spec.loss)
+    else:
+        e = step_errors(np.cumsum(trace.out_spikes, axis=0, dtype=np.int64), y, spec.loss, "online")
     last = spec.synaptic_layers()[-1]
     norm = fn.feedback_norm(spec)
     new = list(qnet)
@@ -271,21 +305,21 @@ def sdfa_update(spec: NetworkSpec, qnet: QNet, x: np.ndarray, y: np.ndarray, fee
     for i in train:
         layer = spec.layers[i]
         q = qnet[i]
-        if i == last:
-            unit_bits, extra = arith.ERR_BITS + arith.SG_BITS, 1.0
-        else:
-            unit_bits, extra = arith.ERR_BITS + arith.FB_BITS + arith.SG_BITS, norm
-        if kernels.local_deltas is not None:  # fused projection, surrogate and int8 shift
+        unit_bits, extra, steps_div = update_scale(config.mode, i == last, norm, t_steps)
+        from_index = i in trace.sg_index
+        h = trace.sg_index[i] if from_index else trace.membranes[i]
+        if exact:
+            deltas, shifts = exact_local_deltas(layer, q, h, from_index, e, None if i == last else feedback[i],
+                                                kernels)
+        elif kernels.local_deltas is not None:  # fused projection, surrogate and int8 shift
             const = arith.neuron_constants(layer.neuron, q.exp)
-            from_index = i in trace.sg_index
-            deltas, shifts = kernels.local_deltas(trace.sg_index[i] if from_index else trace.membranes[i], e,
-                                                  const["vth"], q.exp, None if i == last else feedback[i],
+            deltas, shifts = kernels.local_deltas(h, e, const["vth"], q.exp, None if i == last else feedback[i],
                                                   from_index=from_index)
         else:
             g = e if i == last else _project_int(e, feedback[i])
-            deltas, shifts = local_deltas(spec, qnet, i, trace.membranes[i], g)
+            deltas, shifts = local_deltas(spec, qnet, i, h, g)
         xin = trace.inputs[i]
-        m, k = arith.update_multiplier(config.lr, n, t_steps, layer.neuron.input_gain, extra, q.exp, unit_bits)
+        m, k = arith.update_multiplier(config.lr, n, steps_div, layer.neuron.input_gain, extra, q.exp, unit_bits)
         key = arith.rounding_key(config.seed, update_index, i)
         done = None
         # |grad| <= N * max|x| * 127 * sum_t 2**shift_t; the fused kernel multiplies in int64,
