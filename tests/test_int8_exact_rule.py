@@ -194,3 +194,32 @@ def test_reset_term_is_not_detached():
     assert carry[63] > 0 and carry[0] > 0     # below: (1 - (1 + d... ) sg') * leak > 0
     soft = arith.carry_lut(NeuronSpec(v_reset=None))
     assert soft[64] == round(0.5 * (1 - 1 / (1 + (np.pi / 32) ** 2)) * 4096)
+
+
+def _cos(a, b):
+    return float(np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_exact_rule_gradients_match_the_reference_rule():
+    """The int8 exact rule's gradient (before rounding) against float SDFA exact (= the reference
+    to 3e-7) on the same int8 weights: same direction and size, hidden and output layer; the
+    online rule's hidden/output ratio within 25% of the reference's (it was 1/T before)."""
+    spec = mlp([96, 64, 10], time_steps=8)
+    params = [{k: v * 3.0 for k, v in p.items()} for p in fn.init_params(spec, 4)]
+    qnet, _ = qn.quantize(spec, params, headroom=2.0)
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 3, size=(8, 64, 96)).astype(np.uint8) * (rng.random((8, 64, 96)) < 0.3)
+    x = x.astype(np.uint8)
+    y = rng.integers(0, 10, 64)
+    _, ref, _ = fn.sdfa_exact_grads(spec, qn.dequantize(spec, qnet), x, y, fn.feedback_matrices(spec, 2))
+    fb = qn.feedback_int8(spec, 2)
+    exact = qn.real_gradients(spec, qnet, x, y, fb, "exact")
+    online = qn.real_gradients(spec, qnet, x, y, fb, "online")
+    ratio = {}
+    for i, g in exact.items():
+        r = ref[i]["weight"]
+        assert np.linalg.norm(r) > 0
+        assert _cos(g, r) > 0.99
+        assert 0.93 < np.linalg.norm(g) / np.linalg.norm(r) < 1.07
+        ratio[i] = np.linalg.norm(online[i]) / np.linalg.norm(r)
+    assert 0.8 < ratio[0] / ratio[1] < 1.25

@@ -343,6 +343,34 @@ def sdfa_update(spec: NetworkSpec, qnet: QNet, x: np.ndarray, y: np.ndarray, fee
     return new, stats
 
 
+def real_gradients(spec: NetworkSpec, qnet: QNet, x: np.ndarray, y: np.ndarray, feedback: dict[int, np.ndarray],
+                   mode: str) -> dict[int, np.ndarray]:
+    """Per trainable layer, the gradient the int8 rule applies (``dw = -lr * this`` before the
+    stochastic rounding) as a float ``[out, in]`` array in real units, to compare with
+    ``float_net``'s rules. Numpy reference kernels."""
+    t_steps, n = x.shape[:2]
+    train = [i for i, q in enumerate(qnet) if q.trainable]
+    trace = forward(spec, qnet, x, keep=set(train))
+    last = spec.synaptic_layers()[-1]
+    norm = fn.feedback_norm(spec)
+    if mode == "exact":
+        e = arith.output_error_q(trace.counts, t_steps, y, spec.loss)
+    else:
+        e = step_errors(np.cumsum(trace.out_spikes, axis=0, dtype=np.int64), y, spec.loss, "online")
+    out = {}
+    for i in train:
+        layer, q = spec.layers[i], qnet[i]
+        b = None if i == last else feedback[i]
+        if mode == "exact":
+            deltas, shifts = exact_local_deltas(layer, q, trace.membranes[i], False, e, b)
+        else:
+            deltas, shifts = local_deltas(spec, qnet, i, trace.membranes[i], e if b is None else _project_int(e, b))
+        grad = outer_acc_steps_ref(NUMPY, trace.inputs[i], deltas, shifts)
+        unit_bits, extra, steps = update_scale(mode, i == last, norm, t_steps)
+        out[i] = (grad.astype(np.float64) * (2.0 ** -unit_bits * layer.neuron.input_gain * extra / (n * steps))).T
+    return out
+
+
 def _project_int(e: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``e @ b`` exactly, int64: float64 BLAS while every sum stays below 2**53 (numpy's int64
     matmul has no BLAS and is ~10x slower), int64 otherwise. A broadcast ``e`` (exact mode, the
