@@ -365,3 +365,36 @@ def test_empty_batch_and_silent_input(kern):
         np.testing.assert_array_equal(a.master, b.master)
         np.testing.assert_array_equal(a.w8, b.w8)
     assert want[1] == got[1]
+
+
+@SETTINGS
+@given(t=st.integers(1, 60), n=st.integers(1, 9), m=st.integers(1, 40), kind=st.sampled_from(["lif", "if"]),
+       soft=st.booleans(), g_bits=st.integers(0, 22), grow=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_exact_deltas_match_reference(kern, t, n, m, kind, soft, g_bits, grow, seed):
+    """The exact rule's eligibility recurrence and int8 deltas (``arith.exact_deltas``), including
+    the largest errors allowed (2**22), IF neurons, and (``grow``) a carry table of +-2 per step
+    that drives the eligibility into its saturation at ELIG_LIMIT."""
+    if getattr(kern.KERNELS, "exact_deltas", None) is None:
+        pytest.skip(f"{kern.KERNELS.name} has no exact_deltas kernel (the reference runs)")
+    rng = np.random.default_rng(seed)
+    neuron = NeuronSpec(kind, v_reset=None if soft else 0.0)
+    idx = rng.integers(0, 128, (t, n, m)).astype(np.uint8)
+    idx[rng.random(idx.shape) < 0.3] = rng.choice(np.array([0, 63, 64, 127], np.uint8))
+    g = rng.integers(-(1 << g_bits), (1 << g_bits) + 1, (n, m)).astype(np.int64)
+    carry = arith.carry_lut(neuron)
+    if grow:
+        carry = rng.choice(np.array([-2, 2]), carry.shape) << arith.CARRY_BITS
+    want = arith.exact_deltas(idx, g, carry)
+    got = kern.KERNELS.exact_deltas(idx, g, carry)
+    np.testing.assert_array_equal(want[0], got[0])
+    np.testing.assert_array_equal(want[1], got[1])
+
+
+def test_exact_deltas_refuse_errors_beyond_the_limit(kern):
+    if getattr(kern.KERNELS, "exact_deltas", None) is None:
+        pytest.skip(f"{kern.KERNELS.name} has no exact_deltas kernel")
+    idx = np.zeros((2, 1, 3), np.uint8)
+    g = np.full((1, 3), arith.G_LIMIT + 1, np.int64)
+    assert kern.KERNELS.exact_deltas(idx, g, arith.carry_lut(NeuronSpec())) is None
+    with pytest.raises(ValueError):
+        arith.exact_deltas(idx, g, arith.carry_lut(NeuronSpec()))

@@ -27,7 +27,7 @@
 #define DECAY_BITS 12
 #define DELTA_BITS 7
 
-int esd_abi_version(void) { return 5; }
+int esd_abi_version(void) { return 6; }
 
 int esd_num_threads(void)
 {
@@ -642,5 +642,105 @@ int esd_local_deltas(const void *h, int from_index, const void *e, int e32, int6
         free(gr32);
         free(li);
     }
+    return err ? -1 : 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* the exact rule's local errors (arith.exact_eligibility, arith.exact_deltas) */
+
+#define ELIG_BITS 12
+#define SG_BITS 8
+#define CARRY_BITS 12
+#define ELIG_LIMIT (((int64_t)1 << 40) - 1)
+
+/* One sample's eligibility recurrence c_t = SG[i_t] << 4 + round(c_{t+1} * carry[i_t] / 2**12),
+ * backwards over t; pass 0 records max_t |g * c_t| in mx, pass 1 writes the int8 deltas. */
+static ALWAYS_INLINE void exact_sample(const uint8_t *restrict idx, const int64_t *restrict g, int64_t T, int64_t N,
+                                       int64_t M, int64_t n, const int32_t *restrict sg16, const int32_t *restrict carry,
+                                       int64_t *restrict c, int pass, int64_t *restrict mx, const int64_t *restrict shifts,
+                                       int8_t *restrict deltas)
+{
+    const int64_t *restrict gn = g + n * M;
+    for (int64_t m = 0; m < M; m++)
+        c[m] = 0;
+    for (int64_t t = T - 1; t >= 0; t--) {
+        int64_t off = (t * N + n) * M;
+        const uint8_t *restrict it = idx + off;
+        int64_t best = 0;
+        int64_t sh = pass ? shifts[t] : 0;
+        int64_t rnd = sh > 0 ? ((int64_t)1 << (sh - 1)) : 0;
+        for (int64_t m = 0; m < M; m++) {
+            int64_t i = it[m];
+            int64_t v = (int64_t)sg16[i] + ((c[m] * (int64_t)carry[i] + ((int64_t)1 << (CARRY_BITS - 1))) >> CARRY_BITS);
+            v = v > ELIG_LIMIT ? ELIG_LIMIT : (v < -ELIG_LIMIT ? -ELIG_LIMIT : v);
+            c[m] = v;
+            int64_t r = gn[m] * v;
+            if (pass == 0) {
+                int64_t a = r < 0 ? -r : r;
+                best = a > best ? a : best;
+            } else {
+                int64_t q = sh ? ((r + rnd) >> sh) : r;
+                deltas[off + m] = (int8_t)(q < -127 ? -127 : (q > 127 ? 127 : q));
+            }
+        }
+        if (pass == 0 && best > mx[t])
+            mx[t] = best;
+    }
+}
+
+/* idx [T, N, M] surrogate bins (uint8), g [N, M] int64 with |g| <= 2**22 (checked by the
+ * caller), sg_lut / carry: 2 * half int64 tables. Writes deltas [T, N, M] and shifts [T]. */
+int esd_exact_deltas(const uint8_t *restrict idx, const int64_t *restrict g, int64_t T, int64_t N, int64_t M,
+                     const int64_t *restrict sg_lut, const int64_t *restrict carry_lut, int64_t half,
+                     int8_t *restrict deltas, int64_t *restrict shifts)
+{
+    int err = 0;
+    int32_t sg16[256], carry[256];
+    for (int64_t i = 0; i < 256; i++) {
+        sg16[i] = i < 2 * half ? (int32_t)(sg_lut[i] << (ELIG_BITS - SG_BITS)) : 0;
+        carry[i] = i < 2 * half ? (int32_t)carry_lut[i] : 0;
+    }
+    int64_t *mx = (int64_t *)calloc((size_t)(T + 1), sizeof(int64_t));
+    if (!mx)
+        return -1;
+    for (int pass = 0; pass < 2; pass++) {
+#ifdef _OPENMP
+#pragma omp parallel reduction(| : err)
+#endif
+        {
+            int64_t *c = (int64_t *)malloc(sizeof(int64_t) * (size_t)(M + 1));
+            int64_t *mxl = (int64_t *)calloc((size_t)(T + 1), sizeof(int64_t));
+            if (!c || !mxl) {
+                err = 1;
+            } else {
+                int64_t n;
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 4)
+#endif
+                for (n = 0; n < N; n++)
+                    exact_sample(idx, g, T, N, M, n, sg16, carry, c, pass, mxl, shifts, deltas);
+                if (pass == 0) {
+#ifdef _OPENMP
+#pragma omp critical
+#endif
+                    for (int64_t t = 0; t < T; t++)
+                        mx[t] = mxl[t] > mx[t] ? mxl[t] : mx[t];
+                }
+            }
+            free(c);
+            free(mxl);
+        }
+        if (err)
+            break;
+        if (pass == 0) {
+            for (int64_t t = 0; t < T; t++) {
+                int bits = 0;
+                while (bits < 63 && (mx[t] >> bits) > 0)
+                    bits++;
+                shifts[t] = bits - DELTA_BITS > 0 ? bits - DELTA_BITS : 0;
+            }
+        }
+    }
+    free(mx);
     return err ? -1 : 0;
 }

@@ -40,7 +40,7 @@ from edge_sdfa.errors import UserError
 from edge_sdfa.int8 import arith
 from edge_sdfa.int8.kernels import NUMPY, Kernels, as_i8, as_u8, matmul_int_ref, outer_acc_ref
 
-ABI_VERSION = 5
+ABI_VERSION = 6
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "c_kernels.c")
 _CHUNK16 = 255
 _SG_LUT = np.ascontiguousarray(arith.SG_LUT, dtype=np.int64)
@@ -223,6 +223,7 @@ def _declare(lib) -> None:
                                  P, P, P]),
         "esd_neuron_run": (I, [P, I, I64, I64, I64, I, I, I, I64, I64, I64, I, I64, I64, P, P, P]),
         "esd_local_deltas": (I, [P, I, P, I, I64, I64, P, I64, I64, I64, I64, I64, P, I64, P, P]),
+        "esd_exact_deltas": (I, [P, P, I64, I64, I64, P, P, I64, P, P]),
     }
     for fname, (res, args) in sig.items():
         fn = getattr(lib, fname)
@@ -513,9 +514,28 @@ def local_deltas(h: np.ndarray, e: np.ndarray, vth: int, exp: int, b: np.ndarray
     return deltas, shifts
 
 
+def exact_deltas(idx: np.ndarray, g: np.ndarray, carry: np.ndarray):
+    """``arith.exact_deltas(idx, g, carry)``: the exact rule's BPTT eligibility and int8 deltas,
+    or None (the reference then raises) where ``|g|`` exceeds ``arith.G_LIMIT``."""
+    g = np.ascontiguousarray(g, dtype=np.int64)
+    if g.size and int(np.abs(g).max()) > arith.G_LIMIT:
+        return None
+    idx = np.ascontiguousarray(idx, dtype=np.uint8)
+    t_n, n_n, m_n = idx.shape
+    if g.shape != (n_n, m_n):
+        raise ValueError(f"exact_deltas: errors {g.shape} do not fit bins {idx.shape}")
+    carry = np.ascontiguousarray(carry, dtype=np.int64)
+    deltas = np.empty(idx.shape, np.int8)
+    shifts = np.zeros(t_n, np.int64)
+    if idx.size:
+        _check(load().esd_exact_deltas(_p(idx), _p(g), t_n, n_n, m_n, _p(_SG_LUT), _p(carry), _SG_HALF,
+                                       _p(deltas), _p(shifts)), "exact_deltas")
+    return deltas, shifts
+
+
 KERNELS = Kernels("c", matmul_int, outer_acc, outer_acc_steps, dense_update=dense_update,
                   neuron_run=neuron_run, local_deltas=local_deltas, spike_index=spike_index,
-                  matmul_index=matmul_index, surrogate_index=True)
+                  matmul_index=matmul_index, surrogate_index=True, exact_deltas=exact_deltas)
 
 
 def get(retry_failed: bool = True) -> Kernels:
