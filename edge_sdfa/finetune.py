@@ -25,6 +25,7 @@ from edge_sdfa.backend import load_backend
 from edge_sdfa.errors import DataError, UserError
 from edge_sdfa.executors import open_executor, run_frozen
 from edge_sdfa.int8 import net as qn
+from edge_sdfa.spec import DEFAULT_TEMPORAL_MODE, temporal_mode
 
 DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_BUNDLE = DATA_DIR / "default_bundle"
@@ -43,7 +44,7 @@ class FinetuneConfig:
     epochs: int | None = None          # None: the bundle's default
     batch_size: int | None = None
     lr: float | None = None
-    mode: str = "online"
+    mode: str = DEFAULT_TEMPORAL_MODE  # spec.TemporalMode
     backend: str = "numpy"
     seed: int = 0
     val_fraction: float = 0.3
@@ -64,8 +65,7 @@ class FinetuneConfig:
             raise UserError("epochs must be >= 0, batch size >= 1 and lr a positive number")
         if not 0 < cfg.val_fraction < 1:
             raise UserError("the validation fraction must be between 0 and 1")
-        if cfg.mode not in ("online", "exact"):
-            raise UserError(f"unknown temporal mode {cfg.mode!r} (expected online or exact)")
+        temporal_mode(cfg.mode)
         return cfg
 
 
@@ -353,6 +353,7 @@ def _finetune(backend, source, data, store, test_data, config, on_event, progres
         "peak_rss_mb": peak_rss_mb(),
         "peak_rss_children_mb": peak_rss_mb(resource.RUSAGE_CHILDREN),
         "backend": cfg.backend,
+        "kernels": getattr(backend, "kernel_set", None),  # the int8 kernel set that ran (numpy, c)
         "mode": cfg.mode,
         "lr": cfg.lr,
         "batch_size": cfg.batch_size,

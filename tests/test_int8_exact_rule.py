@@ -9,13 +9,17 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edge_sdfa import float_net as fn
+from edge_sdfa.errors import UserError
+from edge_sdfa.int8 import arith, kernels
 from edge_sdfa.int8 import net as qn
-from edge_sdfa.int8.kernels import NUMPY
-from edge_sdfa.spec import mlp
+from edge_sdfa.spec import NeuronSpec, mlp
 
-pytestmark = pytest.mark.unit
+SET_PARAMS = [pytest.param(name, marks=pytest.mark.unit if name == "numpy" else pytest.mark.integration)
+              for name in kernels.SETS]
 
 M64 = (1 << 64) - 1
 
@@ -152,12 +156,20 @@ def _problem(seed, sizes=(12, 7, 4), T=5, N=3):
     return spec, qnet, x.astype(np.uint8), y
 
 
+@pytest.fixture(scope="module", params=SET_PARAMS)
+def ks(request):
+    try:
+        return kernels.get(request.param)
+    except UserError as exc:
+        pytest.skip(str(exc))
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_exact_rule_equals_the_hand_computation(seed):
+def test_exact_rule_equals_the_hand_computation(ks, seed):
     spec, qnet, x, y = _problem(seed)
     fb = qn.feedback_int8(spec, seed)
     cfg = qn.UpdateConfig(lr=2.0, mode="exact", seed=seed + 5)
-    got, _ = qn.sdfa_update(spec, qnet, x, y, fb, cfg, 7, NUMPY)
+    got, _ = qn.sdfa_update(spec, qnet, x, y, fb, cfg, 7, ks)
     want = _hand_update(spec, qnet, fb, x.tolist(), y.tolist(), 2.0, seed + 5, 7)
     changed = 0
     for li, (master, w8) in want.items():
@@ -167,12 +179,10 @@ def test_exact_rule_equals_the_hand_computation(seed):
     assert changed > 0
 
 
+@pytest.mark.unit
 def test_exact_rule_has_in_layer_bptt():
     """A neuron below threshold early and spiking later: the exact rule's eligibility at the early
     step carries the later surrogate (BPTT through the membrane), the online rule's does not."""
-    from edge_sdfa.int8 import arith
-    from edge_sdfa.spec import NeuronSpec
-
     neuron = NeuronSpec()
     carry = arith.carry_lut(neuron)
     far, near = 0, 64  # bin 0: h - vth = -4 (sg' ~ 0); bin 64: just above threshold
@@ -184,11 +194,9 @@ def test_exact_rule_has_in_layer_bptt():
     assert arith.SG_LUT[far] * 16 < 0.05 * c[1, 0, 0]
 
 
+@pytest.mark.unit
 def test_reset_term_is_not_detached():
     """Spiking bins carry (v_reset - h) sg' < 0: the hard reset's gradient, as the reference."""
-    from edge_sdfa.int8 import arith
-    from edge_sdfa.spec import NeuronSpec
-
     carry = arith.carry_lut(NeuronSpec())
     assert np.all(carry[64:72] < 0)           # just above threshold: -(1 + d) sg' * leak
     assert carry[63] > 0 and carry[0] > 0     # below: (1 - (1 + d... ) sg') * leak > 0
@@ -200,6 +208,7 @@ def _cos(a, b):
     return float(np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+@pytest.mark.unit
 def test_exact_rule_gradients_match_the_reference_rule():
     """The int8 exact rule's gradient (before rounding) against float SDFA exact (= the reference
     to 3e-7) on the same int8 weights: same direction and size, hidden and output layer; the
@@ -223,3 +232,64 @@ def test_exact_rule_gradients_match_the_reference_rule():
         assert 0.93 < np.linalg.norm(g) / np.linalg.norm(r) < 1.07
         ratio[i] = np.linalg.norm(online[i]) / np.linalg.norm(r)
     assert 0.8 < ratio[0] / ratio[1] < 1.25
+
+
+def _oracle_exact_deltas(idx, g, carry):
+    """arith.exact_deltas with Python ints, element by element (saturation included)."""
+    lim = (1 << 40) - 1
+    t_n, n_n, m_n = idx.shape
+    sg = [int(v) for v in arith.SG_LUT]
+    c = [[[0] * m_n for _ in range(n_n)] for _ in range(t_n)]
+    for n in range(n_n):
+        for j in range(m_n):
+            nxt = 0
+            for t in range(t_n - 1, -1, -1):
+                i = int(idx[t, n, j])
+                nxt = max(-lim, min(lim, sg[i] * 16 + ((nxt * int(carry[i]) + 2048) >> 12)))
+                c[t][n][j] = nxt
+    deltas = np.zeros(idx.shape, np.int8)
+    shifts = np.zeros(t_n, np.int64)
+    for t in range(t_n):
+        raw = [[int(g[n, j]) * c[t][n][j] for j in range(m_n)] for n in range(n_n)]
+        sh = max(0, max(abs(v) for r in raw for v in r).bit_length() - 7)
+        shifts[t] = sh
+        for n in range(n_n):
+            for j in range(m_n):
+                v = raw[n][j]
+                deltas[t, n, j] = min(127, max(-127, (v + (1 << (sh - 1))) >> sh)) if sh else v
+    return deltas, shifts
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(t=st.integers(1, 40), n=st.integers(1, 5), m=st.integers(1, 24), kind=st.sampled_from(["lif", "if"]),
+       soft=st.booleans(), g_bits=st.integers(0, 22), grow=st.booleans(), project=st.booleans(),
+       seed=st.integers(0, 2**31 - 1))
+def test_exact_deltas_entry_point_matches_the_oracle(ks, t, n, m, kind, soft, g_bits, grow, project, seed):
+    """Every kernel set's ``exact_deltas`` against Python ints: the largest errors allowed
+    (2**22), IF neurons, and (``grow``) a carry table of +-2 per step that drives the eligibility
+    into its saturation."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, 128, (t, n, m)).astype(np.uint8)
+    idx[rng.random(idx.shape) < 0.3] = rng.choice(np.array([0, 63, 64, 127], np.uint8))
+    carry = arith.carry_lut(NeuronSpec(kind, v_reset=None if soft else 0.0))
+    if grow:
+        carry = rng.choice(np.array([-2, 2]), carry.shape) << arith.CARRY_BITS
+    if project:
+        b = rng.integers(-127, 128, (3, m)).astype(np.int8)
+        e = rng.integers(-(1 << max(0, g_bits - 9)), (1 << max(0, g_bits - 9)) + 1, (n, 3)).astype(np.int64)
+        g = e @ b.astype(np.int64)
+    else:
+        b = None
+        e = g = rng.integers(-(1 << g_bits), (1 << g_bits) + 1, (n, m)).astype(np.int64)
+    got = ks.exact_deltas(idx, e, b, carry)
+    want = _oracle_exact_deltas(idx, g, carry)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_exact_deltas_refuse_errors_beyond_the_limit(ks):
+    idx = np.zeros((2, 1, 3), np.uint8)
+    e = np.full((1, 3), arith.G_LIMIT + 1, np.int64)
+    with pytest.raises(ValueError):
+        ks.exact_deltas(idx, e, None, arith.carry_lut(NeuronSpec()))

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from edge_sdfa.cli.output import emit
+from edge_sdfa.spec import DEFAULT_TEMPORAL_MODE, TEMPORAL_MODES
 
 
 def register(app: typer.Typer) -> None:
@@ -29,7 +30,7 @@ def finetune(
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     batch: Optional[int] = typer.Option(None, "--batch"),
     lr: Optional[float] = typer.Option(None, "--lr"),
-    mode: str = typer.Option("online", "--mode", help="online | exact"),
+    mode: str = typer.Option(DEFAULT_TEMPORAL_MODE, "--mode", help=" | ".join(TEMPORAL_MODES)),
     store: Optional[str] = typer.Option(None, "--store", help="store dir (default: the user's data dir)"),
     seed: int = typer.Option(0, "--seed"),
     margin: float = typer.Option(0.02, "--margin", help="allowed holdout accuracy drop"),

@@ -33,7 +33,7 @@ ERR_BITS = 12
 FB_BITS = 4
 DELTA_BITS = 7  # local errors fit int8: |delta| <= 127
 ELIG_BITS = 12  # the exact rule's in-layer BPTT eligibility c_t, units 2**-ELIG_BITS
-CARRY_BITS = 12  # leak * dv_t/dh_t per surrogate bin (CARRY_LUT), units 2**-CARRY_BITS
+CARRY_BITS = 12  # leak * dv_t/dh_t per surrogate bin (carry_lut), units 2**-CARRY_BITS
 ELIG_LIMIT = (1 << 40) - 1  # c_t saturates here, so g * c_t fits int64 for |g| <= G_LIMIT
 G_LIMIT = 1 << 22  # bound of the error reaching the spikes (CE/MSE: |e_q @ B_q| <= 2**20)
 FLOAT_EXACT_LIMIT = 1 << 24
@@ -111,10 +111,9 @@ def _build_sg_lut() -> np.ndarray:
 SG_LUT = _build_sg_lut()
 
 
-def sg_index(h: np.ndarray, vth: int, exp: int) -> np.ndarray:
-    """The surrogate LUT bin of ``h - vth`` (uint8): ``floor((h - vth) * 2**SG_RES_BITS)`` in real
-    units, clipped to the table. Bin ``>= SG_RANGE << SG_RES_BITS`` <=> the neuron spiked."""
-    d = h.astype(np.int64) - vth
+def surrogate_index(h: np.ndarray, vth: int, exp: int) -> np.ndarray:
+    """The LUT index (uint8, in ``[0, len(SG_LUT))``) of ``h - vth`` at resolution 2**-SG_RES_BITS."""
+    d = np.asarray(h).astype(np.int64) - vth
     shift = exp - SG_RES_BITS
     idx = (d >> shift) if shift >= 0 else (d << -shift)
     half = SG_RANGE << SG_RES_BITS
@@ -123,7 +122,7 @@ def sg_index(h: np.ndarray, vth: int, exp: int) -> np.ndarray:
 
 def surrogate_q(h: np.ndarray, vth: int, exp: int) -> np.ndarray:
     """Surrogate derivative at ``h - vth`` from the LUT, in units 2**-SG_BITS (int64)."""
-    return SG_LUT[sg_index(h, vth, exp)]
+    return SG_LUT[surrogate_index(h, vth, exp)]
 
 
 def carry_lut(neuron: NeuronSpec) -> np.ndarray:
@@ -159,7 +158,7 @@ def exact_eligibility(idx: np.ndarray, carry: np.ndarray) -> np.ndarray:
     When the same ``g`` reaches the spikes at every step (the exact rule's feedback; the output
     layer's ``e/T``), BPTT through the layer's own recurrence gives ``dL/dh_t = g * c_t`` with
     ``c_t = sg'_t + leak * dv_t/dh_t * c_{t+1}`` and ``c_T = 0``. Computed backwards from the bins
-    ``idx [T, ...]`` (``sg_index``): ``c_t = SG_LUT[i_t] << 4 + shift_round(c_{t+1} *
+    ``idx [T, ...]`` (``surrogate_index``): ``c_t = SG_LUT[i_t] << 4 + shift_round(c_{t+1} *
     carry[i_t], CARRY_BITS)``, saturating at ``±ELIG_LIMIT``.
     """
     idx = np.asarray(idx)
@@ -258,6 +257,22 @@ def update_multiplier(lr: float, batch: int, steps: int, gain: float, extra: flo
     k = max(0, min(k, 62))
     m = int(round(real * 2.0 ** k))
     return m, k
+
+
+def update_scale(lr: float, batch: int, steps: int, gain: float, exp: int,
+                 hidden_norm: float | None, mode: str = "online") -> tuple[int, int]:
+    """(m, k) of one layer's SDFA update, the one place that scales it (every executor calls it).
+
+    As the reference: the output layer's spikes (``hidden_norm`` None) get ``e/T`` at every step
+    (its true gradient), a hidden block's output gets ``B_l e * hidden_norm`` at every step with
+    no 1/T (``steps`` only divides the output layer). ``online`` accumulates ``g * sg`` in units
+    2**-(ERR_BITS+SG_BITS), ``exact`` ``g * c_t`` (``exact_eligibility``) in 2**-(ERR_BITS+ELIG_BITS);
+    a hidden layer's ``g = e @ B_q`` has one more factor 2**-FB_BITS.
+    """
+    elig = ELIG_BITS if mode == "exact" else SG_BITS
+    if hidden_norm is None:
+        return update_multiplier(lr, batch, steps, gain, 1.0, exp, ERR_BITS + elig)
+    return update_multiplier(lr, batch, 1, gain, hidden_norm, exp, ERR_BITS + FB_BITS + elig)
 
 
 def splitmix64(z: np.ndarray) -> np.ndarray:

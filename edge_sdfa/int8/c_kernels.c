@@ -1,7 +1,10 @@
-/* Ahead-of-time compiled int8 kernels (plain C99, optional OpenMP), loaded with ctypes by
- * edge_sdfa/int8/c_kernels.py. The same algorithms as fast_kernels.py (numba), bit-exact with the
- * numpy reference (edge_sdfa/int8/arith.py, net.py). No intrinsics: the inner loops are written
- * so that gcc/clang auto-vectorise them on any target (x86-64, aarch64 NEON).
+/* The C int8 kernel set (C99, optional OpenMP), compiled at install time by setup.py and loaded
+ * with ctypes by edge_sdfa/int8/c_kernels.py; bit-exact with the numpy set
+ * (edge_sdfa/int8/reference.py, arith.py). No intrinsics: the inner loops are written so that
+ * gcc/clang auto-vectorise them on any target. Never built with -march=native: on x86-64 (GCC,
+ * glibc) the per-row workers are cloned for AVX-512/AVX2/baseline and picked at load time
+ * (target_clones, ifunc); on aarch64 the baseline armv8-a has NEON. -DESD_NO_CLONES turns the
+ * clones off (a libc without ifunc).
  *
  * Conventions: all arrays C-contiguous; sizes int64; spikes uint8; weights/errors int8.
  * Signed right shifts of negative values are arithmetic (gcc and clang guarantee it).
@@ -22,12 +25,19 @@
 #define ALWAYS_INLINE inline
 #endif
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && \
+    !defined(ESD_NO_CLONES)
+#define ESD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define ESD_CLONES
+#endif
+
 #define CHUNK16 255 /* binary rows summed in int16: 255 * 128 = 32640 <= 32767 */
 #define MASTER_BITS 8
 #define DECAY_BITS 12
 #define DELTA_BITS 7
 
-int esd_abi_version(void) { return 6; }
+int esd_abi_version(void) { return 7; }
 
 int esd_num_threads(void)
 {
@@ -169,7 +179,7 @@ static inline void sum_rows16(const int8_t *restrict w, int64_t ld, const int32_
 }
 
 /* acc32[0:tw] = sum_{p in [a, b)} val[p] * w[sel[p] * ld + 0:tw] exactly (the caller bounds it). */
-static inline void sum_rows32(const int8_t *restrict w, int64_t ld, const int32_t *restrict sel,
+static ESD_CLONES void sum_rows32(const int8_t *restrict w, int64_t ld, const int32_t *restrict sel,
                               const uint8_t *restrict val, int64_t a, int64_t b, int binary,
                               int16_t *restrict acc16, int32_t *restrict acc32, int64_t tw)
 {
@@ -253,7 +263,7 @@ typedef struct {
  * chunks of at most CHUNK16 rows (rows are global, r = t * N + n, so a run is one contiguous
  * range of smp). use32: the caller proved that sum_t (rows at (t, k) * 128) << (shift_t - s_min)
  * < 2**31, so the chunks add up in int32 at the smallest shift s_min. */
-static void row_grad(const grad_args *A, int64_t k, int64_t c0, int64_t tw, int64_t *restrict g,
+static inline void row_grad(const grad_args *A, int64_t k, int64_t c0, int64_t tw, int64_t *restrict g,
                      int16_t *restrict acc16, int32_t *restrict acc32)
 {
     const int64_t T = A->T, M = A->M;
@@ -314,43 +324,53 @@ static void row_grad(const grad_args *A, int64_t k, int64_t c0, int64_t tw, int6
     }
 }
 
-static int k_active(const grad_args *A, int64_t k)
+static inline int k_active(const grad_args *A, int64_t k)
 {
     return A->ptr[(k + 1) * A->T] > A->ptr[k * A->T];
 }
 
-/* out[k, :] = sum_t (x_t^T d_t)[k, :] << shifts[t] (int64 [K, M]). */
-int esd_outer_steps(const int64_t *ptr, const int32_t *smp, const uint8_t *sval, int binary, const int8_t *d,
-                    int64_t T, int64_t N, int64_t K, int64_t M, const int64_t *shifts, int use32, int64_t s_min,
-                    int64_t tile, int64_t *restrict out)
+/* One row k (columns c0 : c0 + tw) of esd_dense_update; adds its saturation counts. */
+static ESD_CLONES void update_row(const grad_args *A, int64_t k, int64_t c0, int64_t tw,
+                                  const int16_t *restrict master, int64_t m, int64_t kbits, uint64_t key,
+                                  int16_t *restrict new_master, int8_t *restrict new_w8, int64_t *restrict g,
+                                  int16_t *restrict acc16, int32_t *restrict acc32, int64_t *n_sat, int64_t *n_127)
 {
-    grad_args A = {ptr, smp, sval, binary, d, T, N, K, M, shifts, use32, s_min};
-    int err = 0;
-    if (tile <= 0 || tile > M)
-        tile = M;
-#ifdef _OPENMP
-#pragma omp parallel reduction(| : err)
-#endif
-    {
-        int16_t *acc16 = (int16_t *)malloc(sizeof(int16_t) * (size_t)(tile + 1));
-        int32_t *acc32 = (int32_t *)malloc(sizeof(int32_t) * (size_t)(tile + 1));
-        if (!acc16 || !acc32) {
-            err = 1;
-        } else {
-            for (int64_t c0 = 0; c0 < M; c0 += tile) {
-                int64_t tw = M - c0 < tile ? M - c0 : tile;
-                int64_t k;
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 16) nowait
-#endif
-                for (k = 0; k < K; k++)
-                    row_grad(&A, k, c0, tw, out + k * M + c0, acc16, acc32);
-            }
+    const int64_t M = A->M;
+    const int16_t *restrict mrow = master + k * M + c0;
+    int16_t *restrict nrow = new_master + k * M + c0;
+    int8_t *restrict wrow = new_w8 + k * M + c0;
+    /* kbits == 0 draws no random bits: shift by 63 and mask to 0 (a shift by 64 is undefined) */
+    const int rshift = kbits > 0 ? (int)(64 - kbits) : 63;
+    const int64_t rmask = kbits > 0 ? -1 : 0;
+    const int kb = (int)kbits;
+    int64_t ls = 0, l127 = 0;
+    if (k_active(A, k)) {
+        row_grad(A, k, c0, tw, g, acc16, acc32);
+        const uint64_t base = (uint64_t)(k * M + c0);
+        for (int64_t c = 0; c < tw; c++) {
+            uint64_t z = splitmix64((base + (uint64_t)c) ^ key);
+            int64_t rb = (int64_t)(z >> rshift) & rmask;
+            int64_t v = (int64_t)mrow[c] - ((g[c] * m + rb) >> kb);
+            ls += (v > 32767) + (v < -32767);
+            v = v < -32767 ? -32767 : (v > 32767 ? 32767 : v);
+            nrow[c] = (int16_t)v;
+            int64_t q = (v + (1 << (MASTER_BITS - 1))) >> MASTER_BITS;
+            q = q < -127 ? -127 : (q > 127 ? 127 : q);
+            wrow[c] = (int8_t)q;
+            l127 += (q == 127) + (q == -127);
         }
-        free(acc16);
-        free(acc32);
+    } else {
+        for (int64_t c = 0; c < tw; c++) {
+            int32_t v = mrow[c];
+            nrow[c] = (int16_t)v;
+            int32_t q = (v + (1 << (MASTER_BITS - 1))) >> MASTER_BITS;
+            q = q < -127 ? -127 : (q > 127 ? 127 : q);
+            wrow[c] = (int8_t)q;
+            l127 += (q == 127) + (q == -127);
+        }
     }
-    return err ? -1 : 0;
+    *n_sat += ls;
+    *n_127 += l127;
 }
 
 /* new_master = master - floor((grad * m + r) / 2**kbits) on rows k with any input spike,
@@ -366,10 +386,6 @@ int esd_dense_update(const int64_t *ptr, const int32_t *smp, const uint8_t *sval
     grad_args A = {ptr, smp, sval, binary, d, T, N, K, M, shifts, use32, s_min};
     int err = 0;
     int64_t n_sat = 0, n_127 = 0;
-    /* kbits == 0 draws no random bits: shift by 63 and mask to 0 (a shift by 64 is undefined) */
-    const int rshift = kbits > 0 ? (int)(64 - kbits) : 63;
-    const int64_t rmask = kbits > 0 ? -1 : 0;
-    const int kb = (int)kbits;
     if (tile <= 0 || tile > M)
         tile = M;
 #ifdef _OPENMP
@@ -388,39 +404,9 @@ int esd_dense_update(const int64_t *ptr, const int32_t *smp, const uint8_t *sval
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 16) nowait
 #endif
-                for (k = 0; k < K; k++) {
-                    const int16_t *restrict mrow = master + k * M + c0;
-                    int16_t *restrict nrow = new_master + k * M + c0;
-                    int8_t *restrict wrow = new_w8 + k * M + c0;
-                    int64_t ls = 0, l127 = 0;
-                    if (k_active(&A, k)) {
-                        row_grad(&A, k, c0, tw, g, acc16, acc32);
-                        const uint64_t base = (uint64_t)(k * M + c0);
-                        for (int64_t c = 0; c < tw; c++) {
-                            uint64_t z = splitmix64((base + (uint64_t)c) ^ key);
-                            int64_t rb = (int64_t)(z >> rshift) & rmask;
-                            int64_t v = (int64_t)mrow[c] - ((g[c] * m + rb) >> kb);
-                            ls += (v > 32767) + (v < -32767);
-                            v = v < -32767 ? -32767 : (v > 32767 ? 32767 : v);
-                            nrow[c] = (int16_t)v;
-                            int64_t q = (v + (1 << (MASTER_BITS - 1))) >> MASTER_BITS;
-                            q = q < -127 ? -127 : (q > 127 ? 127 : q);
-                            wrow[c] = (int8_t)q;
-                            l127 += (q == 127) + (q == -127);
-                        }
-                    } else {
-                        for (int64_t c = 0; c < tw; c++) {
-                            int32_t v = mrow[c];
-                            nrow[c] = (int16_t)v;
-                            int32_t q = (v + (1 << (MASTER_BITS - 1))) >> MASTER_BITS;
-                            q = q < -127 ? -127 : (q > 127 ? 127 : q);
-                            wrow[c] = (int8_t)q;
-                            l127 += (q == 127) + (q == -127);
-                        }
-                    }
-                    n_sat += ls;
-                    n_127 += l127;
-                }
+                for (k = 0; k < K; k++)
+                    update_row(&A, k, c0, tw, master, m, kbits, key, new_master, new_w8, g, acc16, acc32,
+                               &n_sat, &n_127);
             }
         }
         free(acc16);
@@ -484,8 +470,26 @@ static ALWAYS_INLINE void neuron_sample(
     if (cur32 == C32 && kind == KIND && decay_input == DI && soft == SOFT && want == WANT) {           \
         neuron_sample(cur, C32, T, N, M, n, KIND, DI, SOFT, vth, vr, decay, WANT, sg_shift, half, spikes, \
                       hs, sgi, v);                                                                     \
-        continue;                                                                                      \
+        return;                                                                                        \
     }
+
+/* One sample n of esd_neuron_run, dispatched to a specialised copy for the common cases. */
+static ESD_CLONES void neuron_one(const void *cur, int cur32, int64_t T, int64_t N, int64_t M, int64_t n, int kind,
+                                  int decay_input, int soft, int64_t vth, int64_t vr, int64_t decay, int want,
+                                  int64_t sg_shift, int64_t half, uint8_t *restrict spikes, int64_t *restrict hs,
+                                  uint8_t *restrict sgi, int64_t *restrict v)
+{
+    /* the common cases, specialised: int32 currents, LIF, hard reset */
+    NEURON_CASE(1, 0, 1, 0, 2)
+    NEURON_CASE(1, 0, 1, 0, 0)
+    NEURON_CASE(1, 0, 1, 0, 1)
+    NEURON_CASE(1, 0, 1, 1, 2)
+    NEURON_CASE(1, 0, 1, 1, 0)
+    NEURON_CASE(1, 0, 0, 0, 2)
+    NEURON_CASE(1, 0, 0, 0, 0)
+    neuron_sample(cur, cur32, T, N, M, n, kind, decay_input, soft, vth, vr, decay, want, sg_shift, half, spikes,
+                  hs, sgi, v);
+}
 
 /* kind 0 = LIF, 1 = IF; v starts at vr; want: 0 nothing, 1 h into hs (int64), 2 the surrogate
  * LUT index of h - vth into sgi (uint8). cur is int32 (cur32 != 0) or int64 [T, N, M]. */
@@ -511,22 +515,99 @@ int esd_neuron_run(const void *cur, int cur32, int64_t T, int64_t N, int64_t M, 
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 4)
 #endif
-            for (n = 0; n < N; n++) {
-                /* the common cases, specialised: int32 currents, LIF, hard reset */
-                NEURON_CASE(1, 0, 1, 0, 2)
-                NEURON_CASE(1, 0, 1, 0, 0)
-                NEURON_CASE(1, 0, 1, 0, 1)
-                NEURON_CASE(1, 0, 1, 1, 2)
-                NEURON_CASE(1, 0, 1, 1, 0)
-                NEURON_CASE(1, 0, 0, 0, 2)
-                NEURON_CASE(1, 0, 0, 0, 0)
-                neuron_sample(cur, cur32, T, N, M, n, kind, decay_input, soft, vth, vr, decay, want, sg_shift,
-                              half, spikes, hs, sgi, v);
-            }
+            for (n = 0; n < N; n++)
+                neuron_one(cur, cur32, T, N, M, n, kind, decay_input, soft, vth, vr, decay, want, sg_shift, half,
+                           spikes, hs, sgi, v);
             free(v);
         }
     }
     return err ? -1 : 0;
+}
+
+/* Step t of esd_local_deltas. */
+static ESD_CLONES void deltas_step(int64_t t, const void *h, int from_index, const void *e, int e32, int64_t Te,
+                                   int64_t C, const void *b, int64_t N, int64_t M, int64_t vth, int64_t sg_shift,
+                                   const int32_t *restrict lut32, int64_t half, int8_t *restrict deltas,
+                                   int64_t *restrict shifts, int64_t *restrict raw, int64_t *restrict gr,
+                                   int32_t *restrict gr32, int32_t *restrict li)
+{
+    int64_t et = (Te > 1 ? t : 0) * N * C;
+    int64_t mx = 0;
+    for (int64_t n = 0; n < N; n++) {
+        int64_t off = (t * N + n) * M;
+        int64_t *restrict rn = raw + n * M;
+        /* the LUT values of this row */
+        if (from_index) {
+            const uint8_t *hi = (const uint8_t *)h + off;
+            for (int64_t c = 0; c < M; c++)
+                li[c] = lut32[hi[c]];
+        } else {
+            const int64_t *hh = (const int64_t *)h + off;
+            for (int64_t c = 0; c < M; c++)
+                li[c] = lut32[sg_index(hh[c], vth, sg_shift, half)];
+        }
+        if (e32) {
+            const int32_t *restrict en = (const int32_t *)e + et + n * C;
+            const int32_t *restrict g;
+            if (b) {
+                for (int64_t c = 0; c < M; c++)
+                    gr32[c] = 0;
+                for (int64_t j = 0; j < C; j++) {
+                    int32_t ej = en[j];
+                    const int32_t *restrict bj = (const int32_t *)b + j * M;
+                    for (int64_t c = 0; c < M; c++)
+                        gr32[c] += ej * bj[c];
+                }
+                g = gr32;
+            } else {
+                g = en; /* C == M */
+            }
+            for (int64_t c = 0; c < M; c++) {
+                int64_t r = (int64_t)g[c] * (int64_t)li[c];
+                rn[c] = r;
+                int64_t a = r < 0 ? -r : r;
+                mx = a > mx ? a : mx;
+            }
+        } else {
+            const int64_t *restrict en = (const int64_t *)e + et + n * C;
+            const int64_t *restrict g;
+            if (b) {
+                for (int64_t c = 0; c < M; c++)
+                    gr[c] = 0;
+                for (int64_t j = 0; j < C; j++) {
+                    int64_t ej = en[j];
+                    const int64_t *restrict bj = (const int64_t *)b + j * M;
+                    for (int64_t c = 0; c < M; c++)
+                        gr[c] += ej * bj[c];
+                }
+                g = gr;
+            } else {
+                g = en; /* C == M */
+            }
+            for (int64_t c = 0; c < M; c++) {
+                int64_t r = g[c] * (int64_t)li[c];
+                rn[c] = r;
+                int64_t a = r < 0 ? -r : r;
+                mx = a > mx ? a : mx;
+            }
+        }
+    }
+    int bits = 0;
+    while (bits < 63 && (mx >> bits) > 0)
+        bits++;
+    int sh = bits - DELTA_BITS > 0 ? bits - DELTA_BITS : 0;
+    shifts[t] = sh;
+    int8_t *dt = deltas + t * N * M;
+    if (sh == 0) {
+        for (int64_t i = 0; i < N * M; i++)
+            dt[i] = (int8_t)raw[i];
+    } else {
+        int64_t rnd = (int64_t)1 << (sh - 1);
+        for (int64_t i = 0; i < N * M; i++) {
+            int64_t q = (raw[i] + rnd) >> sh;
+            dt[i] = (int8_t)(q < -127 ? -127 : (q > 127 ? 127 : q));
+        }
+    }
 }
 
 /* delta_t = to_int8_dynamic(g_t * lut[index(h_t)]) per step t, g = e @ b (b != NULL) or g = e.
@@ -557,85 +638,9 @@ int esd_local_deltas(const void *h, int from_index, const void *e, int e32, int6
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
-            for (t = 0; t < T; t++) {
-                int64_t et = (Te > 1 ? t : 0) * N * C;
-                int64_t mx = 0;
-                for (int64_t n = 0; n < N; n++) {
-                    int64_t off = (t * N + n) * M;
-                    int64_t *restrict rn = raw + n * M;
-                    /* the LUT values of this row */
-                    if (from_index) {
-                        const uint8_t *hi = (const uint8_t *)h + off;
-                        for (int64_t c = 0; c < M; c++)
-                            li[c] = lut32[hi[c]];
-                    } else {
-                        const int64_t *hh = (const int64_t *)h + off;
-                        for (int64_t c = 0; c < M; c++)
-                            li[c] = lut32[sg_index(hh[c], vth, sg_shift, half)];
-                    }
-                    if (e32) {
-                        const int32_t *restrict en = (const int32_t *)e + et + n * C;
-                        const int32_t *restrict g;
-                        if (b) {
-                            for (int64_t c = 0; c < M; c++)
-                                gr32[c] = 0;
-                            for (int64_t j = 0; j < C; j++) {
-                                int32_t ej = en[j];
-                                const int32_t *restrict bj = (const int32_t *)b + j * M;
-                                for (int64_t c = 0; c < M; c++)
-                                    gr32[c] += ej * bj[c];
-                            }
-                            g = gr32;
-                        } else {
-                            g = en; /* C == M */
-                        }
-                        for (int64_t c = 0; c < M; c++) {
-                            int64_t r = (int64_t)g[c] * (int64_t)li[c];
-                            rn[c] = r;
-                            int64_t a = r < 0 ? -r : r;
-                            mx = a > mx ? a : mx;
-                        }
-                    } else {
-                        const int64_t *restrict en = (const int64_t *)e + et + n * C;
-                        const int64_t *restrict g;
-                        if (b) {
-                            for (int64_t c = 0; c < M; c++)
-                                gr[c] = 0;
-                            for (int64_t j = 0; j < C; j++) {
-                                int64_t ej = en[j];
-                                const int64_t *restrict bj = (const int64_t *)b + j * M;
-                                for (int64_t c = 0; c < M; c++)
-                                    gr[c] += ej * bj[c];
-                            }
-                            g = gr;
-                        } else {
-                            g = en; /* C == M */
-                        }
-                        for (int64_t c = 0; c < M; c++) {
-                            int64_t r = g[c] * (int64_t)li[c];
-                            rn[c] = r;
-                            int64_t a = r < 0 ? -r : r;
-                            mx = a > mx ? a : mx;
-                        }
-                    }
-                }
-                int bits = 0;
-                while (bits < 63 && (mx >> bits) > 0)
-                    bits++;
-                int sh = bits - DELTA_BITS > 0 ? bits - DELTA_BITS : 0;
-                shifts[t] = sh;
-                int8_t *dt = deltas + t * N * M;
-                if (sh == 0) {
-                    for (int64_t i = 0; i < N * M; i++)
-                        dt[i] = (int8_t)raw[i];
-                } else {
-                    int64_t rnd = (int64_t)1 << (sh - 1);
-                    for (int64_t i = 0; i < N * M; i++) {
-                        int64_t q = (raw[i] + rnd) >> sh;
-                        dt[i] = (int8_t)(q < -127 ? -127 : (q > 127 ? 127 : q));
-                    }
-                }
-            }
+            for (t = 0; t < T; t++)
+                deltas_step(t, h, from_index, e, e32, Te, C, b, N, M, vth, sg_shift, lut32, half, deltas, shifts,
+                            raw, gr, gr32, li);
         }
         free(raw);
         free(gr);

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 
 from edge_sdfa.errors import UserError
 
+from edge_sdfa.spec import temporal_mode
+
 from .ledger import Breakdown
 from .params import HardwareParams
 
 UPDATE_MODES = ("row-serial", "parallel", "write-verify")
-TEMPORAL_MODES = ("exact", "online")
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,7 @@ class Activity:
     def __post_init__(self):
         if self.update_mode not in UPDATE_MODES:
             raise UserError(f"unknown update mode {self.update_mode!r} (known: {', '.join(UPDATE_MODES)})")
-        if self.temporal_mode not in TEMPORAL_MODES:
-            raise UserError(f"unknown temporal mode {self.temporal_mode!r} (known: exact, online)")
+        temporal_mode(self.temporal_mode)
         for name in ("spike_rate", "update_density", "level_fraction", "error_bit_density"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UserError(f"{name} must be in [0, 1], got {getattr(self, name)}")

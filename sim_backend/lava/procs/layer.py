@@ -111,15 +111,15 @@ class _LayerModelBase(PyLoihiProcessModel):
 @requires(CPU)
 @tag("fixed_pt")
 class PySDFALayerFixed(_LayerModelBase):
-    """int8 SDFA: the definitions of ``edge_sdfa.int8.arith`` applied step by step."""
+    """int8 SDFA: the definitions of ``edge_sdfa.int8.arith`` applied step by step, with the
+    numpy set's exact integer products (``edge_sdfa.int8.reference``)."""
 
     def setup(self):
-        from edge_sdfa.int8 import arith
-        from edge_sdfa.int8.kernels import get_kernels
+        from edge_sdfa.int8 import arith, reference
         from edge_sdfa.spec import NeuronSpec
 
         self.arith = arith
-        self.kernels = get_kernels(self.p.get("kernels", "numpy"))
+        self.ref = reference
         p = self.p
         self.neuron = NeuronSpec(**p["neuron"])
         self.exp = int(p["exp"])
@@ -144,7 +144,7 @@ class PySDFALayerFixed(_LayerModelBase):
 
     def integrate(self, x):
         xi = x.astype(np.uint8) if (x.min() >= 0 and x.max() <= 255) else x.astype(np.int64)
-        cur = self.kernels.matmul_int(xi, self.w8)
+        cur = self.ref.matmul(xi, self.w8)
         if self.bias is not None:
             cur = cur + self.bias
         self.h, s, self.v = self.arith.neuron_step_int(self.neuron, self.const, self.v, cur)
@@ -158,11 +158,11 @@ class PySDFALayerFixed(_LayerModelBase):
 
     def _accumulate(self, x, h, e, t):
         e = np.rint(e).astype(np.int64)
-        g = e if self.is_last else e @ self.feedback
+        g = e if self.is_last else self.ref.project(e, self.feedback)
         raw = g * self.arith.surrogate_q(h, self.const["vth"], self.exp)
         delta, shift = self.arith.to_int8_dynamic(raw)
         self.shifts[t] = shift
-        self.grad += self.kernels.outer_acc(x, delta) << int(shift)
+        self.grad += self.ref.outer_acc(x, delta) << int(shift)
 
     def learn_step(self, e):
         self._accumulate(self.x, self.h, e, self.t)
@@ -171,20 +171,18 @@ class PySDFALayerFixed(_LayerModelBase):
         """exact: the final-rate error through B_l at every step, BPTT through the membrane."""
         a = self.arith
         e = np.rint(e).astype(np.int64)
-        g = e if self.is_last else e @ self.feedback
-        idx = a.sg_index(np.stack(self.hist_h), self.const["vth"], self.exp)
-        deltas, shifts = a.exact_deltas(idx, g, a.carry_lut(self.neuron))
+        idx = a.surrogate_index(np.stack(self.hist_h), self.const["vth"], self.exp)
+        deltas, shifts = self.ref.exact_deltas(idx, e, None if self.is_last else self.feedback,
+                                               a.carry_lut(self.neuron))
         for t in range(self.T):
             self.shifts[t] = shifts[t]
-            self.grad += self.kernels.outer_acc(self.hist_x[t], deltas[t]) << int(shifts[t])
+            self.grad += self.ref.outer_acc(self.hist_x[t], deltas[t]) << int(shifts[t])
         self.hist_x, self.hist_h = [], []
 
     def apply_update(self):
-        from edge_sdfa.int8.net import update_scale
-
         a = self.arith
-        unit_bits, extra, steps = update_scale(self.mode, self.is_last, self.norm, self.T)
-        m, k = a.update_multiplier(self.lr, self.n_real, steps, self.neuron.input_gain, extra, self.exp, unit_bits)
+        m, k = a.update_scale(self.lr, self.n_real, self.T, self.neuron.input_gain, self.exp,
+                              None if self.is_last else self.norm, self.mode)
         key = a.rounding_key(self.seed, self.update_index, self.layer_index)
         self.master, sat = a.apply_update(self.master, self.grad, m, k, key, np.flatnonzero(self.active))
         self.w8 = a.w8_from_master(self.master)
