@@ -28,7 +28,7 @@ import numpy as np
 
 from edge_sdfa import float_net as fn
 from edge_sdfa.int8 import net as qn
-from edge_sdfa.int8.kernels import get_kernels
+from edge_sdfa.int8 import kernels as kernel_sets
 from edge_sdfa.spec import mlp
 from edge_sdfa.train import TrainConfig, accuracy, train
 
@@ -153,40 +153,45 @@ def main(argv=None):
     ap.add_argument("--float-lr", type=float, default=3e-3, help="Adam lr of float exact")
     ap.add_argument("--cache", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "edge-sdfa-digits-events.npz"))
     ap.add_argument("--quick", action="store_true", help="1 seed, 3 epochs, one lr")
-    ap.add_argument("--skip-accuracy", action="store_true")
+    ap.add_argument("--parts", default="gradients,float,int8",
+                    help="what to run: gradients, float (float exact accuracy), int8 (the int8 rules' accuracy)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
         args.epochs, args.seeds, args.lrs = 3, 1, "1"
     lrs = [float(v) for v in args.lrs.split(",")]
     t0 = time.perf_counter()
-    kernels = get_kernels()
+    kernels = kernel_sets.get()
     xtr, ytr, xte, yte = load_data(args.cache)
     spec = mlp(SIZES, time_steps=T)
-    report = {"network": "mlp 2312-1000-10, LIF tau=2, T=10", "kernels": kernels.name,
+    report = {"network": "mlp 2312-1000-10, LIF tau=2, T=10", "kernels": kernels.NAME,
               "data": f"digits-events (DVS-emulated digits, N-MNIST layout): {len(ytr)} train / {len(yte)} test",
               "epochs": args.epochs, "batch": args.batch, "seeds": args.seeds}
     # gradients: at init and after a short float-exact training (both from the same seed)
     xb, yb = np.swapaxes(xtr[:128], 0, 1), ytr[:128]
-    grads = {}
-    p0 = fn.init_params(spec, 0)
-    p1, _ = train(spec, p0, xtr, ytr, TrainConfig(method="sdfa_exact", epochs=2, batch_size=32, lr=3e-3,
-                                                  seed=0, feedback_seed=0))
-    for name, p in (("init", p0), ("after_2_epochs", p1)):
-        qnet, _ = qn.quantize(spec, p, headroom=HEADROOM)
-        grads[name] = gradient_report(spec, qnet, xb, yb, 0)
-        print(f"gradients {name}: {json.dumps(grads[name])}", file=sys.stderr)
-    report["gradients"] = grads
-    if not args.skip_accuracy:
+    parts = set(args.parts.split(","))
+    if "gradients" in parts:
+        grads = {}
+        p0 = fn.init_params(spec, 0)
+        p1, _ = train(spec, p0, xtr, ytr, TrainConfig(method="sdfa_exact", epochs=2, batch_size=32, lr=3e-3,
+                                                      seed=0, feedback_seed=0))
+        for name, p in (("init", p0), ("after_2_epochs", p1)):
+            qnet, _ = qn.quantize(spec, p, headroom=HEADROOM)
+            grads[name] = gradient_report(spec, qnet, xb, yb, 0)
+            print(f"gradients {name}: {json.dumps(grads[name])}", file=sys.stderr)
+        report["gradients"] = grads
+    if parts & {"float", "int8"}:
         rng = np.random.default_rng(123)
         perm = rng.permutation(len(ytr))
         nval = len(ytr) // 5
         val, tr = perm[:nval], perm[nval:]
-        acc = {"float_exact": [], "int8_exact": [], "int8_online": [], "int8_online_before_fix": []}
+        acc = {k: [] for k in (["float_exact"] if "float" in parts else [])
+               + (["int8_exact", "int8_online", "int8_online_before_fix"] if "int8" in parts else [])}
         for seed in range(args.seeds):
-            acc["float_exact"].append(run_float(xtr, ytr, xte, yte, seed, args.epochs, args.batch, args.float_lr))
+            if "float" in parts:
+                acc["float_exact"].append(run_float(xtr, ytr, xte, yte, seed, args.epochs, args.batch, args.float_lr))
             for key, mode, div in (("int8_exact", "exact", 1.0), ("int8_online", "online", 1.0),
-                                   ("int8_online_before_fix", "online", float(T))):
+                                   ("int8_online_before_fix", "online", float(T))) if "int8" in parts else ():
                 acc[key].append(run_int8(xtr[tr], ytr[tr], xtr[val], ytr[val], xte, yte, seed, args.epochs,
                                          args.batch, mode, lrs, kernels, div))
             for key, runs in acc.items():
