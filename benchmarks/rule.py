@@ -155,6 +155,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="1 seed, 3 epochs, one lr")
     ap.add_argument("--parts", default="gradients,float,int8",
                     help="what to run: gradients, float (float exact accuracy), int8 (the int8 rules' accuracy)")
+    ap.add_argument("--variants", default="int8_exact,int8_online,int8_online_before_fix",
+                    help="int8 rules of the accuracy part")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
@@ -185,13 +187,15 @@ def main(argv=None):
         perm = rng.permutation(len(ytr))
         nval = len(ytr) // 5
         val, tr = perm[:nval], perm[nval:]
-        acc = {k: [] for k in (["float_exact"] if "float" in parts else [])
-               + (["int8_exact", "int8_online", "int8_online_before_fix"] if "int8" in parts else [])}
+        variants = [v for v in args.variants.split(",") if v] if "int8" in parts else []
+        acc = {k: [] for k in (["float_exact"] if "float" in parts else []) + variants}
         for seed in range(args.seeds):
             if "float" in parts:
                 acc["float_exact"].append(run_float(xtr, ytr, xte, yte, seed, args.epochs, args.batch, args.float_lr))
             for key, mode, div in (("int8_exact", "exact", 1.0), ("int8_online", "online", 1.0),
-                                   ("int8_online_before_fix", "online", float(T))) if "int8" in parts else ():
+                                   ("int8_online_before_fix", "online", float(T))):
+                if key not in variants:
+                    continue
                 acc[key].append(run_int8(xtr[tr], ytr[tr], xtr[val], ytr[val], xte, yte, seed, args.epochs,
                                          args.batch, mode, lrs, kernels, div))
             for key, runs in acc.items():

@@ -749,3 +749,53 @@ int esd_exact_deltas(const uint8_t *restrict idx, const int64_t *restrict g, int
     free(mx);
     return err ? -1 : 0;
 }
+
+/* ------------------------------------------------------------------------------------------ */
+/* the machine's int16 SIMD peak (benchmarks/step.py: the distance to the compute floor) */
+
+#define PEAK_LANES 192
+
+/* Register-resident int16 multiply-adds, 192 lanes in independent chains (12 AVX2 / 6 AVX-512 /
+ * 24 NEON registers, enough to cover the multiply latency), 2 ops per lane per iteration, with
+ * two broadcast constants. Compiled for each CPU family as the kernels. */
+ESD_CLONES
+void esd_int16_peak_one(int64_t iters, int16_t *restrict acc)
+{
+    int16_t a[PEAK_LANES];
+    const int16_t mul = (int16_t)(acc[0] | 3), add = (int16_t)(acc[1] | 1);
+    for (int j = 0; j < PEAK_LANES; j++)
+        a[j] = acc[j];
+    for (int64_t it = 0; it < iters; it++)
+        for (int j = 0; j < PEAK_LANES; j++)
+            a[j] = (int16_t)(a[j] * mul + add);
+    for (int j = 0; j < PEAK_LANES; j++)
+        acc[j] = a[j];
+}
+
+/* Every OpenMP thread runs esd_int16_peak_one(iters); returns the integer ops done. */
+int64_t esd_int16_peak(int64_t iters, int16_t *restrict out)
+{
+    int64_t threads = 1;
+#ifdef _OPENMP
+#pragma omp parallel
+    {
+#pragma omp single
+        threads = omp_get_num_threads();
+        int16_t acc[PEAK_LANES];
+        for (int j = 0; j < PEAK_LANES; j++)
+            acc[j] = (int16_t)(j + 3);
+        esd_int16_peak_one(iters, acc);
+#pragma omp critical
+        for (int j = 0; j < PEAK_LANES; j++)
+            out[j] = (int16_t)(out[j] + acc[j]);
+    }
+#else
+    int16_t acc[PEAK_LANES];
+    for (int j = 0; j < PEAK_LANES; j++)
+        acc[j] = (int16_t)(j + 3);
+    esd_int16_peak_one(iters, acc);
+    for (int j = 0; j < PEAK_LANES; j++)
+        out[j] = (int16_t)(out[j] + acc[j]);
+#endif
+    return threads * iters * PEAK_LANES * 2;
+}

@@ -96,6 +96,7 @@ def _declare(lib) -> None:
         "esd_neuron_run": (I, [P, I, I64, I64, I64, I, I, I, I64, I64, I64, I, I64, I64, P, P, P]),
         "esd_local_deltas": (I, [P, I, P, I, I64, I64, P, I64, I64, I64, I64, I64, P, I64, P, P]),
         "esd_exact_deltas": (I, [P, P, I64, I64, I64, P, P, I64, P, P]),
+        "esd_int16_peak": (I64, [I64, P]),
     }
     for fname, (res, args) in sig.items():
         fn = getattr(lib, fname)
@@ -345,3 +346,20 @@ def dense_update(inputs, deltas: np.ndarray, shifts: np.ndarray, master: np.ndar
                                        int(key) & ((1 << 64) - 1), UPDATE_TILE, _p(new_master), _p(new_w8),
                                        _p(sat)), "dense_update")
     return new_master, new_w8, int(sat[0]), int(sat[1])
+
+
+def int16_peak_ops_per_s(seconds: float = 0.3) -> float:
+    """The machine's measured int16 SIMD peak (ops/s over all OpenMP threads): register-resident
+    int16 multiply-adds, compiled for the CPU family like the kernels (for benchmarks)."""
+    import time
+
+    lib = load()
+    out = np.zeros(192, np.int16)
+    iters = 1 << 16
+    while True:
+        t0 = time.perf_counter()
+        ops = lib.esd_int16_peak(iters, _p(out))
+        dt = time.perf_counter() - t0
+        if dt >= seconds or iters >= 1 << 34:
+            return ops / dt
+        iters *= 2
