@@ -659,11 +659,35 @@ int esd_local_deltas(const void *h, int from_index, const void *e, int e32, int6
 #define ELIG_LIMIT (((int64_t)1 << 40) - 1)
 
 /* One sample's eligibility recurrence c_t = SG[i_t] << 4 + round(c_{t+1} * carry[i_t] / 2**12),
- * backwards over t; pass 0 records max_t |g * c_t| in mx, pass 1 writes the int8 deltas. */
-static ALWAYS_INLINE void exact_sample(const uint8_t *restrict idx, const int64_t *restrict g, int64_t T, int64_t N,
-                                       int64_t M, int64_t n, const int32_t *restrict sg16, const int32_t *restrict carry,
-                                       int64_t *restrict c, int pass, int64_t *restrict mx, const int64_t *restrict shifts,
-                                       int8_t *restrict deltas)
+ * backwards over t: exact_max records max_t |g * c_t| in mx, exact_write writes the int8 deltas
+ * with the per-step shifts. Branch-free inner loops, compiled per CPU family. */
+static ESD_CLONES void exact_max(const uint8_t *restrict idx, const int64_t *restrict g, int64_t T, int64_t N,
+                                 int64_t M, int64_t n, const int32_t *restrict sg16, const int32_t *restrict carry,
+                                 int64_t *restrict c, int64_t *restrict mx)
+{
+    const int64_t *restrict gn = g + n * M;
+    for (int64_t m = 0; m < M; m++)
+        c[m] = 0;
+    for (int64_t t = T - 1; t >= 0; t--) {
+        const uint8_t *restrict it = idx + (t * N + n) * M;
+        int64_t best = 0;
+        for (int64_t m = 0; m < M; m++) {
+            int64_t i = it[m];
+            int64_t v = (int64_t)sg16[i] + ((c[m] * (int64_t)carry[i] + ((int64_t)1 << (CARRY_BITS - 1))) >> CARRY_BITS);
+            v = v > ELIG_LIMIT ? ELIG_LIMIT : (v < -ELIG_LIMIT ? -ELIG_LIMIT : v);
+            c[m] = v;
+            int64_t r = gn[m] * v;
+            int64_t a = r < 0 ? -r : r;
+            best = a > best ? a : best;
+        }
+        if (best > mx[t])
+            mx[t] = best;
+    }
+}
+
+static ESD_CLONES void exact_write(const uint8_t *restrict idx, const int64_t *restrict g, int64_t T, int64_t N,
+                                   int64_t M, int64_t n, const int32_t *restrict sg16, const int32_t *restrict carry,
+                                   int64_t *restrict c, const int64_t *restrict shifts, int8_t *restrict deltas)
 {
     const int64_t *restrict gn = g + n * M;
     for (int64_t m = 0; m < M; m++)
@@ -671,25 +695,17 @@ static ALWAYS_INLINE void exact_sample(const uint8_t *restrict idx, const int64_
     for (int64_t t = T - 1; t >= 0; t--) {
         int64_t off = (t * N + n) * M;
         const uint8_t *restrict it = idx + off;
-        int64_t best = 0;
-        int64_t sh = pass ? shifts[t] : 0;
-        int64_t rnd = sh > 0 ? ((int64_t)1 << (sh - 1)) : 0;
+        int8_t *restrict dt = deltas + off;
+        int64_t sh = shifts[t];
+        int64_t rnd = sh > 0 ? ((int64_t)1 << (sh - 1)) : 0; /* sh == 0: |r| <= 127, r + 0 >> 0 == r */
         for (int64_t m = 0; m < M; m++) {
             int64_t i = it[m];
             int64_t v = (int64_t)sg16[i] + ((c[m] * (int64_t)carry[i] + ((int64_t)1 << (CARRY_BITS - 1))) >> CARRY_BITS);
             v = v > ELIG_LIMIT ? ELIG_LIMIT : (v < -ELIG_LIMIT ? -ELIG_LIMIT : v);
             c[m] = v;
-            int64_t r = gn[m] * v;
-            if (pass == 0) {
-                int64_t a = r < 0 ? -r : r;
-                best = a > best ? a : best;
-            } else {
-                int64_t q = sh ? ((r + rnd) >> sh) : r;
-                deltas[off + m] = (int8_t)(q < -127 ? -127 : (q > 127 ? 127 : q));
-            }
+            int64_t q = (gn[m] * v + rnd) >> sh;
+            dt[m] = (int8_t)(q < -127 ? -127 : (q > 127 ? 127 : q));
         }
-        if (pass == 0 && best > mx[t])
-            mx[t] = best;
     }
 }
 
@@ -722,8 +738,12 @@ int esd_exact_deltas(const uint8_t *restrict idx, const int64_t *restrict g, int
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 4)
 #endif
-                for (n = 0; n < N; n++)
-                    exact_sample(idx, g, T, N, M, n, sg16, carry, c, pass, mxl, shifts, deltas);
+                for (n = 0; n < N; n++) {
+                    if (pass == 0)
+                        exact_max(idx, g, T, N, M, n, sg16, carry, c, mxl);
+                    else
+                        exact_write(idx, g, T, N, M, n, sg16, carry, c, shifts, deltas);
+                }
                 if (pass == 0) {
 #ifdef _OPENMP
 #pragma omp critical
