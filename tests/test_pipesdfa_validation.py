@@ -11,7 +11,7 @@ import pytest
 
 from sim_backend.pipesdfa.params import load_preset
 from sim_backend.pipesdfa.validation import validation
-from sim_backend.pipesdfa.validation_neurosim import PUBLISHED, model_vgg8, neurosim_vgg8, vgg8_ops
+from sim_backend.pipesdfa.validation_neurosim import PUBLISHED, model_vgg8, neurosim_vgg8, param_cpp_cells, vgg8_ops
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = {"reference", "quantity", "published", "model", "rel_error", "inputs", "residual"}
@@ -35,10 +35,13 @@ def test_rows_carry_source_inputs_and_residual():
 def test_neurosim_vgg8_covers_the_printout_and_uses_the_preset():
     rows = neurosim_vgg8()
     assert [r["quantity"] for r in rows] == list(PUBLISHED)
+    assert all("model_param_cpp_cells" in r and "100 kOhm-10 MOhm" in r["inputs"] for r in rows)
     assert vgg8_ops() == pytest.approx(0.845963e12 * 1.45613e-3, rel=1e-3)   # the printout's TOPS x latency
     hw = load_preset("neurosim22")
     assert hw.crossbar.feature_size_m == 22e-9 and hw.device.cell_bits == 2 and hw.adc.bits == 5
     base = model_vgg8("neurosim22")
+    # lower-resistance cells (Param.cpp's) draw more cell current: the cell term grows
+    assert model_vgg8(param_cpp_cells(hw))["cell_dc_j"] > base["cell_dc_j"]
     assert base["arrays"] > 0 and base["dynamic_j"] > base["cell_dc_j"] > 0
     assert model_vgg8("neurosim22", bit_density=0.25)["dynamic_j"] < base["dynamic_j"]
 

@@ -21,7 +21,7 @@ import math
 from . import costs as C
 from .area import arrays_leakage_w, per_array_um2
 from .mapping import im2col
-from .params import load_preset
+from .params import HardwareParams, load_preset
 
 SOURCE = ("DNN+NeuroSim V1.3 manual Fig. 24 (neurosim/DNN_NeuroSim_V1.3, Documents/DNN NeuroSim V1.3 "
           "Manual.pdf): 8-bit VGG-8, one CIFAR-10 image")
@@ -52,9 +52,15 @@ def vgg8_ops() -> float:
     return float(sum(2 * h * w * c * kh * kw * oc for h, w, c, kh, kw, oc in VGG8))
 
 
-def model_vgg8(preset: str = "neurosim22", bit_density: float = BIT_DENSITY) -> dict:
+def param_cpp_cells(hw: HardwareParams) -> HardwareParams:
+    """The cells V1.3's Param.cpp ships (6 kOhm, on/off 150, access 0.25 x 6 kOhm) instead of the
+    100 kOhm-10 MOhm the manual names for its Fig. 24."""
+    return hw.replace(device={"r_on_ohm": 6e3, "r_off_ohm": 9e5}, crossbar={"access_r_ohm": 1500.0})
+
+
+def model_vgg8(preset: str | HardwareParams = "neurosim22", bit_density: float = BIT_DENSITY) -> dict:
     """Area, per-image latency and energy of VGG-8 inference, by component, from the model's primitives."""
-    hw = load_preset(preset)
+    hw = load_preset(preset) if isinstance(preset, str) else preset
     act = C.Activity(level_fraction=0.25)
     x = hw.crossbar
     lat = {"array": 0.0, "adc": 0.0, "digital": 0.0}
@@ -82,28 +88,14 @@ def model_vgg8(preset: str = "neurosim22", bit_density: float = BIT_DENSITY) -> 
     latency = sum(lat.values())
     leak = arrays_leakage_w(hw, arrays)
     dynamic = sum(energy.values())
-    return {"preset": preset, "arrays": arrays, "area_mm2": area, "latency_s": lat, "energy_j": energy,
+    return {"preset": hw.name, "arrays": arrays, "area_mm2": area, "latency_s": lat, "energy_j": energy,
             "latency_total_s": latency, "dynamic_j": dynamic, "cell_dc_j": cell_dc, "leakage_w": leak,
             "tops_per_w": vgg8_ops() / (dynamic + leak * latency) / 1e12, "tops": vgg8_ops() / latency / 1e12}
 
 
-def _row(quantity, published, model, inputs, residual):
-    return {"reference": SOURCE, "quantity": quantity, "published": published, "model": model,
-            "rel_error": (model - published) / published, "inputs": inputs,
-            "residual": residual if abs(model / published - 1) > 0.2 else ""}
-
-
-def neurosim_vgg8(preset: str = "neurosim22") -> list[dict]:
-    r = model_vgg8(preset)
+def _quantities(r: dict) -> dict[str, float]:
     a, e, t = r["area_mm2"], r["energy_j"], r["latency_s"]
-    dyn_no_dc = r["dynamic_j"] - r["cell_dc_j"]
-    hw = load_preset(preset)
-    r_col = C.column_resistance(hw, C.Activity(level_fraction=0.25), BIT_DENSITY * hw.crossbar.rows)
-    conv, conv_bare = hw.adc.conversion_energy(None, r_col), hw.adc.conversion_energy()
-    inputs = (f"preset {preset} (V1.3 Param.cpp: 22 nm LSTP, 128x128 1T1R, 2-bit cells 6 kOhm-0.9 MOhm, 5-bit "
-              f"readout per 8 columns); NetWork_VGG8.csv; duplication {list(SPEEDUP)} from the printout; 8 input "
-              f"bit planes, {BIT_DENSITY} of ones; {r['arrays']} arrays (differential pairs)")
-    model = {
+    return {
         "chip area (mm^2)": sum(a.values()), "CIM array area (mm^2)": a["array"], "ADC area (mm^2)": a["adc"],
         "accumulation area (mm^2)": a["digital"], "interconnect area (mm^2)": a["interconnect"],
         "other periphery area (mm^2)": a["drivers"] + a["buffers"],
@@ -114,7 +106,13 @@ def neurosim_vgg8(preset: str = "neurosim22") -> list[dict]:
         "interconnect energy per image (uJ)": e["interconnect"] * 1e6, "leakage power (uW)": r["leakage_w"] * 1e6,
         "energy efficiency (TOPS/W)": r["tops_per_w"], "throughput (TOPS)": r["tops"],
     }
-    why = {
+
+
+def _reasons(r: dict, hw: HardwareParams) -> dict[str, str]:
+    e = r["energy_j"]
+    r_col = C.column_resistance(hw, C.Activity(level_fraction=0.25), BIT_DENSITY * hw.crossbar.rows)
+    rest = r["dynamic_j"] - r["cell_dc_j"] - e["drivers"]
+    return {
         "chip area (mm^2)": "sum of the component rows below: ISAAC-sized buffers and router per 96 arrays and "
                             "twice the cells replace NeuroSim's register files, decoders and adder trees",
         "CIM array area (mm^2)": "the model stores each weight as a differential pair (2x the cells); NeuroSim V1.3 "
@@ -135,16 +133,13 @@ def neurosim_vgg8(preset: str = "neurosim22") -> list[dict]:
         "accumulation latency per image (us)": "the model charges one 1 ns shift-add per read cycle; NeuroSim's adder "
                                                "trees across subarrays, PEs and tiles take several cycles",
         "buffer latency per image (us)": "the model has no buffer latency in inference (reads overlap compute)",
-        "dynamic energy per image (uJ)": f"the model's cell term V_r^2 G t ({r['cell_dc_j'] * 1e6:.0f} uJ at 6 kOhm-0.9 "
-                                         "MOhm) is absent from NeuroSim's parallel read, which charges only line "
-                                         f"capacitance (SubArray.cpp); without it the model gives {dyn_no_dc * 1e6:.1f} uJ, "
-                                         "the ADC row's column term being most of the rest. (The manual's text "
-                                         "names 100 kOhm-10 MOhm cells, V1.3's Param.cpp 6 kOhm-0.9 MOhm; the preset "
-                                         "takes the code.)",
-        "ADC energy per image (uJ)": f"the model's 22 nm SAR costs {conv * 1e12:.2f} pJ per conversion, of which all but "
-                                     f"{conv_bare * 1e12:.3f} pJ is NeuroSim's column term at R_col = {r_col:.0f} Ohm "
-                                     "(64 active 6 kOhm-0.9 MOhm cells); V1.3's default multilevel sense amplifier "
-                                     "has no such term and is what NeuroSim printed",
+        "dynamic energy per image (uJ)": f"the model's cell term V_r^2 G t ({r['cell_dc_j'] * 1e6:.1f} uJ) is absent "
+                                         "from NeuroSim's parallel read, which charges only line capacitance in the "
+                                         f"array (SubArray.cpp); its row drivers (ISAAC's 1-bit DAC held for the "
+                                         f"whole cycle, {e['drivers'] * 1e6:.1f} uJ) have no NeuroSim counterpart but "
+                                         f"WL switches; the rest, {rest * 1e6:.1f} uJ, is the ADC and digital rows",
+        "ADC energy per image (uJ)": f"the model's 22 nm SAR with NeuroSim's column term at R_col = {r_col:.0f} Ohm "
+                                     "stands in for V1.3's multilevel sense amplifier",
         "accumulation energy per image (uJ)": "the model charges a 16-bit add at 45 nm (Horowitz, 0.05 pJ, not "
                                               "scaled to 22 nm) per conversion and per partial sum; NeuroSim's 22 nm "
                                               "shift-adders and adder trees cost less per add",
@@ -154,8 +149,31 @@ def neurosim_vgg8(preset: str = "neurosim22") -> list[dict]:
                                               "H-tree carries inputs and partial sums to every tile",
         "leakage power (uW)": "the model's leakage is PUMA's SRAM (0.33 mW per 2 KB) and ALU figures at 32 nm for every "
                               "array's buffer share; NeuroSim uses 22 nm LSTP transistors",
-        "energy efficiency (TOPS/W)": f"follows from the energy rows: the cell term and the leakage dominate the model; "
-                                      f"NeuroSim also divides by its post-layout factor zeta = {ZETA}",
+        "energy efficiency (TOPS/W)": f"follows from the energy rows: the leakage ({r['leakage_w'] * r['latency_total_s'] * 1e6:.0f} "
+                                      f"uJ per image) and the cell term dominate the model; NeuroSim also divides by its "
+                                      f"post-layout factor zeta = {ZETA}",
         "throughput (TOPS)": "follows from the latency row (no buffer latency in the model)",
     }
-    return [_row(q, PUBLISHED[q], model[q], inputs, why[q]) for q in PUBLISHED]
+
+
+def neurosim_vgg8(preset: str = "neurosim22") -> list[dict]:
+    """One row per figure of the printout; ``model`` with the cells the manual names for the figure,
+    ``model_param_cpp_cells`` with those V1.3's Param.cpp ships (the two sources disagree)."""
+    hw = load_preset(preset)
+    r = model_vgg8(hw)
+    model = _quantities(r)
+    alt = _quantities(model_vgg8(param_cpp_cells(hw)))
+    why = _reasons(r, hw)
+    d = hw.device
+    inputs = (f"preset {preset}: V1.3 Param.cpp (22 nm LSTP, 128x128 1T1R 4Fx12F, 2-bit cells, 5-bit readout per "
+              f"8 columns, 0.5 V 10 ns read), cells {d.r_on_ohm / 1e3:.0f} kOhm-{d.r_off_ohm / 1e6:.0f} MOhm as the "
+              f"manual states for Fig. 24; NetWork_VGG8.csv; duplication {list(SPEEDUP)} from the printout; 8 input "
+              f"bit planes, {BIT_DENSITY} of ones (assumed); {r['arrays']} arrays (differential pairs)")
+    rows = []
+    for q, pub in PUBLISHED.items():
+        row = {"reference": SOURCE, "quantity": q, "published": pub, "model": model[q],
+               "rel_error": (model[q] - pub) / pub, "inputs": inputs,
+               "residual": why[q] if abs(model[q] / pub - 1) > 0.2 else "",
+               "model_param_cpp_cells": alt[q]}
+        rows.append(row)
+    return rows
