@@ -4,8 +4,9 @@ Reference: the example output of DNN+NeuroSim V1.3 (``Documents/DNN NeuroSim V1.
 neurosim/DNN_NeuroSim_V1.3, Fig. 24, "final output of an 8-bit VGG-8 inference for one CIFAR-10
 image, based on parallel 1T1R synaptic array, with 2-bit per cell RRAM"). Its summary prints chip
 area and its breakdown, per-image latency and dynamic energy with their breakdowns, leakage, TOPS/W
-and TOPS. Inputs: the network file ``NetWork_VGG8.csv``, V1.3 ``Param.cpp`` (preset ``neurosim22``),
-and the floorplan the same printout shows (each layer's weight duplication, "speed-up of each
+and TOPS. Inputs: the network file ``NetWork_VGG8.csv``, V1.3 ``Param.cpp`` (preset ``neurosim22``)
+with the 100 kOhm-10 MOhm cells the manual names for the figure (``Param.cpp`` ships 6 kOhm-0.9 MOhm;
+each row also carries that result), and the floorplan the same printout shows (each layer's weight duplication, "speed-up of each
 layer": 16, 4, 4, 2, 2, 1, 1, 8), which this model takes as given instead of re-deriving NeuroSim's
 tile optimiser. Layer-by-layer processing (``pipeline = false``): latency is the sum over layers.
 
