@@ -76,9 +76,11 @@ WRAP
   chmod +x "$wrapper.tmp" && mv "$wrapper.tmp" "$wrapper"
   venv="$CACHE/venv-$tag"
   export PIP_CACHE_DIR="$CACHE/pip" PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+  fresh=0
   if [[ ! -f "$venv/.complete" ]]; then   # (re)build a venv that is missing or half made
     log "[$cpu] python3.11 -m venv"
     rm -rf "$venv" && "$wrapper" -m venv "$venv" && touch "$venv/.complete"
+    fresh=1
   fi
   py="$venv/bin/python"
   # The C kernels are built by `pip install .` (setup.py build_ext, honouring CC/CFLAGS). The
@@ -96,12 +98,18 @@ WRAP
   fi
   log "[$cpu] pip install . (aarch64 wheels from PyPI; C kernels: CC=aarch64-linux-gnu-gcc CFLAGS=$cflags)"
   t=$(date +%s)
-  # dependencies (and a first build), then always this tree's code built with this CPU's flags
-  if ! CC=aarch64-linux-gnu-gcc CFLAGS="$cflags" "$py" -m pip install -q "$REPO" >&2 \
-      || ! CC=aarch64-linux-gnu-gcc CFLAGS="$cflags" "$py" -m pip install -q --force-reinstall --no-deps "$REPO" >&2; then
-    skip "pip could not install the package's dependencies (PyPI unreachable?)"
+  # a new venv: `pip install .` with its dependencies; a cached one: this tree's code rebuilt,
+  # and the dependencies only if they changed (pip check)
+  export CC=aarch64-linux-gnu-gcc CFLAGS="$cflags"
+  if [[ $fresh == 1 ]]; then
+    "$py" -m pip install -q "$REPO" >&2 || skip "pip could not install the package's dependencies (PyPI unreachable?)"
+    "$py" -m pip install -q pytest hypothesis pytest-timeout >&2 || skip "pip could not install pytest (PyPI unreachable?)"
+  else
+    "$py" -m pip install -q --force-reinstall --no-deps "$REPO" >&2 || { fail=1; summary+=("$cpu pip install . FAILED"); continue; }
+    "$py" -m pip check >/dev/null 2>&1 || "$py" -m pip install -q "$REPO" >&2 \
+      || skip "pip could not install the package's dependencies (PyPI unreachable?)"
   fi
-  "$py" -m pip install -q pytest hypothesis pytest-timeout >&2 || skip "pip could not install pytest (PyPI unreachable?)"
+  unset CC CFLAGS
   install_s=$(( $(date +%s) - t ))
   probe=$("$py" -c "import platform, sys, numpy; print(platform.machine(), '%d.%d' % sys.version_info[:2], numpy.__version__)")
   log "[$cpu] installed in ${install_s}s: $probe"
