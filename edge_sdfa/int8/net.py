@@ -10,9 +10,9 @@ numpy set.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from types import ModuleType
-from typing import Callable
 
 import numpy as np
 
@@ -20,7 +20,15 @@ from edge_sdfa import float_net as fn
 from edge_sdfa.errors import UserError
 from edge_sdfa.int8 import arith
 from edge_sdfa.int8 import kernels as kernel_sets
-from edge_sdfa.spec import DEFAULT_TEMPORAL_MODE, Dense, Flatten, NetworkSpec, Pool2d, has_synapses, temporal_mode
+from edge_sdfa.spec import (
+    DEFAULT_TEMPORAL_MODE,
+    Dense,
+    Flatten,
+    NetworkSpec,
+    Pool2d,
+    has_synapses,
+    temporal_mode,
+)
 
 # A backend's matrix-vector product: (synaptic layer index, integer input rows [R, K]) -> the
 # layer's current [R, M] without bias (int64), or None to leave it to the kernel set.
