@@ -144,7 +144,11 @@ print(f"pi: predict accuracy {pi['accuracy']:.4f} on {pi['samples']} samples (x8
 sys.exit(0 if ok else 1)
 PY
   log "[$cpu] kernel bit-exactness tests"
-  if (cd "$WORK" && EDGE_SDFA_KERNELS= "$py" -m pytest -q -p no:cacheprovider --rootdir "$REPO" \
+  # on a Pi, `gcc`/`cc` compile for the Pi: shims to the cross compiler stand in for them (the
+  # install-time build tests call the system compiler by name)
+  mkdir -p "$CACHE/cross-bin"
+  for c in gcc cc; do printf '#!/bin/sh\nexec aarch64-linux-gnu-gcc "$@"\n' > "$CACHE/cross-bin/$c"; chmod +x "$CACHE/cross-bin/$c"; done
+  if (cd "$WORK" && PATH="$CACHE/cross-bin:$PATH" EDGE_SDFA_KERNELS= "$py" -m pytest -q -p no:cacheprovider --rootdir "$REPO" \
         "$REPO"/tests/test_int8_*.py >&2); then
     summary+=("$cpu kernel tests passed")
   else
