@@ -247,7 +247,6 @@ def test_finetuned_bundle_exports_to_nir(tmp_path):
             np.testing.assert_array_equal(a.w8, c.w8 if a.exp == c.exp else a.w8)
 
 
-@pytest.mark.integration
 def test_cli_import_error_is_one_line(tmp_path, capsys):
     from edge_sdfa.cli import main
 
