@@ -298,7 +298,7 @@ def test_requests_run_at_most_once_even_across_sessions(tmp_path):
             try:
                 ch.open_session(5)
 
-                def ask(msg):
+                def ask(msg, ch=ch):
                     ch.send(encode_message(msg))
                     return parse_message(ch.recv(5.0))
 
