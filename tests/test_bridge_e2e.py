@@ -13,6 +13,7 @@ import pytest
 
 from bridge_fixtures import (SLOW_LINK, AgentProcess, cli, make_bundle, make_store, make_user_data,
                              tree_bytes)
+from edge_sdfa.store import Store
 from firmware_bridge.client import (RemoteError, commit, connect, deploy, evaluate, finetune,
                                     get_weights, revert, status, upload)
 from firmware_bridge.packing import pack_bundle
@@ -92,7 +93,7 @@ def _flip_positions(data: bytes, rng: random.Random) -> list[int]:
 def _assert_rejected(dev, blob: bytes, active_before: dict, store_dir) -> str:
     with pytest.raises(RemoteError) as exc:
         upload(dev, blob, "bundle")
-    assert tree_bytes(store_dir / "active") == active_before
+    assert tree_bytes(Store(store_dir).active_dir()) == active_before
     return exc.value.code
 
 
@@ -103,7 +104,7 @@ def test_damaged_unsigned_downgraded_or_escaping_bundles_are_rejected(tmp_path, 
         with connect(agent.url, config=SLOW_LINK) as dev:
             deploy(dev, world["v2"], sign=world["key"])
             commit(dev)
-            active = tree_bytes(root / "active")
+            active = tree_bytes(Store(root).active_dir())
             state = status(dev)["active"]
             good = pack_bundle(world["v3"], sign_key=world["key"])
             rng = random.Random(6)

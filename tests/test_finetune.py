@@ -188,3 +188,53 @@ def test_device_runtime_loads_no_host_code():
             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {heavy}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["[]", "[]"]
+
+
+class _CostingBackend:
+    """The numpy backend plus a simulated cost per update whose breakdown grows every update, as
+    a hardware simulator's does."""
+
+    name = "costing"
+
+    def __init__(self):
+        from edge_sdfa.backend import NumpyBackend
+
+        self.inner, self.n = NumpyBackend(), 0
+
+    def __getattr__(self, attr):
+        return getattr(self.inner, attr)
+
+    def update(self, x, y, update_index):
+        self.n += 1
+        return self.inner.update(x, y, update_index)
+
+    def cost(self):
+        from edge_sdfa.backend import CostReport
+
+        return CostReport(latency_s=1e-3, energy_j=2e-6, breakdown={"adc_j": 1e-6 * self.n, "note": "sim"})
+
+
+def test_telemetry_events_are_snapshots(tmp_path, monkeypatch):
+    """An epoch's event never changes after it was emitted (the bridge agent serialises events on
+    another thread while training goes on), and the report's cost is the final total."""
+    import json
+
+    from edge_sdfa import finetune as ft
+
+    monkeypatch.setattr(ft, "load_backend", lambda name, **options: _CostingBackend())
+    emitted, at_emit = [], []
+
+    def on_event(event):
+        emitted.append(event)
+        at_emit.append(json.dumps(event, sort_keys=True))
+
+    report = finetune(store=tmp_path / "store", config=FinetuneConfig(epochs=3), on_event=on_event)
+    epochs = [e for e in emitted if e["event"] == "epoch"]
+    assert len(epochs) == 3
+    assert [json.dumps(e, sort_keys=True) for e in emitted] == at_emit   # nothing changed after emission
+    adc = [e["cost"]["breakdown"]["adc_j"] for e in epochs]
+    assert adc[0] < adc[1] < adc[2]                                       # cumulative, one snapshot each
+    assert report["cost"]["breakdown"]["adc_j"] == pytest.approx(adc[-1])
+    assert report["cost"]["energy_j"] == pytest.approx(2e-6 * report["updates"])
+    report["cost"]["breakdown"]["adc_j"] = -1.0                           # the caller's copy is its own
+    assert epochs[-1]["cost"]["breakdown"]["adc_j"] == pytest.approx(adc[-1])
