@@ -57,7 +57,8 @@ class FinetuneConfig:
     lr: float | None = None
     mode: str = "online"
     backend: str = "numpy"
-    seed: int = 0
+    seed: int = 0                      # training only: sample order, rehearsal picks, rounding stream
+    split_seed: int = 0                # the train/validation split of the user's batch, apart from --seed
     val_fraction: float = 0.3
     margin: float = 0.02               # allowed drop of the original-task holdout accuracy
     rehearsal_ratio: float | None = None   # rehearsal samples per user sample in each epoch
@@ -69,7 +70,7 @@ class FinetuneConfig:
         cfg = FinetuneConfig(
             epochs=int(pick(self.epochs, "epochs", 20)), batch_size=int(pick(self.batch_size, "batch_size", 16)),
             lr=float(pick(self.lr, "lr", 0.5)), mode=self.mode, backend=self.backend, seed=self.seed,
-            val_fraction=self.val_fraction, margin=self.margin,
+            split_seed=self.split_seed, val_fraction=self.val_fraction, margin=self.margin,
             rehearsal_ratio=float(pick(self.rehearsal_ratio, "rehearsal_ratio", 1.0)),
             max_saturation=self.max_saturation, backend_options=dict(self.backend_options))
         if cfg.epochs < 0 or cfg.batch_size < 1 or not (cfg.lr > 0 and math.isfinite(cfg.lr)):
@@ -213,6 +214,7 @@ class Prepared:
     y_test: np.ndarray | None
     rehearsal: tuple[np.ndarray, np.ndarray] | None
     rehearsal_per_epoch: int
+    update_offset: int = 0               # the store's rounding counter: updates of earlier fine-tunes
 
 
 def prepare(source: str | Path | None = None, data: str | Path | None = None, *, store: str | Path | None = None,
@@ -244,11 +246,11 @@ def prepare(source: str | Path | None = None, data: str | Path | None = None, *,
     h_test = run_frozen(executor, x_test) if x_test is not None else None
     reh = bundle.rehearsal()
     rehearsal = (run_frozen(executor, reh[0]), reh[1]) if reh is not None else None
-    train_idx, val_idx = split_validation(y_user, cfg.val_fraction, cfg.seed)
+    train_idx, val_idx = split_validation(y_user, cfg.val_fraction, cfg.split_seed)
     n_reh = 0 if rehearsal is None else min(len(rehearsal[1]), int(round(cfg.rehearsal_ratio * len(train_idx))))
     return Prepared(store=st, bundle=bundle, config=cfg, h_user=h_user, y_user=y_user, train_idx=train_idx,
                     val_idx=val_idx, h_holdout=h_hold, y_holdout=y_hold, h_test=h_test, y_test=y_test,
-                    rehearsal=rehearsal, rehearsal_per_epoch=n_reh)
+                    rehearsal=rehearsal, rehearsal_per_epoch=n_reh, update_offset=st.rounding_counter())
 
 
 def program(backend, prep: Prepared) -> None:
@@ -260,15 +262,15 @@ def program(backend, prep: Prepared) -> None:
 
 @dataclass(frozen=True)
 class Scores:
-    val: float        # the user's validation part
-    holdout: float    # the bundle's original-task holdout
-    user: float       # the user's test data when given, else the validation part
+    val: float            # the user's validation part (the selection set: not an accuracy figure)
+    holdout: float        # the bundle's original-task holdout
+    user: float | None    # the user's unseen test data; None without test data
 
 
 def score(backend, prep: Prepared) -> Scores:
     """Accuracy of the backend's current head on the validation part, holdout and test data."""
     val = _accuracy(backend, prep.h_user[prep.val_idx], prep.y_user[prep.val_idx])
-    user = _accuracy(backend, prep.h_test, prep.y_test) if prep.h_test is not None else val
+    user = _accuracy(backend, prep.h_test, prep.y_test) if prep.h_test is not None else None
     return Scores(val=val, holdout=_accuracy(backend, prep.h_holdout, prep.y_holdout), user=user)
 
 
@@ -332,7 +334,7 @@ def epochs(backend, prep: Prepared) -> Iterator[EpochReport]:
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
             t0 = time.perf_counter()
-            stats = backend.update(np.swapaxes(xs[idx], 0, 1), ys[idx], updates)
+            stats = backend.update(np.swapaxes(xs[idx], 0, 1), ys[idx], prep.update_offset + updates)
             update_seconds += time.perf_counter() - t0
             updates += 1
             losses.append(stats.loss)
@@ -441,6 +443,8 @@ def finetune(source: str | Path | None = None, data: str | Path | None = None, *
     reasons = gate(training, prep.config.margin)
     committed = not reasons
     revision = commit(prep, training.best_layers) if committed else prep.bundle.revision
+    if training.last is not None and training.last.updates:
+        prep.store.advance_rounding_counter(training.last.updates)  # next fine-tune draws a new stream
     report = build_report(prep, training, reasons, revision, seconds=time.perf_counter() - t_start)
     if on_event:
         on_event({"event": "done", **{k: v for k, v in report.items() if k != "cost"}})
@@ -454,6 +458,7 @@ def build_report(prep: Prepared, training: Training, reasons: list[str], revisio
     report = {
         "committed": committed,
         "reasons": list(reasons),
+        # accuracy_* is only ever the user's unseen test data; validation_* is the selection set
         "accuracy_before": before.user,
         "accuracy_after": after.user if committed else before.user,
         "accuracy_candidate": after.user,
@@ -477,10 +482,16 @@ def build_report(prep: Prepared, training: Training, reasons: list[str], revisio
         "user_validation_samples": int(len(prep.val_idx)),
         "user_test_samples": int(len(prep.y_test)) if prep.y_test is not None else 0,
         "rehearsal_samples_per_epoch": prep.rehearsal_per_epoch,
+        "split_seed": cfg.split_seed,
+        "seed": cfg.seed,
+        "rounding_offset": prep.update_offset,
         "model_id": prep.bundle.model_id,
         "revision": revision,
         "store": str(prep.store.root),
     }
+    if prep.y_test is None:
+        report["accuracy_note"] = ("no test data: accuracy_* needs the user's unseen samples (--test-data); "
+                                   "validation_* is the set early stopping and the gate select on")
     if last is not None and last.cost is not None:
         report["cost"] = last.cost.to_dict()
     return report

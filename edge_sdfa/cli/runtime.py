@@ -31,7 +31,8 @@ def finetune(
     lr: Optional[float] = typer.Option(None, "--lr"),
     mode: str = typer.Option("online", "--mode", help="online | exact"),
     store: Optional[str] = typer.Option(None, "--store", help="store dir (default: the user's data dir)"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="seeds training only (order, rehearsal, rounding stream)"),
+    split_seed: int = typer.Option(0, "--split-seed", help="seed of the user's train/validation split"),
     margin: float = typer.Option(0.02, "--margin", help="allowed holdout accuracy drop"),
     rehearsal: Optional[float] = typer.Option(None, "--rehearsal-ratio",
                                               help="rehearsal samples per user sample each epoch (bundle default)"),
@@ -42,7 +43,7 @@ def finetune(
     """Fine-tune the head on the user's batch with SDFA; commit only if it does no harm."""
     from edge_sdfa.finetune import FinetuneConfig, finetune as run
 
-    cfg = FinetuneConfig(epochs=epochs, batch_size=batch, lr=lr, mode=mode, backend=backend, seed=seed,
+    cfg = FinetuneConfig(epochs=epochs, batch_size=batch, lr=lr, mode=mode, backend=backend, seed=seed, split_seed=split_seed,
                          margin=margin, rehearsal_ratio=rehearsal, backend_options=_parse_opts(backend_opt))
     report = run(source, data, store=store, test_data=test_data, config=cfg, progress=not quiet)
     emit(report, as_json)
