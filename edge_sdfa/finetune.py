@@ -22,7 +22,7 @@ import resource
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -62,6 +62,8 @@ class FinetuneConfig:
     val_fraction: float = 0.3
     margin: float = 0.02               # allowed drop of the original-task holdout accuracy
     rehearsal_ratio: float | None = None   # rehearsal samples per user sample in each epoch
+    rehearsal_max: float | None = None     # adaptive rehearsal: the ratio doubles (up to this) after an
+                                           # epoch that lost more than half the holdout margin
     max_saturation: float = 0.05       # guard: fraction of head weights at +-127
     backend_options: dict = field(default_factory=dict)
 
@@ -72,9 +74,14 @@ class FinetuneConfig:
             lr=float(pick(self.lr, "lr", 0.5)), mode=self.mode, backend=self.backend, seed=self.seed,
             split_seed=self.split_seed, val_fraction=self.val_fraction, margin=self.margin,
             rehearsal_ratio=float(pick(self.rehearsal_ratio, "rehearsal_ratio", 1.0)),
+            rehearsal_max=float(pick(self.rehearsal_max, "rehearsal_max", 0.0)),
             max_saturation=self.max_saturation, backend_options=dict(self.backend_options))
         if cfg.epochs < 0 or cfg.batch_size < 1 or not (cfg.lr > 0 and math.isfinite(cfg.lr)):
             raise UserError("epochs must be >= 0, batch size >= 1 and lr a positive number")
+        if not (cfg.rehearsal_ratio >= 0 and math.isfinite(cfg.rehearsal_max)):
+            raise UserError("the rehearsal ratio must be >= 0")
+        if cfg.rehearsal_max < cfg.rehearsal_ratio:  # no adaptation (also the default without a bundle value)
+            cfg = replace(cfg, rehearsal_max=cfg.rehearsal_ratio)
         if not 0 < cfg.val_fraction < 1:
             raise UserError("the validation fraction must be between 0 and 1")
         if cfg.mode not in ("online", "exact"):
@@ -316,18 +323,24 @@ class EpochReport:
         return event
 
 
-def epochs(backend, prep: Prepared) -> Iterator[EpochReport]:
+def epochs(backend, prep: Prepared, before: Scores | None = None) -> Iterator[EpochReport]:
     """Run SDFA epochs over the user's train part mixed with rehearsal samples, yielding a
     snapshot after each. The backend holds the weights; the caller may read them between epochs
-    and stop early by not asking for the next one."""
+    and stop early by not asking for the next one. With ``before`` (the active weights' scores),
+    rehearsal adapts: after an epoch whose holdout fell below ``before`` by more than the margin
+    (an epoch the gate would refuse), the rehearsal ratio doubles, up to ``rehearsal_max`` (never
+    back down)."""
     cfg = prep.config
     rng = np.random.default_rng([cfg.seed, 11])
     updates, update_seconds, costs = 0, 0.0, None
+    n_reh = prep.rehearsal_per_epoch
+    n_max = 0 if prep.rehearsal is None else min(len(prep.rehearsal[1]),
+                                                   int(round(cfg.rehearsal_max * len(prep.train_idx))))
     for epoch in range(1, cfg.epochs + 1):
         xs, ys = prep.h_user[prep.train_idx], prep.y_user[prep.train_idx]
-        if prep.rehearsal_per_epoch:
+        if n_reh:
             h_reh, y_reh = prep.rehearsal
-            pick = rng.choice(len(y_reh), prep.rehearsal_per_epoch, replace=False)
+            pick = rng.choice(len(y_reh), n_reh, replace=False)
             xs, ys = np.concatenate([xs, h_reh[pick]]), np.concatenate([ys, y_reh[pick]])
         order = rng.permutation(len(ys))
         losses, sat_w8 = [], 0
@@ -343,8 +356,11 @@ def epochs(backend, prep: Prepared) -> Iterator[EpochReport]:
             if c is not None:
                 costs = (costs or CostTotals()).add(c)
         total_w = sum(q.w8.size for q in backend.read_weights() if q.w8 is not None)
+        now = score(backend, prep)
+        if before is not None and n_reh and not improves_holdout(now, before, cfg.margin):
+            n_reh = min(2 * n_reh, n_max) if n_max > n_reh else n_reh
         yield EpochReport(epoch=epoch, epochs=cfg.epochs, loss=float(np.mean(losses)) if losses else float("nan"),
-                          scores=score(backend, prep), updates=updates,
+                          scores=now, updates=updates,
                           seconds_per_update=update_seconds / max(updates, 1),
                           saturation=sat_w8 / max(total_w, 1), cost=costs)
 
@@ -358,10 +374,16 @@ def epoch_guard(report: EpochReport, cfg: FinetuneConfig) -> str | None:
     return None
 
 
+def improves_holdout(now: Scores, before: Scores, margin: float) -> bool:
+    """The holdout stays within ``margin`` of the active weights' (1e-9: float rounding of the
+    accuracies, e.g. 0.92 - 0.02)."""
+    return now.holdout >= before.holdout - margin - 1e-9
+
+
 def improves(now: Scores, best: Scores, before: Scores, margin: float) -> bool:
     """Early stopping on the user's validation set: an epoch is kept if it improves on the active
     weights and respects the holdout margin (ties go to the later epoch)."""
-    return now.val > before.val and now.val >= best.val and now.holdout >= before.holdout - margin
+    return now.val > before.val and now.val >= best.val and improves_holdout(now, before, margin)
 
 
 @dataclass(frozen=True, eq=False)
@@ -388,7 +410,7 @@ def train(backend, prep: Prepared, *, on_event: Callable[[dict], None] | None = 
     best, best_layers, best_epoch, guard = before, backend.read_weights(), 0, None
     history = []
     with EpochProgress("finetune", cfg.epochs, progress) as bar:
-        for report in epochs(backend, prep):
+        for report in epochs(backend, prep, before):
             history.append(report)
             if on_event:
                 on_event(report.to_dict())
@@ -413,7 +435,7 @@ def gate(training: Training, margin: float) -> list[str]:
         reasons.append("no epoch improved on the user's validation set within the holdout margin")
     if after.val < before.val:
         reasons.append(f"user validation accuracy fell ({before.val:.3f} -> {after.val:.3f})")
-    if after.holdout < before.holdout - margin:
+    if not improves_holdout(after, before, margin):
         reasons.append(f"holdout accuracy fell more than {margin} ({before.holdout:.3f} -> {after.holdout:.3f})")
     return reasons
 

@@ -74,7 +74,7 @@ def test_partition_then_finetune(flow, fmt):
     assert all(r["status"] != "fail" for r in part["design_rules"])
     assert {"holdout.npz", "rehearsal.npz", "head.npz", "manifest.json", f"frozen.{fmt}"} <= set(part["files"])
     ft = _cli("finetune", f"bundle_{fmt}", "--data", "npz:user.npz", "--test-data", "npz:user_test.npz",
-              "--store", f"store_{fmt}", "--epochs", "8", "--json", "--quiet", cwd=d)
+              "--store", f"store_{fmt}", "--epochs", "8", "--rehearsal-max", "4", "--json", "--quiet", cwd=d)
     assert ft["committed"] and ft["accuracy_after"] > ft["accuracy_before"]
     assert ft["holdout_after"] >= ft["holdout_before"] - 0.02
     extra = [] if fmt == "npz" else ["--frozen-from", "model.nir"]

@@ -36,6 +36,9 @@ def finetune(
     margin: float = typer.Option(0.02, "--margin", help="allowed holdout accuracy drop"),
     rehearsal: Optional[float] = typer.Option(None, "--rehearsal-ratio",
                                               help="rehearsal samples per user sample each epoch (bundle default)"),
+    rehearsal_max: Optional[float] = typer.Option(None, "--rehearsal-max",
+                                                  help="adaptive rehearsal: the ratio doubles up to this when the "
+                                                       "holdout falls (bundle default)"),
     backend_opt: list[str] = typer.Option([], "--backend-opt", help="KEY=VALUE passed to the backend"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
@@ -44,7 +47,7 @@ def finetune(
     from edge_sdfa.finetune import FinetuneConfig, finetune as run
 
     cfg = FinetuneConfig(epochs=epochs, batch_size=batch, lr=lr, mode=mode, backend=backend, seed=seed, split_seed=split_seed,
-                         margin=margin, rehearsal_ratio=rehearsal, backend_options=_parse_opts(backend_opt))
+                         margin=margin, rehearsal_ratio=rehearsal, rehearsal_max=rehearsal_max, backend_options=_parse_opts(backend_opt))
     report = run(source, data, store=store, test_data=test_data, config=cfg, progress=not quiet)
     emit(report, as_json)
 
