@@ -123,8 +123,17 @@ def check_disjoint(parts: dict, source: np.ndarray, holdout_source: np.ndarray |
 # runs
 
 
-def _rss_mb(rusage) -> float:
-    return rusage.ru_maxrss / 1024.0
+TIME = "/usr/bin/time"
+
+
+def _timed(cmd: list[str], tmp: Path) -> tuple[subprocess.CompletedProcess, float | None]:
+    """Run ``cmd`` under /usr/bin/time: its own peak RSS in MB (a child forked from this process
+    would inherit this process's high-water mark in ru_maxrss, so it is measured by a small parent)."""
+    rss_file = tmp / "rss.txt"
+    timed = [TIME, "-f", "%M", "-o", str(rss_file), *cmd] if os.path.exists(TIME) else cmd
+    proc = subprocess.run(timed, capture_output=True, text=True)
+    rss = float(rss_file.read_text().split()[-1]) / 1024.0 if rss_file.exists() else None
+    return proc, rss
 
 
 def run_device(bundle_dir: Path, data: dict, parts: dict, seed: int, extra: list[str] = ()) -> dict:
@@ -137,13 +146,12 @@ def run_device(bundle_dir: Path, data: dict, parts: dict, seed: int, extra: list
                "finetune", str(bundle_dir), "--data", str(batch), "--test-data", str(test),
                "--store", str(Path(tmp) / "store"), "--seed", str(seed), "--json", "--quiet", *extra]
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        out, err = proc.communicate()
+        proc, rss = _timed(cmd, Path(tmp))
         seconds = time.perf_counter() - t0
         if proc.returncode != 0:
-            raise RuntimeError(f"finetune failed: {err.strip()}")
-        rep = json.loads(out)
-    rss = rep["peak_rss_mb"]  # the fine-tune process's own peak
+            raise RuntimeError(f"finetune failed: {proc.stderr.strip()}")
+        rep = json.loads(proc.stdout)
+    rss = rep["peak_rss_mb"] if rss is None else rss
     return {"before": rep["accuracy_before"], "after": rep["accuracy_after"],
             "holdout_before": rep["holdout_before"], "holdout_after": rep["holdout_after"],
             "validation_before": rep["validation_before"], "validation_after": rep["validation_after"],
@@ -151,49 +159,35 @@ def run_device(bundle_dir: Path, data: dict, parts: dict, seed: int, extra: list
             "peak_rss_mb": rss}
 
 
-def _in_child(fn, *args, **kwargs) -> dict:
-    """Run ``fn`` in a forked child; its result plus the child's own peak RSS."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            res = fn(*args, **kwargs)
-            payload = json.dumps(res).encode()
-        except BaseException as exc:  # report, never fall through into the parent's code
-            payload = json.dumps({"error": repr(exc)}).encode()
-        with os.fdopen(w, "wb") as f:
-            f.write(payload)
-        os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        payload = f.read()
-    _, _, rusage = os.wait4(pid, 0)
-    res = json.loads(payload)
-    if "error" in res:
-        raise RuntimeError(res["error"])
-    res["peak_rss_mb"] = _rss_mb(rusage)
-    return res
+def float_job(bundle_dir: str, data_path: str, method: str, seed: int, epochs: int) -> dict:
+    """One float baseline (run in its own interpreter by :func:`run_float`)."""
+    b = bundle_mod.read_bundle(bundle_dir)
+    spec = b.spec
+    params = qn.dequantize(spec, b.qnet)
+    syn = spec.synaptic_layers()
+    trainable = {"backprop_same_layers": {i for i in syn if i >= b.cut}, "backprop_all_layers": None,
+                 "last_layer": {syn[-1]}}[method]
+    z = np.load(data_path)
+    x, y = z["x"], z["y"]
+    tr, va, te = z["train"], z["val"], z["test"]
+    user = pl.UserData("", x[tr], y[tr], x[va], y[va], x[te], y[te], tr, va, te)
+    return pl.float_finetune(spec, params, user, b.rehearsal(), b.holdout(), trainable, seed=seed,
+                             epochs=epochs, lr=FLOAT_LR[method])
 
 
 def run_float(bundle_dir: Path, data: dict, parts: dict, seed: int, method: str, epochs: int) -> dict:
-    def job():
-        b = bundle_mod.read_bundle(bundle_dir)
-        spec = b.spec
-        params = qn.dequantize(spec, b.qnet)
-        syn = spec.synaptic_layers()
-        trainable = {"backprop_same_layers": {i for i in syn if i >= b.cut}, "backprop_all_layers": None,
-                     "last_layer": {syn[-1]}}[method]
-        x, y = data["x"], data["y"]
-        user = pl.UserData("", x[parts["train"]], y[parts["train"]], x[parts["val"]], y[parts["val"]],
-                           x[parts["test"]], y[parts["test"]], *(parts[k] for k in ("train", "val", "test")))
-        res = pl.float_finetune(spec, params, user, b.rehearsal(), b.holdout(), trainable, seed=seed,
-                                epochs=epochs, lr=FLOAT_LR[method])
-        return res
-
-    t0 = time.perf_counter()
-    res = _in_child(job)
-    res["seconds"] = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="personalise-") as tmp:
+        path = Path(tmp) / "user.npz"
+        np.savez(path, x=data["x"], y=data["y"], train=parts["train"], val=parts["val"], test=parts["test"])
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--float-job",
+               json.dumps([str(bundle_dir), str(path), method, seed, epochs])]
+        t0 = time.perf_counter()
+        proc, rss = _timed(cmd, Path(tmp))
+        seconds = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"float baseline failed: {proc.stderr.strip()[-2000:]}")
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res["seconds"], res["peak_rss_mb"] = seconds, rss if rss is not None else float("nan")
     return res
 
 
@@ -296,7 +290,11 @@ def main(argv=None):
     ap.add_argument("--users", default=None, help="comma separated user names (default: all)")
     ap.add_argument("--ablation", action="store_true", help="also the device path with each change undone")
     ap.add_argument("--no-events", action="store_true")
+    ap.add_argument("--float-job", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.float_job:
+        print(json.dumps(float_job(*json.loads(args.float_job))))
+        return
     seeds = list(range(args.seeds or (2 if args.quick else 3)))
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     t0 = time.perf_counter()
