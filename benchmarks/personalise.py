@@ -224,7 +224,8 @@ def goals(rows: list[dict]) -> dict:
         out[user] = {"device_after": dev["after"], "backprop_all_layers_after": ref["after"],
                      "gap": ref["after"] - dev["after"], "holdout_drop": dev["holdout_drop"],
                      "committed": dev["committed"],
-                     "met": bool(dev["after"] >= ref["after"] - 0.02 and dev["holdout_drop"] <= 0.02
+                     # 1e-9: accuracies are fractions of 200 holdout samples (0.92 - 0.90 > 0.02 in floats)
+                     "met": bool(dev["after"] >= ref["after"] - 0.02 - 1e-9 and dev["holdout_drop"] <= 0.02 + 1e-9
                                  and dev["committed"])}
     return out
 
