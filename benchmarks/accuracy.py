@@ -19,7 +19,7 @@ import numpy as np
 
 from edge_sdfa import float_net as fn
 from edge_sdfa.int8 import net as qn
-from edge_sdfa.int8.kernels import get_kernels
+from edge_sdfa.int8 import kernels as kernel_sets
 from edge_sdfa.spec import mlp
 from edge_sdfa.train import TrainConfig, accuracy, train
 from host_tools.datasets.digits import digits_spikes
@@ -40,7 +40,7 @@ def run_int8(seed, epochs, xtr, ytr, xte, yte, lr=3.0, headroom=4.0):
     spec = mlp(SIZES, time_steps=T)
     qnet, _ = qn.quantize(spec, fn.init_params(spec, seed), headroom=headroom)
     feedback = qn.feedback_int8(spec, seed)
-    kernels = get_kernels()
+    kernels = kernel_sets.get()
     rng = np.random.default_rng(seed)
     update = 0
     for epoch in range(epochs):

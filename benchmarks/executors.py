@@ -12,7 +12,7 @@ and checked bit-exact against the numpy reference before it is timed:
 Weights are PyTorch-default init scaled so the neurons fire (rates are reported), quantised with
 ``edge_sdfa.int8.net.quantize``. Each executor is warmed up once, then the median of ``repeats``
 runs of one batch is divided by the batch size. ``numpy`` is ``NumpyExecutor``'s path with the
-kernels a device would pick (numba where installed), ``numpy_reference`` the pure-numpy kernels;
+kernels a device would pick (C where built at install time), ``numpy_reference`` the pure-numpy kernels;
 ``speedup`` is against ``numpy``.
 
     python benchmarks/executors.py --json [--quick] [--full] [--threads N]
@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from edge_sdfa import float_net as fn  # noqa: E402
 from edge_sdfa.int8 import net as qn  # noqa: E402
-from edge_sdfa.int8.kernels import NUMPY, get_kernels  # noqa: E402
+from edge_sdfa.int8 import kernels as kernel_sets  # noqa: E402
 from edge_sdfa.spec import Conv2d, Flatten, NetworkSpec, Pool2d, Dense, mlp  # noqa: E402
 
 
@@ -89,15 +89,15 @@ def bench_front(name: str, f: dict, args, tmp: Path) -> dict:
     qnet = spiking_qnet(spec, f["gain"])
     rng = np.random.default_rng(0)
     x = (rng.random((spec.time_steps, batch, *spec.input_shape)) < args.density).astype(np.uint8)
-    kernels = get_kernels()
+    kernels = kernel_sets.get()
     progress(f"[{name}] numpy reference ({batch} samples, T={spec.time_steps})")
-    ref = qn.output_spikes(frozen, qnet[:cut], x, NUMPY)
+    ref = qn.output_spikes(frozen, qnet[:cut], x, "numpy")
     result = {"front": f["describe"], "input_shape": list(spec.input_shape), "output_shape": list(frozen.shapes()[-1]),
               "time_steps": spec.time_steps, "batch": batch, "input_density": args.density,
               "output_spike_rate": round(float(ref.mean()), 4), "executors": {}}
-    runs = {"numpy": (lambda a: qn.output_spikes(frozen, qnet[:cut], a, kernels), {"kernels": getattr(kernels, "name", str(kernels))})}
+    runs = {"numpy": (lambda a: qn.output_spikes(frozen, qnet[:cut], a, kernels), {"kernels": kernels.NAME})}
     if not args.skip_reference:
-        runs["numpy_reference"] = (lambda a: qn.output_spikes(frozen, qnet[:cut], a, NUMPY), {"kernels": "numpy"})
+        runs["numpy_reference"] = (lambda a: qn.output_spikes(frozen, qnet[:cut], a, "numpy"), {"kernels": "numpy"})
     for fmt, mod, cls in (("onnx", export_onnx, OnnxExecutor), ("tflite", export_tflite, TFLiteExecutor)):
         t0 = time.perf_counter()
         path = mod.export_frozen(spec, qnet, cut, tmp / f"{name}.{fmt}", input_max=1)

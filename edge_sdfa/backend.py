@@ -55,15 +55,21 @@ class Backend(Protocol):
 
 
 class NumpyBackend:
-    """The numpy int8 runtime (numba kernels when installed, bit-identical to the numpy ones)."""
+    """The int8 runtime on the CPU with a kernel set (``kernels``: numpy, c or auto; default auto:
+    the C set where it was built at install time, bit-identical to the numpy one)."""
 
     name = "numpy"
 
     def __init__(self, kernels: str | None = None):
-        from edge_sdfa.int8.kernels import get_kernels
+        from edge_sdfa.int8 import kernels as kernel_sets
 
-        self.kernels = get_kernels(kernels)
+        self.kernels = kernel_sets.get(kernels)
         self.spec: NetworkSpec | None = None
+
+    @property
+    def kernel_set(self) -> str:
+        """The name of the kernel set that runs (for reports: ``"kernels": "c"``)."""
+        return self.kernels.NAME
 
     def program(self, spec, layers, feedback_seed, config):
         self.spec, self.layers, self.config = spec, list(layers), config

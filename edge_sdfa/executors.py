@@ -32,11 +32,11 @@ class NumpyExecutor:
     name = "numpy"
 
     def __init__(self, bundle):
-        from edge_sdfa.int8.kernels import get_kernels
+        from edge_sdfa.int8 import kernels as kernel_sets
 
         self.spec = bundle.frozen_spec()
         self.layers = bundle.qnet[: bundle.cut]
-        self.kernels = get_kernels()
+        self.kernels = kernel_sets.get()
 
     def run(self, x):
         return qn.output_spikes(self.spec, self.layers, x, self.kernels)

@@ -16,9 +16,11 @@ each time. Progress goes to stderr.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -34,6 +36,7 @@ from edge_sdfa.errors import DataError, UserError
 from edge_sdfa.executors import open_executor, run_frozen
 from edge_sdfa.int8 import net as qn
 from edge_sdfa.progress import EpochProgress
+from edge_sdfa.spec import DEFAULT_TEMPORAL_MODE, temporal_mode
 
 if TYPE_CHECKING:
     from edge_sdfa.store import Store
@@ -55,7 +58,7 @@ class FinetuneConfig:
     epochs: int | None = None          # None: the bundle's default
     batch_size: int | None = None
     lr: float | None = None
-    mode: str = "online"
+    mode: str = DEFAULT_TEMPORAL_MODE  # spec.TemporalMode
     backend: str = "numpy"
     seed: int = 0                      # training only: sample order, rehearsal picks, rounding stream
     split_seed: int = 0                # the train/validation split of the user's batch, apart from --seed
@@ -84,8 +87,7 @@ class FinetuneConfig:
             cfg = replace(cfg, rehearsal_max=cfg.rehearsal_ratio)
         if not 0 < cfg.val_fraction < 1:
             raise UserError("the validation fraction must be between 0 and 1")
-        if cfg.mode not in ("online", "exact"):
-            raise UserError(f"unknown temporal mode {cfg.mode!r} (expected online or exact)")
+        temporal_mode(cfg.mode)
         return cfg
 
 
@@ -101,7 +103,7 @@ def load_data(spec: str | Path | None, time_steps: int, input_shape: tuple[int, 
         from edge_sdfa.userdata import load_user_data
 
         path = text[4:] if text.startswith("npz:") else text
-        data = load_user_data(path)
+        data = load_user_data(path, sample_shape=(time_steps, *input_shape))
         x = data.x if data.x is not None else bin_user_events(data, time_steps, input_shape, path)
         y = data.y
     else:
@@ -178,29 +180,49 @@ def _accuracy(backend, x: np.ndarray, y: np.ndarray, batch: int = 256) -> float:
 # the job, in stages: prepare -> epochs (a generator) -> train (early stopping, guards) -> gate -> commit
 
 
-def open_store(source, store):
-    """The store to fine-tune in: ``source`` if it is a store, else ``store`` (default
-    ``default_store_dir()``), created from the bundle ``source`` (default: the embedded one)."""
+def _is_store(path) -> bool:
+    return path is not None and (Path(path) / "state.json").is_file()
+
+
+def _same_model(st: "Store", bundle_path: Path, root: Path) -> None:
+    """``bundle_path`` must be the model and version the store holds (its weights may be fine-tuned)."""
+    active = bundle_mod.load_manifest(st.active_dir())
+    with bundle_mod.unpacked(bundle_path) as folder:
+        incoming = bundle_mod.load_manifest(folder)
+    if (incoming.model_id, incoming.version) != (active.model_id, active.version):
+        raise UserError(f"store {root} holds {active.model_id} v{active.version}, not the bundle's "
+                        f"{incoming.model_id} v{incoming.version}; deploy the new bundle first or use another --store")
+
+
+def locate_store(source, store) -> tuple["Store | None", Path, Path]:
+    """Where a fine-tune runs, creating nothing: ``(open store or None, store root, bundle)``.
+    ``source`` may be a store (then it is the store), else a bundle (default: the embedded one)
+    for the store ``store`` (default ``default_store_dir()``) that is created from it, once the
+    fine-tune's inputs have all been validated, if it does not exist yet."""
     from edge_sdfa.store import Store
 
-    if source is not None and (Path(source) / "state.json").exists():
-        return Store(source)
+    if _is_store(source):
+        return Store(source), Path(source), Path(source)
     root = Path(store) if store else default_store_dir()
     bundle_path = Path(source) if source is not None else DEFAULT_BUNDLE
-    if (root / "state.json").exists():
+    if not bundle_path.exists():
+        raise UserError(f"no such bundle or store: {bundle_path}")
+    if _is_store(root):
         st = Store(root)
         if source is not None:
-            active = bundle_mod.read_manifest(st.active_dir())
-            incoming = bundle_mod.read_bundle(bundle_path).manifest
-            if (incoming["model_id"], incoming["version"]) != (active["model_id"], active["version"]):
-                raise UserError(f"store {root} holds {active['model_id']} v{active['version']}; "
-                                f"deploy the new bundle first or use another --store")
-        return st
-    if bundle_path.is_file():
-        tmp = Path(tempfile.mkdtemp(prefix="edge-sdfa-unpack-"))
-        bundle_path = bundle_mod.safe_extract_tar(bundle_path, tmp)
-    bundle_mod.read_bundle(bundle_path)
-    return Store.init(root, bundle_path)
+            _same_model(st, bundle_path, root)
+        return st, root, bundle_path
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--store {root} exists and is not a directory")
+    return None, root, bundle_path
+
+
+def open_store(source, store):
+    """The store to fine-tune in, created from the bundle if it does not exist (see ``locate_store``)."""
+    from edge_sdfa.store import Store
+
+    st, root, bundle_path = locate_store(source, store)
+    return st if st is not None else Store.init(root, bundle_path)
 
 
 @dataclass(frozen=True, eq=False)
@@ -227,9 +249,32 @@ class Prepared:
 def prepare(source: str | Path | None = None, data: str | Path | None = None, *, store: str | Path | None = None,
             test_data: str | Path | None = None, config: FinetuneConfig = FinetuneConfig()) -> Prepared:
     """Open the store, load the active bundle and the user's data, validate them, and run the
-    frozen part once per sample. Raises UserError/DataError before anything is trained."""
-    st = open_store(source, store)
-    bundle = bundle_mod.read_bundle(st.active_dir())
+    frozen part once per sample. Raises UserError/DataError before anything is trained, and before
+    a store that does not exist yet is created (from the validated bundle, as the last step)."""
+    st, root, bundle_path = locate_store(source, store)
+    with bundle_mod.unpacked(st.active_dir() if st is not None else bundle_path) as folder:
+        prep = _prepare(bundle_mod.read_bundle(folder), st, data, test_data, source, config)
+        if st is None:
+            st = _create_store(root, folder)
+    if prep.store is None:
+        prep = dataclasses.replace(prep, store=st, bundle=bundle_mod.read_bundle(st.active_dir()))
+    return prep
+
+
+def _create_store(root: Path, factory: Path) -> "Store":
+    """``Store.init``; if it fails (disk full, read-only), a folder it created is removed again."""
+    from edge_sdfa.store import Store
+
+    existed = root.exists()
+    try:
+        return Store.init(root, factory)
+    except BaseException:
+        if not existed:
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+
+
+def _prepare(bundle, st, data, test_data, source, config) -> Prepared:
     cfg = config.resolved(bundle.manifest.get("finetune", {}))
     if data is None and test_data is None and source is None:
         data, test_data = DEFAULT_USER_BATCH, DEFAULT_USER_TEST
@@ -245,6 +290,8 @@ def prepare(source: str | Path | None = None, data: str | Path | None = None, *,
     x_test = y_test = None
     if test_data is not None:
         x_test, y_test = load_data(test_data, spec.time_steps, spec.input_shape)
+        if len(y_test) and (y_test.min() < 0 or y_test.max() >= classes):
+            raise DataError(f"test data: labels must be in 0..{classes - 1}")
 
     executor = open_executor(bundle)
     h_user = run_frozen(executor, x_user)
@@ -444,8 +491,7 @@ def commit(prep: Prepared, layers: qn.QNet) -> int:
     """Install the candidate head as the store's new active weights; returns the new revision."""
     with tempfile.TemporaryDirectory(prefix="edge-sdfa-cand-") as tmp:
         cand = bundle_mod.with_head(prep.bundle, layers, Path(tmp) / "candidate")
-        prep.store.install_candidate(cand, allow_same_version=True)
-        prep.store.commit()
+        prep.store.install_candidate(cand, allow_same_version=True, activate=True)  # one atomic state change
     return prep.bundle.revision + 1
 
 
@@ -467,13 +513,15 @@ def finetune(source: str | Path | None = None, data: str | Path | None = None, *
     revision = commit(prep, training.best_layers) if committed else prep.bundle.revision
     if training.last is not None and training.last.updates:
         prep.store.advance_rounding_counter(training.last.updates)  # next fine-tune draws a new stream
-    report = build_report(prep, training, reasons, revision, seconds=time.perf_counter() - t_start)
+    report = build_report(prep, training, reasons, revision, seconds=time.perf_counter() - t_start,
+                          kernels=getattr(backend, "kernel_set", None))
     if on_event:
         on_event({"event": "done", **{k: v for k, v in report.items() if k != "cost"}})
     return report
 
 
-def build_report(prep: Prepared, training: Training, reasons: list[str], revision: int, *, seconds: float) -> dict:
+def build_report(prep: Prepared, training: Training, reasons: list[str], revision: int, *, seconds: float,
+                 kernels: str | None = None) -> dict:
     """The ``finetune --json`` report."""
     cfg, before, after, last = prep.config, training.before, training.after, training.last
     committed = not reasons
@@ -497,6 +545,7 @@ def build_report(prep: Prepared, training: Training, reasons: list[str], revisio
         "peak_rss_mb": peak_rss_mb(),
         "peak_rss_children_mb": peak_rss_mb(resource.RUSAGE_CHILDREN),
         "backend": cfg.backend,
+        "kernels": kernels,  # the int8 kernel set that ran (numpy, c)
         "mode": cfg.mode,
         "lr": cfg.lr,
         "batch_size": cfg.batch_size,
@@ -532,14 +581,50 @@ def evaluate(source: str | Path | None = None, data: str | Path | None = None, *
             close()
 
 
+def eval_target(source, store) -> tuple[Path, Path | None]:
+    """``(bundle folder or .tar to evaluate, store root or None)``, creating nothing.
+
+    ``source`` a store: its active weights. ``source`` a bundle: that bundle's own weights, or with
+    ``--store S`` the weights S holds for it (S must exist and hold the bundle's model_id and
+    version, else UserError: a store's weights are never reported for another model). Neither:
+    ``--store S`` (which must exist), else the default store if there is one, else the embedded
+    default bundle."""
+    from edge_sdfa.store import Store
+
+    if _is_store(source):
+        return Store(source).active_dir(), Path(source)
+    if store is not None:
+        root = Path(store)
+        if not _is_store(root):
+            raise UserError(f"no store at {root} (eval never creates one; run finetune to create it)")
+        st = Store(root)
+        if source is not None:
+            if not Path(source).exists():
+                raise UserError(f"no such bundle or store: {source}")
+            _same_model(st, Path(source), root)
+        return st.active_dir(), root
+    if source is not None:
+        if not Path(source).exists():
+            raise UserError(f"no such bundle or store: {source}")
+        return Path(source), None
+    if _is_store(default_store_dir()):
+        return Store(default_store_dir()).active_dir(), default_store_dir()
+    return DEFAULT_BUNDLE, None
+
+
 def _evaluate(be, source, data, store) -> dict:
-    st = open_store(source, store)
-    bundle = bundle_mod.read_bundle(st.active_dir())
+    bundle_path, root = eval_target(source, store)
+    with bundle_mod.open_bundle(bundle_path) as bundle:
+        return _evaluate_bundle(be, bundle, root, data, source)
+
+
+def _evaluate_bundle(be, bundle, root, data, source) -> dict:
     executor = open_executor(bundle)
     be.program(bundle.head_spec(), bundle.head(), bundle.feedback_seed, qn.UpdateConfig())
     hx, hy = bundle.holdout()
     report = {"model_id": bundle.model_id, "version": bundle.version, "revision": bundle.revision,
-              "holdout": _accuracy(be, run_frozen(executor, hx), hy), "store": str(st.root)}
+              "holdout": _accuracy(be, run_frozen(executor, hx), hy),
+              "store": None if root is None else str(root), "weights": "store" if root is not None else "bundle"}
     if data is None and source is None:
         data = DEFAULT_USER_TEST
     if data is not None:

@@ -17,6 +17,22 @@ from edge_sdfa.errors import UserError
 
 NeuronKind = Literal["lif", "if"]
 
+# How the SDFA rule uses time (the one definition; every caller validates with temporal_mode()):
+# online = a per-step local term on the running output rate, no T-long history;
+# exact = the final rate's error applied at every step.
+TemporalMode = Literal["online", "exact"]
+TEMPORAL_MODES: tuple[str, ...] = ("online", "exact")
+DEFAULT_TEMPORAL_MODE: TemporalMode = "online"
+
+
+def temporal_mode(mode: str | None) -> TemporalMode:
+    """``mode`` checked (None: the default); a one-line UserError names the known modes."""
+    if mode is None:
+        return DEFAULT_TEMPORAL_MODE
+    if mode not in TEMPORAL_MODES:
+        raise UserError(f"unknown temporal mode {mode!r} (expected {' or '.join(TEMPORAL_MODES)})")
+    return mode  # type: ignore[return-value]
+
 
 @dataclass(frozen=True)
 class NeuronSpec:

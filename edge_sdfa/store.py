@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from edge_sdfa.errors import BundleError, UserError
+from edge_sdfa.errors import BundleError, UserError, naming
 
 STATE_FILE = "state.json"
 STATE_FORMAT = "edge-sdfa-store"
@@ -75,14 +75,15 @@ class FileOps:
     def write(self, path: Path, data: bytes) -> None:
         """Create or truncate ``path`` and write ``data`` (not yet durable: see ``fsync``)."""
         self._hook("write", path, data)
-        with open(path, "wb") as f:
+        with naming(path), open(path, "wb") as f:
             f.write(data)
 
     def fsync(self, path: Path) -> None:
         self._hook("fsync", path)
         fd = os.open(path, os.O_RDONLY)
         try:
-            os.fsync(fd)
+            with naming(path):
+                os.fsync(fd)
         finally:
             os.close(fd)
 
@@ -301,14 +302,16 @@ class Store:
     # ---- transitions --------------------------------------------------------------------------
 
     def install_candidate(self, bundle_dir: str | Path, *, allow_same_version: bool = False,
-                          allow_model_change: bool = False) -> Path:
+                          allow_model_change: bool = False, activate: bool = False) -> Path:
         """Copy a verified bundle (directory or .tar) into the candidate slot, crash-safely.
 
         Rejected with BundleError, nothing changed: a bundle that fails verification or needs
         another runtime ABI, a different ``model_id`` (unless ``allow_model_change``), a lower
         ``version`` than the active one (downgrade), the same version unless ``allow_same_version``
         (fine-tuned weights of one model share a version and have an increasing ``revision``).
-        Replaces an existing candidate. Returns the candidate's directory.
+        Replaces an existing candidate. Returns the candidate's directory. ``activate=True``
+        installs and commits in one state change (a fine-tune that passed its gate): on any error
+        the store is exactly as before, never left with a PENDING candidate.
         """
         bmod = _bundle_module()
         src = Path(bundle_dir)
@@ -341,9 +344,22 @@ class Store:
                     raise BundleError(f"the copied candidate failed verification: {exc}") from None
                 st["next_gen"] = gen + 1
                 replaced = st["slots"]["candidate"]
-                st["slots"]["candidate"] = _summary(bundle.manifest, f"{SLOTS_DIR}/{name}")
-                st["state"] = PENDING
-                self._commit_state(st, "install", replaced=None if replaced is None else replaced["dir"])
+                installed = _summary(bundle.manifest, f"{SLOTS_DIR}/{name}")
+                if activate:
+                    st["slots"]["previous"] = st["slots"]["active"]
+                    st["slots"]["active"] = installed
+                    st["slots"]["candidate"] = None
+                    st["state"] = CONFIRMED
+                else:
+                    st["slots"]["candidate"] = installed
+                    st["state"] = PENDING
+                try:
+                    self._commit_state(st, "install+commit" if activate else "install",
+                                       replaced=None if replaced is None else replaced["dir"])
+                except OSError:  # state.json unchanged: drop the unreferenced copy now, not at next open
+                    with contextlib.suppress(Exception):
+                        self.ops.rmtree(slots / name)
+                    raise
                 return slots / name
 
     def commit(self) -> None:
@@ -471,11 +487,20 @@ class Store:
         st["events"] = (list(st.get("events", [])) + [entry])[-MAX_EVENTS:]
         data = (json.dumps(st, indent=1, sort_keys=True) + "\n").encode()
         tmp = self.root / (STATE_FILE + ".tmp")
-        self.ops.write(tmp, data)
-        self.ops.fsync(tmp)
-        self.ops.replace(tmp, self.root / STATE_FILE)
-        self.ops.fsync_dir(self.root)
-        self._collect(st)
+        try:
+            self.ops.write(tmp, data)
+            self.ops.fsync(tmp)
+            self.ops.replace(tmp, self.root / STATE_FILE)
+        except OSError:  # e.g. disk full or read-only: the old state.json stands; leave no temp file
+            if os.path.lexists(tmp):
+                with contextlib.suppress(Exception):
+                    self.ops.remove(tmp)
+            raise
+        try:  # the new state is in place: a failed directory fsync or clean-up is redone by the next open
+            self.ops.fsync_dir(self.root)
+            self._collect(st)
+        except OSError:
+            pass
 
     def _copy_bundle(self, bundle, dst: Path) -> None:
         """Copy a verified bundle's manifest and listed files into a new directory ``dst``, each

@@ -125,7 +125,7 @@ def build(out_dir: Path, seed: int = 0, *, method: str | None = None, cut: int =
     write_bundle(bundle_dir, spec, qnet, cut, model_id="digits-mlp-lif", version=1,
                  holdout=(x_hold, labels[hold_idx]), rehearsal=(x_reh, labels[pools["rehearsal"]]),
                  feedback_seed=seed + FEEDBACK_SEED_OFFSET, finetune_defaults=finetune_defaults or FINETUNE_DEFAULTS,
-                 metadata={"source": "sklearn digits, rate-coded", "pretrain": dict(PRETRAIN, method=method or PRETRAIN["method"]), "made_by": "python -m host_tools.make_embedded",
+                 metadata={"source": "sklearn digits, rate-coded", "pretrain": dict(PRETRAIN, method=method or PRETRAIN["method"]), "made_by": "make embedded",
                            "shift": {k: (list(v) if isinstance(v, tuple) else v) for k, v in SHIFT.items()}})
     save_user_data(str(out_dir / "default_user_batch.npz"), y_user[batch_sel], x=x_user[batch_sel])
     save_user_data(str(out_dir / "default_user_test.npz"), y_user[test_sel], x=x_user[test_sel])

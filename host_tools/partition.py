@@ -25,8 +25,8 @@ from edge_sdfa.errors import UserError
 from edge_sdfa.spec import Dense, NetworkSpec, Pool2d, has_synapses
 
 FROZEN_BATCH = 256                 # edge_sdfa.executors.run_frozen batch
-RUNTIME_OVERHEAD = 92 * 2 ** 20    # peak RSS of Python + numpy + edge_sdfa with the numba kernels loaded, before
-                                   # any data (91.1 MiB measured; 34.7 MiB with the numpy kernels only, see docs)
+RUNTIME_OVERHEAD = 40 * 2 ** 20    # peak RSS of Python + numpy + edge_sdfa with the C kernels loaded, before
+                                   # any data (36.0 MiB measured, docs/host.md), rounded up
 SATURATION_LIMIT = 0.01            # int8_ranges: at most 1 % of a layer's weights clipped at +-127
 # the personalisation recipe (docs/personalisation.md): every dense layer trains, 30 epochs, batch 8, lr 2
 FINETUNE_DEFAULTS = {"epochs": 30, "batch_size": 8, "lr": 2.0, "rehearsal_ratio": 1.0, "mode": "online"}
@@ -188,7 +188,6 @@ def calibrate(spec: NetworkSpec, params, x: np.ndarray, cut: int, headroom: floa
     Returns (qnet, report) with per-layer exponent, spike mismatch, clipped weights, the largest
     input value and the float32-exactness bound of its integer sums.
     """
-    from edge_sdfa import float_net as fn
     from edge_sdfa.int8 import arith
     from edge_sdfa.int8 import net as qn
     from edge_sdfa.int8.net import QLayer

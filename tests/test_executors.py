@@ -369,3 +369,20 @@ def test_finetune_through_each_executor_reaches_the_same_accuracy(tmp_path):
     assert base["committed"] and base["accuracy_after"] > base["accuracy_before"] + 0.05
     for fmt in formats[1:]:
         assert {k: reports[fmt][k] for k in keys} == base, fmt
+
+
+@pytest.mark.parametrize("width", [8, 17, 24, 31, 32, 40])
+def test_onnx_dense_widths_exact_every_run(width, tmp_path):
+    # ONNX Runtime 1.23 computes MatMulInteger wrongly (and differently from run to run) for
+    # 17-31 output columns on AVX512-VNNI CPUs; the exporter pads those widths.
+    from edge_sdfa.executor_onnx import OnnxExecutor
+    from host_tools import export_onnx
+
+    spec = NetworkSpec((40,), (Dense(40, width), Dense(width, 3)), time_steps=4)
+    qnet = spiking_qnet(spec, 6.0)
+    x = spikes(np.random.default_rng(width), spec, 50, 0.3)
+    ref = qn.output_spikes(spec.split(1)[0], qnet[:1], x)
+    ex = OnnxExecutor(path=export_onnx.export_frozen(spec, qnet, 1, tmp_path / "m.onnx", input_max=1),
+                      spec=spec.split(1)[0])
+    for _ in range(4):
+        assert np.array_equal(ex.run(x), ref)

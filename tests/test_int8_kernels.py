@@ -1,44 +1,309 @@
-"""The kernel registry: names, the `auto` order and its fallbacks (the numba and C kernels'
-bit-exactness is in test_int8_fast_kernels.py)."""
+"""Every kernel set's entry points against int64 oracles and the numpy set, at the edges of their
+integer bounds (the golden vectors in test_conformance.py cover whole networks), and the registry.
+
+One suite, parametrised over ``kernels.SETS``: the numpy set runs as ``unit``, the C set
+(built at install time) as ``integration``.
+"""
 from __future__ import annotations
 
-import sys
-
+import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from edge_sdfa.int8.kernels import NUMPY, get_kernels
+from edge_sdfa.errors import UserError
+from edge_sdfa.int8 import arith, kernels, reference
+from edge_sdfa.spec import NeuronSpec
 
-pytestmark = pytest.mark.unit
-
-
-@pytest.fixture(scope="module")
-def fk():
-    pytest.importorskip("numba")
-    from edge_sdfa.int8 import fast_kernels
-
-    return fast_kernels
-
-
-def test_get_kernels_registry(fk, monkeypatch):
-    assert get_kernels("numpy") is NUMPY
-    assert get_kernels("numba").name == "numba"
-    assert get_kernels("auto").name in ("c", "numba")  # c where a C compiler is available
-    monkeypatch.setenv("EDGE_SDFA_KERNELS", "numpy")
-    assert get_kernels() is NUMPY
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                          HealthCheck.function_scoped_fixture])
+SET_PARAMS = [pytest.param(name, marks=pytest.mark.unit if name == "numpy" else pytest.mark.integration)
+              for name in kernels.SETS]
 
 
-def test_auto_falls_back_without_numba(monkeypatch):
-    from edge_sdfa.errors import MissingDependency, UserError
+@pytest.fixture(scope="module", params=SET_PARAMS)
+def ks(request):
+    try:
+        return kernels.get(request.param)
+    except UserError as exc:
+        pytest.skip(str(exc))
 
-    import edge_sdfa.int8 as pkg
+
+def _spikes(rng, shape, density, counts):
+    x = (rng.random(shape) < density).astype(np.uint8)
+    if counts:
+        x = x * rng.integers(1, 256, shape).astype(np.uint8)
+    return x
+
+
+def _int8(rng, shape, extremes):
+    w = rng.integers(-127, 128, shape).astype(np.int8)
+    if extremes:
+        w[rng.random(shape) < 0.5] = rng.choice(np.array([-127, 127], np.int8))
+    return w
+
+
+def _shifts(rng, t, runs):
+    return np.sort(rng.choice(np.array([0, 3, 3, 9]), t)) if runs else rng.integers(0, 12, t)
+
+
+def _oracle_update(x, d, shifts, master, m, k, key):
+    grad = np.zeros((x.shape[-1], d.shape[-1]), object)
+    for t in range(x.shape[0]):
+        grad += (x[t].astype(np.int64).T @ d[t].astype(np.int64)).astype(object) << int(shifts[t])
+    rows = np.flatnonzero(x.reshape(-1, x.shape[-1]).any(axis=0))
+    r = arith.random_bits(key, np.arange(master.size, dtype=np.int64), k).reshape(master.shape).astype(object)
+    new = master.astype(object)
+    new[rows] = new[rows] - ((grad[rows] * m + r[rows]) >> k)
+    sat = int(sum(1 for v in new.ravel() if v > 32767 or v < -32767))
+    new = np.clip(new, -32767, 32767).astype(np.int16)
+    w8 = arith.w8_from_master(new)
+    return new, w8, sat, int(np.count_nonzero(np.abs(w8) == 127))
+
+
+# ---------------------------------------------------------------------------------------------
+# dense_current
+
+
+@SETTINGS
+@given(t=st.integers(1, 3), n=st.integers(1, 20), k=st.integers(1, 70), m=st.integers(1, 300),
+       density=st.sampled_from([0.0, 0.1, 0.5, 1.0]), counts=st.booleans(), extremes=st.booleans(),
+       bias=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_dense_current_matches_int64_oracle(ks, t, n, k, m, density, counts, extremes, bias, seed):
+    rng = np.random.default_rng(seed)
+    x = _spikes(rng, (t, n, k), density, counts)
+    w = _int8(rng, (k, m), extremes)
+    b = rng.integers(-5000, 5000, m).astype(np.int32) if bias else None
+    want = (x.reshape(t * n, k).astype(np.int64) @ w.astype(np.int64)).reshape(t, n, m) + (0 if b is None else b)
+    got = ks.dense_current(ks.prepare_inputs(x), w, b)
+    assert got.shape == (t, n, m) and got.dtype in (np.int32, np.int64)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_dense_current_no_int16_wraparound_and_wide_values(ks):
+    x = np.ones((1, 3, 600), np.uint8)  # past the int16 chunk of the binary path
+    for v in (-127, 127):
+        w = np.full((600, 40), v, np.int8)
+        np.testing.assert_array_equal(ks.dense_current(ks.prepare_inputs(x), w, None), np.full((1, 3, 40), 600 * v))
+    xc = np.full((1, 2, 600), 255, np.uint8)
+    w = np.full((600, 17), -127, np.int8)
+    big_bias = np.full(17, 1 << 31, np.int64)  # past int32: int64 currents
+    got = ks.dense_current(ks.prepare_inputs(xc), w, big_bias)
+    np.testing.assert_array_equal(got, np.full((1, 2, 17), 600 * 255 * -127 + (1 << 31)))
+    wide = np.arange(-6, 6, dtype=np.int64).reshape(1, 2, 6) * 1000  # counts outside uint8: the reference
+    w2 = np.ones((6, 3), np.int8)
+    np.testing.assert_array_equal(ks.dense_current(ks.prepare_inputs(wide), w2, None), wide @ w2.astype(np.int64))
+
+
+# ---------------------------------------------------------------------------------------------
+# neuron_run
+
+
+@pytest.mark.parametrize("neuron", [NeuronSpec(), NeuronSpec(decay_input=False), NeuronSpec(kind="if"),
+                                    NeuronSpec(v_reset=None), NeuronSpec(tau=3.0, v_threshold=0.5, v_reset=-0.25),
+                                    NeuronSpec(kind="if", v_reset=None)])
+@pytest.mark.parametrize("exp", [2, 6])
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_neuron_run_matches_stepping(ks, neuron, exp, dtype):
+    rng = np.random.default_rng(0)
+    const = arith.neuron_constants(neuron, exp)
+    cur = rng.integers(-200, 300, (6, 5, 37)).astype(dtype)
+    v = np.full(cur.shape[1:], const["vreset"], np.int64)
+    spikes, sg = ks.neuron_run(neuron, const, cur, exp)
+    for t in range(cur.shape[0]):
+        h, s, v = arith.neuron_step_int(neuron, const, v, cur[t].astype(np.int64))
+        np.testing.assert_array_equal(spikes[t], s)
+        np.testing.assert_array_equal(sg[t], arith.surrogate_index(h, const["vth"], exp))
+    assert spikes.any() and not spikes.all()
+    s0, none = ks.neuron_run(neuron, const, cur, None)
+    assert none is None
+    np.testing.assert_array_equal(s0, spikes)
+
+
+# ---------------------------------------------------------------------------------------------
+# local_deltas
+
+
+@SETTINGS
+@given(t=st.integers(1, 4), n=st.integers(1, 9), m=st.integers(1, 40), classes=st.integers(1, 10),
+       project=st.booleans(), broadcast=st.booleans(), big=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_local_deltas_match_the_definition(ks, t, n, m, classes, project, broadcast, big, seed):
+    rng = np.random.default_rng(seed)
+    sg = rng.integers(0, len(arith.SG_LUT), (t, n, m)).astype(np.uint8)
+    width = classes if project else m
+    lim = 2**40 if big else 4096  # big: past the int32 projection (int64 path)
+    e = rng.integers(-lim, lim + 1, (1 if broadcast else t, n, width))
+    if broadcast:
+        e = np.broadcast_to(e[0], (t, n, width))
+    b = _int8(rng, (classes, m), True) if project else None
+    deltas, shifts = ks.local_deltas(sg, e, b)
+    for i in range(t):
+        g = e[i] @ b.astype(np.int64) if project else e[i]
+        want, shift = arith.to_int8_dynamic(g * arith.SG_LUT[sg[i]])
+        np.testing.assert_array_equal(deltas[i], want)
+        assert shifts[i] == shift
+
+
+def test_local_deltas_huge_errors(ks):
+    sg = np.full((2, 3, 4), 64, np.uint8)
+    e = np.full((2, 3, 4), 2**52, np.int64)  # g * LUT past 2**62: the C set hands it to the reference
+    with np.errstate(over="ignore"):
+        want = reference.local_deltas(sg, e, None)
+        got = ks.local_deltas(sg, e, None)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# dense_update
+
+
+@SETTINGS
+@given(t=st.integers(1, 4), n=st.integers(1, 20), k_in=st.integers(1, 40), m_out=st.integers(1, 270),
+       density=st.sampled_from([0.0, 0.05, 0.3, 1.0]), counts=st.booleans(), extremes=st.booleans(),
+       mult=st.sampled_from([0, 1, 37, 40000, 2**20]), kbits=st.sampled_from([0, 1, 15, 30, 62]),
+       near_limit=st.booleans(), runs=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_dense_update_matches_exact_oracle(ks, t, n, k_in, m_out, density, counts, extremes, mult, kbits,
+                                           near_limit, runs, seed):
+    rng = np.random.default_rng(seed)
+    x = _spikes(rng, (t, n, k_in), density, counts)
+    d = _int8(rng, (t, n, m_out), extremes)
+    shifts = _shifts(rng, t, runs)
+    master = rng.integers(-32767, 32768, (k_in, m_out)).astype(np.int16)
+    if near_limit:
+        master[rng.random(master.shape) < 0.5] = rng.choice(np.array([-32767, 32767, 32512, -32512], np.int16))
+    key = int(rng.integers(0, 2**63)) * 2 + 1
+    before = master.copy()
+    got = ks.dense_update(ks.prepare_inputs(x), d, shifts, master, mult, kbits, key)
+    want = _oracle_update(x, d, shifts, master, mult, kbits, key)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    assert got[0].dtype == np.int16 and got[1].dtype == np.int8
+    assert tuple(got[2:]) == tuple(want[2:])
+    np.testing.assert_array_equal(master, before)
+
+
+@pytest.mark.parametrize("shifts", [[5, 5], [2, 7], [0, 40]])
+def test_dense_update_many_samples_and_large_shifts(ks, shifts):
+    # 300 samples fire one input at each step (> 255 per int16 chunk); shift 40: int64 path
+    rng = np.random.default_rng(4)
+    x = np.ones((2, 300, 3), np.uint8)
+    d = _int8(rng, (2, 300, 40), True)
+    master = rng.integers(-30000, 30000, (3, 40)).astype(np.int16)
+    got = ks.dense_update(ks.prepare_inputs(x), d, shifts, master, 3, 62, 123)
+    want = _oracle_update(x, d, shifts, master, 3, 62, 123)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_dense_update_saturation_and_silent_rows(ks):
+    x = np.zeros((1, 4, 3), np.uint8)
+    x[0, :, :2] = 1
+    d = np.full((1, 4, 5), -127, np.int8)
+    master = np.full((3, 5), 32700, np.int16)
+    new, _, sat, sat8 = ks.dense_update(ks.prepare_inputs(x), d, np.zeros(1, np.int64), master, 1 << 10, 0, 7)
+    assert sat == 10 and (new[:2] == 32767).all() and (new[2] == 32700).all() and sat8 == 15
+    assert (master == 32700).all()
+
+
+def test_dense_update_beyond_int64_uses_exact_integers(ks):
+    x = np.full((1, 2, 3), 255, np.uint8)
+    d = np.full((1, 2, 4), 127, np.int8)
+    master = np.zeros((3, 4), np.int16)
+    # grad = 2 * 255 * 127 << 40 fits int64, grad * m does not: exact integers decide
+    got = ks.dense_update(ks.prepare_inputs(x), d, np.array([40]), master, 1 << 20, 62, 5)
+    want = _oracle_update(x, d, [40], master, 1 << 20, 62, 5)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# the registry
+
+
+@pytest.mark.unit
+def test_registry_names_and_errors(monkeypatch):
+    assert kernels.get("numpy") is reference
+    assert kernels.resolve(None) is reference and kernels.resolve("numpy") is reference
+    assert kernels.resolve(reference) is reference
+    for name in kernels.SETS:
+        try:
+            ks = kernels.get(name)
+        except UserError:
+            continue
+        assert ks.NAME == name and all(callable(getattr(ks, e)) for e in kernels.ENTRY_POINTS)
+    with pytest.raises(UserError, match="unknown kernel set 'cuda'"):
+        kernels.get("cuda")
+    monkeypatch.setenv(kernels.ENV, "numpy")
+    assert kernels.get() is reference
+
+
+@pytest.mark.unit
+def test_auto_falls_back_to_numpy_without_the_c_library(monkeypatch):
     from edge_sdfa.int8 import c_kernels
 
-    monkeypatch.setattr(c_kernels, "_LIB", None)  # no C kernels either
-    monkeypatch.setattr(c_kernels, "find_compiler", lambda: None)
-    monkeypatch.setitem(sys.modules, "edge_sdfa.int8.fast_kernels", None)  # import fails
-    monkeypatch.delattr(pkg, "fast_kernels", raising=False)
-    assert get_kernels("auto") is NUMPY
-    with pytest.raises(MissingDependency):
-        get_kernels("numba")
-    with pytest.raises(UserError):
-        get_kernels("cuda")
+    monkeypatch.setattr(c_kernels, "_LIB", None)
+    monkeypatch.setattr(c_kernels, "_ERROR", None)
+    monkeypatch.setattr(c_kernels, "library_path", lambda: None)
+    assert kernels.get("auto") is reference
+    with pytest.raises(UserError, match="not built when edge-sdfa was installed"):
+        kernels.get("c")
+
+
+# ---------------------------------------------------------------------------------------------
+# the C set's thread pool
+
+
+@pytest.fixture()
+def c_set():
+    try:
+        return kernels.get("c")
+    except UserError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_c_kernels_from_several_python_threads_and_after_fork(c_set):
+    """ctypes releases the GIL: concurrent calls share one pool (one loop at a time); a forked
+    child (Lava forks) starts its own workers instead of waiting for its parent's."""
+    import os
+    import threading
+
+    rng = np.random.default_rng(9)
+    x = _spikes(rng, (4, 64, 300), 0.2, False)
+    w = _int8(rng, (300, 200), True)
+    want = reference.dense_current(x, w, None)
+    c_set.dense_current(c_set.prepare_inputs(x), w, None)  # the pool is running before the fork
+    errors = []
+
+    def run():
+        for _ in range(20):
+            if not np.array_equal(c_set.dense_current(c_set.prepare_inputs(x), w, None), want):
+                errors.append("mismatch")
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and not any(t.is_alive() for t in threads)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit code
+        ok = np.array_equal(c_set.dense_current(c_set.prepare_inputs(x), w, None), want)
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+@pytest.mark.integration
+def test_c_kernels_change_no_environment(c_set):
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os; before = dict(os.environ); from edge_sdfa.int8 import kernels; "
+            "kernels.get('c').info(); assert dict(os.environ) == before, set(os.environ) ^ set(before)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr

@@ -456,7 +456,7 @@ ACTIONS = ["init", "install", "commit", "discard", "revert", "reset"]
 MODES = ["torn", "lose-data", "lose-dirs"]  # "torn" is a plain death at every op but a write
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 @pytest.mark.parametrize("action", ACTIONS)
 def test_crash_at_every_operation(tmp_path, bundles, action, no_fsync):
     """G4: interrupt at every operation index, in every crash mode; old or new, never a mix."""
@@ -491,7 +491,7 @@ def test_crash_at_every_operation(tmp_path, bundles, action, no_fsync):
         assert outcomes == {"old", "new"}  # early crashes keep the old, late ones the new
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 @pytest.mark.parametrize("action", ["install", "commit", "revert"])
 def test_crash_during_recovery_after_crash(tmp_path, bundles, action, no_fsync):
     """Stacked faults: power cut during an operation, then another at every step of the

@@ -1,20 +1,39 @@
-"""The int8 SNN: quantisation of a float network, forward pass and the int8 SDFA update.
+"""The int8 SNN: quantisation of a float network, and the network-level forward pass and SDFA
+update, which walk the layers and call a kernel set's layer-level entry points.
 
-This module is the executable specification of the int8 semantics (see ``arith``). Every other
-executor and backend (numba kernels, ONNX/TFLite frozen parts, Lava ``fixed_pt``, the RRAM
-simulator with its non-idealities off) is tested bit-exact against it.
+The arithmetic lives in ``arith`` (definitions) and the kernel sets (``reference``, the numpy set
+and the spec; ``c_kernels``), chosen through the registry ``kernels``. A backend that replaces the
+arithmetic of the synapses (the crossbars of PipeSDFA) passes its matrix-vector product in as
+``mvm``; nothing is intercepted. Every other executor and backend (ONNX/TFLite frozen parts, Lava
+``fixed_pt``, the RRAM simulator with its non-idealities off) is tested bit-exact against the
+numpy set.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from types import ModuleType
 
 import numpy as np
 
 from edge_sdfa import float_net as fn
 from edge_sdfa.errors import UserError
 from edge_sdfa.int8 import arith
-from edge_sdfa.int8.kernels import NUMPY, Kernels
-from edge_sdfa.spec import Dense, Flatten, NetworkSpec, Pool2d, has_synapses
+from edge_sdfa.int8 import kernels as kernel_sets
+from edge_sdfa.spec import (
+    DEFAULT_TEMPORAL_MODE,
+    Dense,
+    Flatten,
+    NetworkSpec,
+    Pool2d,
+    has_synapses,
+    temporal_mode,
+)
+
+# A backend's matrix-vector product: (synaptic layer index, integer input rows [R, K]) -> the
+# layer's current [R, M] without bias (int64), or None to leave it to the kernel set.
+MVM = Callable[[int, np.ndarray], "np.ndarray | None"]
+Kernels = ModuleType | str | None
 
 # ---------------------------------------------------------------------------------------------
 # quantised parameters
@@ -89,85 +108,85 @@ def dequantize(spec: NetworkSpec, qnet: QNet) -> fn.Params:
 
 @dataclass
 class Int8Trace:
-    """Per synaptic layer, what the update needs: input rows and membrane h for every step."""
+    """Per synaptic layer, what the update needs: inputs and the surrogate LUT index of h."""
 
-    inputs: dict[int, np.ndarray] = field(default_factory=dict)   # [T, N, in] uint8
-    membranes: dict[int, np.ndarray] = field(default_factory=dict)  # [T, N, out] int64
-    sg_index: dict[int, np.ndarray] = field(default_factory=dict)   # [T, N, out] uint8 LUT index of h - vth
-    counts: np.ndarray | None = None                              # [N, classes] output spike counts
-    out_spikes: np.ndarray | None = None                          # [T, N, classes] uint8
-    sparse: dict[int, object] = field(default_factory=dict)       # kernels' spike index of inputs
+    inputs: dict[int, np.ndarray] = field(default_factory=dict)    # [T, N, in] integer
+    prepared: dict[int, object] = field(default_factory=dict)      # the kernel set's view of inputs
+    sg_index: dict[int, np.ndarray] = field(default_factory=dict)  # [T, N, out] uint8
+    counts: np.ndarray | None = None                               # [N, classes] output spike counts
+    out_spikes: np.ndarray | None = None                           # [T, N, classes] uint8
 
 
-def _current(layer, q: QLayer, rows: np.ndarray, kernels: Kernels) -> np.ndarray:
-    if isinstance(layer, Dense):
-        cur = kernels.matmul_int(rows, q.w8)
-        if q.bias is not None:
-            cur = cur + q.bias
-        return cur
+def _conv_current(layer, q: QLayer, rows: np.ndarray, ks: ModuleType, mvm, i: int,
+                  channels_last: bool = False) -> np.ndarray:
+    """Conv currents ``[B, C, OH, OW]``, or with ``channels_last`` ``[B, OH, OW, C]`` (the
+    gather's own layout: no transposed copy of the currents)."""
     from edge_sdfa.ops import im2col
 
     cols = im2col(rows, layer.kernel_size, layer.stride, layer.padding)
-    w = q.w8.reshape(q.w8.shape[0], -1).T
-    cur = kernels.matmul_int(cols.reshape(-1, cols.shape[-1]), w)
-    cur = cur.reshape(*cols.shape[:3], -1).transpose(0, 3, 1, 2)
+    flat = cols.reshape(-1, cols.shape[-1])
+    cur = mvm(i, flat) if mvm is not None else None
+    if cur is None:
+        w = q.w8.reshape(q.w8.shape[0], -1).T
+        cur = ks.dense_current(ks.prepare_inputs(flat[None]), w, None)
+    cur = cur.reshape(*cols.shape[:3], -1)
+    if channels_last:
+        return cur if q.bias is None else cur + q.bias.astype(np.int64)
+    cur = cur.transpose(0, 3, 1, 2)
     if q.bias is not None:
-        cur = cur + q.bias[:, None, None]
+        cur = cur + q.bias[:, None, None].astype(np.int64)
     return cur
 
 
-def forward(spec: NetworkSpec, qnet: QNet, x: np.ndarray, kernels: Kernels = NUMPY,
-            keep: set[int] | None = None, *, surrogate_index: bool = False) -> Int8Trace:
-    """Forward ``x[T, N, ...]`` (uint8 spikes or counts). ``keep`` lists synaptic layers whose
-    inputs and membranes are recorded for an update. With ``surrogate_index`` and kernels that
-    support it, kept layers record the surrogate LUT index of h (``sg_index``) instead of h."""
+def forward(spec: NetworkSpec, qnet: QNet, x: np.ndarray, kernels: Kernels = None,
+            keep: set[int] | None = None, *, mvm: MVM | None = None) -> Int8Trace:
+    """Forward ``x[T, N, ...]`` (uint8 spikes or counts) with a kernel set (module or name; None:
+    the numpy reference). ``keep`` lists synaptic layers whose inputs and surrogate indices are
+    recorded for an update. ``mvm`` replaces the synapses' matrix-vector product (see ``MVM``)."""
     if x.dtype.kind not in "ub" and not np.issubdtype(x.dtype, np.integer):
         raise UserError(f"int8 runtime needs integer spikes or counts, got {x.dtype}")
+    ks = kernel_sets.resolve(kernels)
     t_steps, n = x.shape[:2]
     keep = keep or set()
     trace = Int8Trace()
+    shapes = spec.shapes()
     rows = np.ascontiguousarray(x).reshape(t_steps * n, *x.shape[2:])
     for i, layer in enumerate(spec.layers):
         if has_synapses(layer):
             q = qnet[i]
-            sidx = None
-            if isinstance(layer, Dense) and kernels.spike_index is not None:
-                sidx = kernels.spike_index(rows, t_steps, n)
-            if sidx is not None:
-                small = kernels.neuron_run is not None and (q.bias is None or int(np.abs(q.bias).max(initial=0)) < (1 << 30))
-                cur = kernels.matmul_index(sidx, q.w8, small)
-                if q.bias is not None:
-                    cur += q.bias.astype(cur.dtype)
+            if isinstance(layer, Dense):
+                x3 = rows.reshape(t_steps, n, -1)
+                cur = mvm(i, rows.reshape(t_steps * n, -1)) if mvm is not None else None
+                prepared = None
+                if cur is None:
+                    prepared = ks.prepare_inputs(x3)
+                    cur = ks.dense_current(prepared, q.w8, q.bias)
+                elif q.bias is not None:
+                    cur = cur + q.bias.astype(np.int64)
                 if i in keep:
-                    trace.sparse[i] = sidx
+                    trace.inputs[i] = x3
+                    trace.prepared[i] = prepared if prepared is not None else ks.prepare_inputs(x3)
             else:
-                cur = _current(layer, q, rows, kernels)
-            cur = cur.reshape(t_steps, n, int(np.prod(cur.shape[1:])))
+                # a conv layer nobody records runs its neurons in the channels-last order of the
+                # gather (the dynamics are per neuron, so only the order of the spikes changes)
+                # and transposes the uint8 spikes instead of the int32/int64 currents
+                channels_last = i not in keep
+                cur = _conv_current(layer, q, rows, ks, mvm, i, channels_last)
+                if i in keep:
+                    trace.inputs[i] = rows.reshape(t_steps, n, -1)
+            oh_ow_c = cur.shape[1:]
+            cur = cur.reshape(t_steps, n, -1)
             const = arith.neuron_constants(layer.neuron, q.exp)
-            use_sg = surrogate_index and kernels.surrogate_index and i in keep
-            if kernels.neuron_run is not None:
-                spikes, hs = kernels.neuron_run(layer.neuron, const, cur, i in keep, q.exp if use_sg else None)
-            else:
-                v = np.full(cur.shape[1:], const["vreset"], np.int64)
-                spikes = np.empty(cur.shape, np.uint8)
-                hs = np.empty(cur.shape, np.int64) if i in keep else None
-                for t in range(t_steps):
-                    h, spikes[t], v = arith.neuron_step_int(layer.neuron, const, v, cur[t])
-                    if hs is not None:
-                        hs[t] = h
+            spikes, sg = ks.neuron_run(layer.neuron, const, cur, q.exp if i in keep else None)
             if i in keep:
-                trace.inputs[i] = rows.reshape(t_steps, n, -1)
-                if use_sg:
-                    trace.sg_index[i] = hs
-                else:
-                    trace.membranes[i] = hs
-            out_shape = spec.shapes()[i + 1]
-            rows = spikes.reshape(t_steps * n, *out_shape)
+                trace.sg_index[i] = sg
+            if not isinstance(layer, Dense) and channels_last:
+                spikes = np.ascontiguousarray(spikes.reshape(t_steps * n, *oh_ow_c).transpose(0, 3, 1, 2))
+            rows = spikes.reshape(t_steps * n, *shapes[i + 1])
         elif isinstance(layer, Pool2d):
-            b, c, h, w = rows.shape
-            k = layer.kernel_size
-            r = rows[:, :, : h // k * k, : w // k * k].reshape(b, c, h // k, k, w // k, k)
-            rows = r.max(axis=(3, 5)) if layer.mode == "max" else r.sum(axis=(3, 5), dtype=np.int64).astype(np.uint8)
+            from edge_sdfa.ops import pool2d_int
+
+            rows = pool2d_int(rows, layer.kernel_size, layer.mode)
         elif isinstance(layer, Flatten):
             rows = rows.reshape(rows.shape[0], int(np.prod(rows.shape[1:])))
     out = rows.reshape(t_steps, n, int(np.prod(rows.shape[1:])))
@@ -176,18 +195,19 @@ def forward(spec: NetworkSpec, qnet: QNet, x: np.ndarray, kernels: Kernels = NUM
     return trace
 
 
-def output_spikes(spec: NetworkSpec, qnet: QNet, x: np.ndarray, kernels: Kernels = NUMPY) -> np.ndarray:
+def output_spikes(spec: NetworkSpec, qnet: QNet, x: np.ndarray, kernels: Kernels = None) -> np.ndarray:
     """Output spikes ``[T, N, *out]`` of a (possibly frozen, non-classifier) int8 network."""
     t_steps, n = x.shape[:2]
     out = forward(spec, qnet, x, kernels).out_spikes
     return out.reshape(t_steps, n, *spec.shapes()[-1])
 
 
-def predict(spec: NetworkSpec, qnet: QNet, x: np.ndarray, kernels: Kernels = NUMPY, batch: int = 256) -> np.ndarray:
+def predict(spec: NetworkSpec, qnet: QNet, x: np.ndarray, kernels: Kernels = None, batch: int = 256) -> np.ndarray:
     """Predictions for sample-major ``x[N, T, ...]``."""
+    ks = kernel_sets.resolve(kernels)
     preds = []
     for i in range(0, len(x), batch):
-        preds.append(forward(spec, qnet, np.swapaxes(x[i:i + batch], 0, 1), kernels).counts.argmax(axis=1))
+        preds.append(forward(spec, qnet, np.swapaxes(x[i:i + batch], 0, 1), ks).counts.argmax(axis=1))
     return np.concatenate(preds) if preds else np.zeros(0, np.int64)
 
 
@@ -198,8 +218,8 @@ def predict(spec: NetworkSpec, qnet: QNet, x: np.ndarray, kernels: Kernels = NUM
 @dataclass(frozen=True)
 class UpdateConfig:
     lr: float = 0.05
-    mode: str = "online"          # online | exact
-    seed: int = 0                 # stochastic rounding
+    mode: str = DEFAULT_TEMPORAL_MODE   # spec.TemporalMode
+    seed: int = 0                       # stochastic rounding
     feedback_seed: int = 0
 
 
@@ -221,38 +241,25 @@ def step_errors(counts_by_step: np.ndarray, labels: np.ndarray, loss: str, mode:
     """Output error per step ``[T, N, C]`` (int64, 2**-ERR_BITS): online uses the running rate
     at each step; exact uses the final rate at every step."""
     t_steps = counts_by_step.shape[0]
-    if mode == "exact":
+    if temporal_mode(mode) == "exact":
         e = arith.output_error_q(counts_by_step[-1], t_steps, labels, loss)
         return np.broadcast_to(e, (t_steps, *e.shape))
     return np.stack([arith.output_error_q(counts_by_step[t], t + 1, labels, loss) for t in range(t_steps)])
 
 
-def local_deltas(spec: NetworkSpec, qnet: QNet, layer_index: int, h: np.ndarray, g: np.ndarray,
-                 kernels: Kernels = NUMPY):
-    """int8 local errors per step and their shifts: delta_t = int8(g_t * sg'(h_t - v_th))."""
-    layer = spec.layers[layer_index]
-    q = qnet[layer_index]
-    const = arith.neuron_constants(layer.neuron, q.exp)
-    if kernels.local_deltas is not None:
-        return kernels.local_deltas(h, g, const["vth"], q.exp)
-    deltas = np.empty(h.shape, np.int8)
-    shifts = np.zeros(h.shape[0], np.int64)
-    for t in range(h.shape[0]):
-        raw = g[t] * arith.surrogate_q(h[t], const["vth"], q.exp)
-        deltas[t], shifts[t] = arith.to_int8_dynamic(raw)
-    return deltas, shifts
-
-
 def sdfa_update(spec: NetworkSpec, qnet: QNet, x: np.ndarray, y: np.ndarray, feedback: dict[int, np.ndarray],
-                config: UpdateConfig, update_index: int, kernels: Kernels = NUMPY) -> tuple[QNet, UpdateStats]:
+                config: UpdateConfig, update_index: int, kernels: Kernels = None, *,
+                mvm: MVM | None = None) -> tuple[QNet, UpdateStats]:
     """One int8 SDFA update on the batch ``x[T, N, ...]``; returns new layers (inputs untouched).
 
-    Only Dense layers train in int8. The per-step local term needs only the current step's state,
-    so a streaming executor (Lava, the RRAM simulator) can run it step by step; this reference
-    runs layer by layer over all steps, which gives the same integers.
+    Only Dense layers train in int8. ``online``: the per-step local term needs only the current
+    step's state, so a streaming executor (Lava, the RRAM simulator) can run it step by step.
+    ``exact`` (the reference's rule): the final-rate error, projected once, reaches every step and
+    goes back through each layer's own membrane recurrence (``arith.exact_deltas``). The kernel
+    sets run layer by layer over all steps, which gives the same integers.
     """
-    if config.mode not in ("online", "exact"):
-        raise UserError(f"unknown temporal mode {config.mode!r} (expected online or exact)")
+    mode = temporal_mode(config.mode)
+    ks = kernel_sets.resolve(kernels)
     t_steps, n = x.shape[:2]
     if n == 0:
         raise UserError("empty batch: an SDFA update needs at least one sample")
@@ -260,72 +267,61 @@ def sdfa_update(spec: NetworkSpec, qnet: QNet, x: np.ndarray, y: np.ndarray, fee
     for i in train:
         if not isinstance(spec.layers[i], Dense):
             raise UserError(f"layer {i} ({spec.layers[i].type}) cannot be trained in int8; only dense layers can")
-    trace = forward(spec, qnet, x, kernels, keep=set(train), surrogate_index=True)
-    counts_by_step = np.cumsum(trace.out_spikes, axis=0, dtype=np.int64)
-    e = step_errors(counts_by_step, y, spec.loss, config.mode)
+    trace = forward(spec, qnet, x, ks, keep=set(train), mvm=mvm)
+    if mode == "exact":
+        e = arith.output_error_q(trace.counts, t_steps, y, spec.loss)
+    else:
+        e = step_errors(np.cumsum(trace.out_spikes, axis=0, dtype=np.int64), y, spec.loss, mode)
     last = spec.synaptic_layers()[-1]
-    norm = fn.feedback_norm(spec)
     new = list(qnet)
     stats = UpdateStats(arith.loss_value(trace.counts, t_steps, y, spec.loss),
                         int(np.sum(trace.counts.argmax(1) == y)), 0, 0, {})
     for i in train:
-        layer = spec.layers[i]
         q = qnet[i]
-        if i == last:
-            unit_bits, extra = arith.ERR_BITS + arith.SG_BITS, 1.0
+        b = None if i == last else feedback[i]
+        if mode == "exact":
+            deltas, shifts = ks.exact_deltas(trace.sg_index[i], e, b, arith.carry_lut(spec.layers[i].neuron))
         else:
-            unit_bits, extra = arith.ERR_BITS + arith.FB_BITS + arith.SG_BITS, norm
-        if kernels.local_deltas is not None:  # fused projection, surrogate and int8 shift
-            const = arith.neuron_constants(layer.neuron, q.exp)
-            from_index = i in trace.sg_index
-            deltas, shifts = kernels.local_deltas(trace.sg_index[i] if from_index else trace.membranes[i], e,
-                                                  const["vth"], q.exp, None if i == last else feedback[i],
-                                                  from_index=from_index)
-        else:
-            g = e if i == last else _project_int(e, feedback[i])
-            deltas, shifts = local_deltas(spec, qnet, i, trace.membranes[i], g)
-        xin = trace.inputs[i]
-        m, k = arith.update_multiplier(config.lr, n, t_steps, layer.neuron.input_gain, extra, q.exp, unit_bits)
+            deltas, shifts = ks.local_deltas(trace.sg_index[i], e, b)
+        m, k = arith.update_scale(config.lr, n, t_steps, spec.layers[i].neuron.input_gain, q.exp,
+                                  None if i == last else fn.feedback_norm(spec), mode)
         key = arith.rounding_key(config.seed, update_index, i)
-        done = None
-        # |grad| <= N * max|x| * 127 * sum_t 2**shift_t; the fused kernel multiplies in int64,
-        # so it only runs where grad * m cannot wrap (the reference falls back to exact ints).
-        grad_bound = n * int(xin.max(initial=0)) * 127 * int(sum(1 << int(s_) for s_ in shifts))
-        if kernels.dense_update is not None and arith.update_fits_int64(grad_bound, m, k):
-            done = kernels.dense_update(xin, deltas, shifts, q.master, m, k, key, index=trace.sparse.get(i))
-        if done is not None:
-            master, w8, sat, sat_w8 = done
-        else:
-            fused = kernels.outer_acc_steps
-            grad = fused(xin, deltas, shifts) if fused else outer_acc_steps_ref(kernels, xin, deltas, shifts)
-            rows = np.flatnonzero(xin.reshape(-1, xin.shape[-1]).any(axis=0))
-            master, sat = arith.apply_update(q.master, grad, m, k, key, rows)
-            w8 = arith.w8_from_master(master)
-            sat_w8 = int(np.count_nonzero(np.abs(w8) == 127))
+        master, w8, sat, sat_w8 = ks.dense_update(trace.prepared[i], deltas, shifts, q.master, m, k, key)
         new[i] = replace(q, master=master, w8=w8)
         stats.saturated_master += sat
         stats.saturated_w8 += sat_w8
-        stats.shifts[i] = shifts.tolist()
+        stats.shifts[i] = [int(s_) for s_ in shifts]
     return new, stats
 
 
-def _project_int(e: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``e @ b`` exactly, int64: float64 BLAS while every sum stays below 2**53 (numpy's int64
-    matmul has no BLAS and is ~10x slower), int64 otherwise. A broadcast ``e`` (exact mode, the
-    same error at every step) is projected once and broadcast back."""
-    if e.ndim == 3 and e.shape[0] > 1 and e.strides[0] == 0:
-        return np.broadcast_to(_project_int(e[0], b), (e.shape[0], e.shape[1], b.shape[1]))
-    bound = e.shape[-1] * (int(np.abs(e).max()) if e.size else 0) * (int(np.abs(b.astype(np.int64)).max()) if b.size else 0)
-    if bound < (1 << 53):
-        return (e.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
-    return e @ b.astype(np.int64)
-
-
-def outer_acc_steps_ref(kernels: Kernels, x: np.ndarray, d: np.ndarray, shifts: np.ndarray) -> np.ndarray:
-    """sum_t (x_t^T d_t) << shift_t, int64 [in, out]."""
-    acc = np.zeros((x.shape[-1], d.shape[-1]), np.int64)
-    for t in range(x.shape[0]):
-        if shifts[t] < 0:
-            raise ValueError("negative shift")
-        acc += kernels.outer_acc(x[t], d[t]) << int(shifts[t])
-    return acc
+def real_gradients(spec: NetworkSpec, qnet: QNet, x: np.ndarray, y: np.ndarray, feedback: dict[int, np.ndarray],
+                   mode: str) -> dict[int, np.ndarray]:
+    """Per trainable layer, the gradient the int8 rule applies (``dw = -lr * this`` before the
+    stochastic rounding) as a float ``[out, in]`` array in real units, to compare with
+    ``float_net``'s rules. Numpy kernel set."""
+    mode = temporal_mode(mode)
+    ks = kernel_sets.resolve(None)
+    t_steps, n = x.shape[:2]
+    train = [i for i, q in enumerate(qnet) if q.trainable]
+    trace = forward(spec, qnet, x, ks, keep=set(train))
+    last = spec.synaptic_layers()[-1]
+    if mode == "exact":
+        e = arith.output_error_q(trace.counts, t_steps, y, spec.loss)
+    else:
+        e = step_errors(np.cumsum(trace.out_spikes, axis=0, dtype=np.int64), y, spec.loss, mode)
+    out = {}
+    for i in train:
+        layer = spec.layers[i]
+        b = None if i == last else feedback[i]
+        if mode == "exact":
+            deltas, shifts = ks.exact_deltas(trace.sg_index[i], e, b, arith.carry_lut(layer.neuron))
+        else:
+            deltas, shifts = ks.local_deltas(trace.sg_index[i], e, b)
+        grad = ks.gradient(np.asarray(trace.prepared[i]), deltas, shifts)
+        elig = arith.ELIG_BITS if mode == "exact" else arith.SG_BITS
+        if i == last:
+            scale = 2.0 ** -(arith.ERR_BITS + elig) / (n * t_steps)
+        else:
+            scale = 2.0 ** -(arith.ERR_BITS + arith.FB_BITS + elig) * fn.feedback_norm(spec) / n
+        out[i] = (grad.astype(np.float64) * scale * layer.neuron.input_gain).T
+    return out

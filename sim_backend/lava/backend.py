@@ -100,19 +100,18 @@ class LavaBackend(_HeadOwner):
     name = "lava"
     tag = "fixed_pt"
 
-    def __init__(self, capacity: int | str = 16, kernels: str = "numpy"):
+    def __init__(self, capacity: int | str = 16):
         require_lava()
         super().__init__(int(capacity))
-        self.kernels = kernels
         self.spec = None
 
     def program(self, spec, layers, feedback_seed, config):
         from edge_sdfa.int8 import net as qn
         from sim_backend.lava.head import layout
 
-        if config.mode not in ("online", "exact"):
-            raise UserError(f"unknown temporal mode {config.mode!r} (expected online or exact)")
-        self.spec, self.config, self.mode = spec, config, config.mode
+        from edge_sdfa.spec import temporal_mode
+
+        self.spec, self.config, self.mode = spec, config, temporal_mode(config.mode)
         self.layers = list(layers)
         self.lay = layout(spec, {i for i, q in enumerate(self.layers) if q.trainable})
         self.feedback = qn.feedback_int8(spec, feedback_seed)
@@ -122,7 +121,7 @@ class LavaBackend(_HeadOwner):
         from sim_backend.lava.head import fixed_params
 
         params = fixed_params(self.spec, self.layers, self.feedback, self.lay, self.config.lr, self.config.seed,
-                              self.mode, self.kernels)
+                              self.mode)
         self._build(params, capacity)
 
     def forward(self, x):
@@ -163,15 +162,16 @@ class LavaFloatHead(_HeadOwner):
 
     tag = "floating_pt"
 
-    def __init__(self, spec, params, feedback_seed: int, lr: float, mode: str = "online",
+    def __init__(self, spec, params, feedback_seed: int, lr: float, mode: str | None = None,
                  trainable: set[int] | None = None, capacity: int = 16):
         require_lava()
         from edge_sdfa import float_net as fn
         from sim_backend.lava.head import float_params, layout
 
+        from edge_sdfa.spec import temporal_mode
+
         super().__init__(capacity)
-        if mode not in ("online", "exact"):
-            raise UserError(f"unknown temporal mode {mode!r} (expected online or exact)")
+        mode = temporal_mode(mode)
         self.spec, self.mode = spec, mode
         self.lay = layout(spec, set(spec.synaptic_layers()) if trainable is None else set(trainable))
         feedback = fn.feedback_matrices(spec, feedback_seed)

@@ -10,7 +10,6 @@ with ``NumpyBackend``; each update also reports its latency and energy (``cost()
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import numpy as np
@@ -19,8 +18,8 @@ from edge_sdfa import float_net as fn
 from edge_sdfa.backend import CostReport
 from edge_sdfa.errors import UserError
 from edge_sdfa.int8 import arith
+from edge_sdfa.int8 import kernels as kernel_sets
 from edge_sdfa.int8 import net as qn
-from edge_sdfa.int8.kernels import Kernels, get_kernels
 from edge_sdfa.spec import Dense, NetworkSpec
 
 from .costs import UPDATE_MODES
@@ -60,14 +59,15 @@ def device_feedback(spec: NetworkSpec, seed: int, hw, ni: NonIdealities, rng: np
     return out
 
 
-# kernel hooks that run in the digital units (gradient unit, neurons), kept in every mode
-DIGITAL_HOOKS = ("outer_acc", "outer_acc_steps", "dense_update", "neuron_run", "local_deltas", "surrogate_index")
-
-
 class PipeSDFABackend:
     """Options: ``preset`` (neurosim32, isaac or a JSON path), ``nonidealities`` (a NonIdealities or
     a dict of its fields; default: all off), ``update_mode`` (row-serial, parallel, write-verify),
-    ``kernels`` (digital kernels of the gradient unit, as NumpyBackend)."""
+    ``kernels`` (the kernel set of the digital units, neurons and gradient unit, as NumpyBackend).
+
+    The crossbars enter the int8 forward through its ``mvm`` seam (``edge_sdfa.int8.net.MVM``):
+    every synaptic layer's matrix-vector product is read from the cells; with ideal cells they
+    hold exactly the int8 weights, so the seam only records the input spike rate (for the cost)
+    and leaves the product to the kernel set (same integers, faster)."""
 
     name = "pipesdfa"
 
@@ -87,9 +87,14 @@ class PipeSDFABackend:
         if update_mode not in UPDATE_MODES:
             raise UserError(f"unknown update mode {update_mode!r} (known: {', '.join(UPDATE_MODES)})")
         self.update_mode = update_mode
-        self.digital = get_kernels(kernels)
+        self.digital = kernel_sets.get(kernels)
         self.spec: NetworkSpec | None = None
         self._cost: CostReport | None = None
+
+    @property
+    def kernel_set(self) -> str:
+        """The kernel set of the digital units (for reports)."""
+        return self.digital.NAME
 
     # -- Backend protocol --------------------------------------------------------------------
     def program(self, spec, layers, feedback_seed, config):
@@ -115,12 +120,12 @@ class PipeSDFABackend:
 
     def forward(self, x):
         self._seen = []
-        return qn.forward(self.spec, self.layers, x, self._kernels()).counts
+        return qn.forward(self.spec, self.layers, x, self.digital, mvm=self._mvm).counts
 
     def update(self, x, y, update_index):
         self._seen = []
         new, stats = qn.sdfa_update(self.spec, self.layers, x, y, self.feedback, self.config, update_index,
-                                    self._kernels())
+                                    self.digital, mvm=self._mvm)
         traces: dict[int, list[WriteTrace]] = {}
         pulses = 0
         changed = cells = 0
@@ -158,49 +163,18 @@ class PipeSDFABackend:
                 "endurance_pulses": e, "endurance_used_max": worst / e}
 
     # -- internals ------------------------------------------------------------------------------
-    def _kernels(self) -> Kernels:
-        by_id = {}
-        for i, xb in self.xbars.items():
-            w = self.layers[i].w8
-            by_id[id(w)] = (i, xb)
-            if w.base is not None:
-                by_id[id(w.base)] = (i, xb)
-        seen = self._seen
-
-        def matmul_int(x, w):
-            hit = by_id.get(id(w)) or (by_id.get(id(w.base)) if w.base is not None else None)
-            if hit is None:                       # not a crossbar layer: digital
-                return self.digital.matmul_int(x, w)
-            i, xb = hit
-            seen.append(float(np.count_nonzero(x)) / max(x.size, 1))
-            if self.ni.ideal:
-                return self.digital.matmul_int(x, w)   # the cells hold exactly w: same integers
-            return xb.mvm(x)
-
-        kernels = copy.copy(self.digital)
-        kernels.name = f"pipesdfa+{self.digital.name}"
-        kernels.matmul_int = matmul_int
+    def _mvm(self, layer_index: int, rows: np.ndarray) -> np.ndarray | None:
+        """The crossbar product of one synaptic layer (``qn.MVM``)."""
+        self._seen.append(float(np.count_nonzero(rows)) / max(rows.size, 1))
         if self.ni.ideal:
-            # the cells hold exactly the int8 weights: the digital kernels (including any fused
-            # spike-index MVM) give the same integers; only record the spike rates for the cost
-            index = getattr(kernels, "spike_index", None)
-            if index is not None:
-                def spike_index(rows, t_steps, n):
-                    seen.append(float(np.count_nonzero(rows)) / max(rows.size, 1))
-                    return index(rows, t_steps, n)
-
-                kernels.spike_index = spike_index
-            return kernels
-        # non-ideal cells: every MVM must go through matmul_int (the crossbars). Keep only the
-        # hooks that are the digital gradient unit and the neurons; drop any other (fused MVM) hook.
-        for name, value in vars(kernels).items():
-            if name not in DIGITAL_HOOKS and name not in ("name", "matmul_int") and callable(value):
-                setattr(kernels, name, None)
-        return kernels
+            return None  # the cells hold exactly the int8 weights: the kernel set's integers
+        return self.xbars[layer_index].mvm(rows)
 
     def _account(self, batch: int, traces, pulses: int, density: float) -> None:
         rate = float(np.mean(self._seen)) if self._seen else 0.1
         first = min((i for i, q in enumerate(self.layers) if q.trainable), default=len(self.layers))
-        result, layers = update_cost(self.spec, first, batch, self.hw, rate, density, self.update_mode,
+        # one readout model: the ADC bits the functional crossbars convert with are the ones costed
+        hw = self.hw.with_adc_bits(self.ni.adc_bits) if self.ni.adc_bits is not None else self.hw
+        result, layers = update_cost(self.spec, first, batch, hw, rate, density, self.update_mode,
                                      self.config.mode, traces)
-        self._cost = CostReport(result.latency_s, result.energy.total(), flat_breakdown(result, layers, pulses))
+        self._cost = CostReport(result.latency_s, result.total_energy_j, flat_breakdown(result, layers, pulses))

@@ -111,15 +111,15 @@ class _LayerModelBase(PyLoihiProcessModel):
 @requires(CPU)
 @tag("fixed_pt")
 class PySDFALayerFixed(_LayerModelBase):
-    """int8 SDFA: the definitions of ``edge_sdfa.int8.arith`` applied step by step."""
+    """int8 SDFA: the definitions of ``edge_sdfa.int8.arith`` applied step by step, with the
+    numpy set's exact integer products (``edge_sdfa.int8.reference``)."""
 
     def setup(self):
-        from edge_sdfa.int8 import arith
-        from edge_sdfa.int8.kernels import get_kernels
+        from edge_sdfa.int8 import arith, reference
         from edge_sdfa.spec import NeuronSpec
 
         self.arith = arith
-        self.kernels = get_kernels(self.p.get("kernels", "numpy"))
+        self.ref = reference
         p = self.p
         self.neuron = NeuronSpec(**p["neuron"])
         self.exp = int(p["exp"])
@@ -144,7 +144,7 @@ class PySDFALayerFixed(_LayerModelBase):
 
     def integrate(self, x):
         xi = x.astype(np.uint8) if (x.min() >= 0 and x.max() <= 255) else x.astype(np.int64)
-        cur = self.kernels.matmul_int(xi, self.w8)
+        cur = self.ref.matmul(xi, self.w8)
         if self.bias is not None:
             cur = cur + self.bias
         self.h, s, self.v = self.arith.neuron_step_int(self.neuron, self.const, self.v, cur)
@@ -158,27 +158,31 @@ class PySDFALayerFixed(_LayerModelBase):
 
     def _accumulate(self, x, h, e, t):
         e = np.rint(e).astype(np.int64)
-        g = e if self.is_last else e @ self.feedback
+        g = e if self.is_last else self.ref.project(e, self.feedback)
         raw = g * self.arith.surrogate_q(h, self.const["vth"], self.exp)
         delta, shift = self.arith.to_int8_dynamic(raw)
         self.shifts[t] = shift
-        self.grad += self.kernels.outer_acc(x, delta) << int(shift)
+        self.grad += self.ref.outer_acc(x, delta) << int(shift)
 
     def learn_step(self, e):
         self._accumulate(self.x, self.h, e, self.t)
 
     def learn_replay(self, e):
+        """exact: the final-rate error through B_l at every step, BPTT through the membrane."""
+        a = self.arith
+        e = np.rint(e).astype(np.int64)
+        idx = a.surrogate_index(np.stack(self.hist_h), self.const["vth"], self.exp)
+        deltas, shifts = self.ref.exact_deltas(idx, e, None if self.is_last else self.feedback,
+                                               a.carry_lut(self.neuron))
         for t in range(self.T):
-            self._accumulate(self.hist_x[t], self.hist_h[t], e, t)
+            self.shifts[t] = shifts[t]
+            self.grad += self.ref.outer_acc(self.hist_x[t], deltas[t]) << int(shifts[t])
         self.hist_x, self.hist_h = [], []
 
     def apply_update(self):
         a = self.arith
-        if self.is_last:
-            unit_bits, extra = a.ERR_BITS + a.SG_BITS, 1.0
-        else:
-            unit_bits, extra = a.ERR_BITS + a.FB_BITS + a.SG_BITS, self.norm
-        m, k = a.update_multiplier(self.lr, self.n_real, self.T, self.neuron.input_gain, extra, self.exp, unit_bits)
+        m, k = a.update_scale(self.lr, self.n_real, self.T, self.neuron.input_gain, self.exp,
+                              None if self.is_last else self.norm, self.mode)
         key = a.rounding_key(self.seed, self.update_index, self.layer_index)
         self.master, sat = a.apply_update(self.master, self.grad, m, k, key, np.flatnonzero(self.active))
         self.w8 = a.w8_from_master(self.master)
@@ -251,7 +255,8 @@ class PySDFALayerFloat(_LayerModelBase):
     def learn_step(self, e):
         g = self._project(e)
         sg = self.ops.atan_surrogate_grad(self.h - self.neuron.v_threshold)
-        self._add(self.x, g * sg * (self.neuron.input_gain / self.T))
+        scale = self.neuron.input_gain / self.T if self.is_last else self.neuron.input_gain
+        self._add(self.x, g * sg * scale)
 
     def learn_replay(self, e):
         g = self._project(e)
