@@ -58,7 +58,7 @@ class FinetuneConfig:
     epochs: int | None = None          # None: the bundle's default
     batch_size: int | None = None
     lr: float | None = None
-    mode: str = DEFAULT_TEMPORAL_MODE  # spec.TemporalMode
+    mode: str | None = None            # spec.TemporalMode; None: the bundle's default, else online
     backend: str = "numpy"
     seed: int = 0                      # training only: sample order, rehearsal picks, rounding stream
     split_seed: int = 0                # the train/validation split of the user's batch, apart from --seed
@@ -74,7 +74,7 @@ class FinetuneConfig:
         pick = lambda mine, key, fallback: mine if mine is not None else defaults.get(key, fallback)
         cfg = FinetuneConfig(
             epochs=int(pick(self.epochs, "epochs", 20)), batch_size=int(pick(self.batch_size, "batch_size", 16)),
-            lr=float(pick(self.lr, "lr", 0.5)), mode=self.mode, backend=self.backend, seed=self.seed,
+            lr=float(pick(self.lr, "lr", 0.5)), mode=temporal_mode(pick(self.mode, "mode", DEFAULT_TEMPORAL_MODE)), backend=self.backend, seed=self.seed,
             split_seed=self.split_seed, val_fraction=self.val_fraction, margin=self.margin,
             rehearsal_ratio=float(pick(self.rehearsal_ratio, "rehearsal_ratio", 1.0)),
             rehearsal_max=float(pick(self.rehearsal_max, "rehearsal_max", 0.0)),
@@ -304,7 +304,8 @@ def _prepare(bundle, st, data, test_data, source, config) -> Prepared:
     n_reh = 0 if rehearsal is None else min(len(rehearsal[1]), int(round(cfg.rehearsal_ratio * len(train_idx))))
     return Prepared(store=st, bundle=bundle, config=cfg, h_user=h_user, y_user=y_user, train_idx=train_idx,
                     val_idx=val_idx, h_holdout=h_hold, y_holdout=y_hold, h_test=h_test, y_test=y_test,
-                    rehearsal=rehearsal, rehearsal_per_epoch=n_reh, update_offset=st.rounding_counter())
+                    rehearsal=rehearsal, rehearsal_per_epoch=n_reh,
+                    update_offset=st.rounding_counter() if st is not None else 0)  # a new store starts at 0
 
 
 def program(backend, prep: Prepared) -> None:

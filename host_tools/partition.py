@@ -28,8 +28,9 @@ FROZEN_BATCH = 256                 # edge_sdfa.executors.run_frozen batch
 RUNTIME_OVERHEAD = 40 * 2 ** 20    # peak RSS of Python + numpy + edge_sdfa with the C kernels loaded, before
                                    # any data (36.0 MiB measured, docs/host.md), rounded up
 SATURATION_LIMIT = 0.01            # int8_ranges: at most 1 % of a layer's weights clipped at +-127
-# the personalisation recipe (docs/personalisation.md): every dense layer trains, 30 epochs, batch 8, lr 2
-FINETUNE_DEFAULTS = {"epochs": 30, "batch_size": 8, "lr": 2.0, "rehearsal_ratio": 1.0, "mode": "online"}
+# the personalisation recipe (docs/personalisation.md): every dense layer trains, int8 exact rule,
+# 30 epochs, batch 8, lr 0.6
+FINETUNE_DEFAULTS = {"epochs": 30, "batch_size": 8, "lr": 0.6, "rehearsal_ratio": 1.0, "mode": "exact"}
 EXPORTERS = {"onnx": "host_tools.export_onnx", "tflite": "host_tools.export_tflite"}
 
 

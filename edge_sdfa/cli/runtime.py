@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 
 from edge_sdfa.cli.output import emit
-from edge_sdfa.spec import DEFAULT_TEMPORAL_MODE, TEMPORAL_MODES
+from edge_sdfa.spec import TEMPORAL_MODES
 
 
 def register(app: typer.Typer) -> None:
@@ -29,7 +29,7 @@ def finetune(
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     batch: Optional[int] = typer.Option(None, "--batch"),
     lr: Optional[float] = typer.Option(None, "--lr"),
-    mode: str = typer.Option(DEFAULT_TEMPORAL_MODE, "--mode", help=" | ".join(TEMPORAL_MODES)),
+    mode: Optional[str] = typer.Option(None, "--mode", help=" | ".join(TEMPORAL_MODES) + " (default: the bundle's)"),
     store: Optional[str] = typer.Option(None, "--store", help="store dir (default: the user's data dir)"),
     seed: int = typer.Option(0, "--seed", help="seeds training only (order, rehearsal, rounding stream)"),
     split_seed: int = typer.Option(0, "--split-seed", help="seed of the user's train/validation split"),
