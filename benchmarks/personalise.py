@@ -257,7 +257,6 @@ def run_suite(bundle_dir: Path, users: dict, seeds: list[int], methods, float_ep
 
 def ablation(seeds: list[int], log) -> list[dict]:
     """The device path on the default user with each change of the recipe undone."""
-
     old = {"epochs": 30, "batch_size": 16, "lr": 1.0, "rehearsal_ratio": 1.0, "mode": "online"}
     variants = [
         ("shipped before: BPTT-pretrained, last 2 layers, 30 epochs lr 1", dict(method="bptt", cut=1, finetune_defaults=old)),
