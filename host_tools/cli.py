@@ -1,4 +1,4 @@
-"""Host commands: pretrain, partition, export-nir, import-nir (workstation side).
+"""Host commands: pretrain, partition, export-nir, import-nir, nir run (workstation side).
 
 Each command imports host_tools only inside its body, so a device that never calls them never
 loads host code (nir, h5py, the data set readers).
@@ -18,6 +18,9 @@ def register(app: typer.Typer) -> None:
     app.command("partition")(partition)
     app.command("export-nir")(export_nir)
     app.command("import-nir")(import_nir)
+    nir_app = typer.Typer(help="NIR graphs from other frameworks: run them as they ran there.", no_args_is_help=True)
+    nir_app.command("run")(nir_run)
+    app.add_typer(nir_app, name="nir")
 
 
 def pretrain(
@@ -122,3 +125,23 @@ def import_nir(
           "layers": [f"{l.type}{tuple(a)}->{tuple(b)}" for l, a, b in zip(imp.spec.layers, shapes[:-1], shapes[1:])],
           "neurons": [dict(layer=i, **l.neuron.__dict__) for i, l in enumerate(imp.spec.layers) if hasattr(l, "neuron")],
           "network": imp.spec.to_dict(), "notes": imp.notes}, as_json)
+
+
+def nir_run(
+    model: str = typer.Argument(..., help="a .nir file from any framework"),
+    input: str = typer.Option(..., "--input", help=".npz with x [T, N, *input_shape] (input spikes per step)"),
+    out: str = typer.Option(..., "--out", help=".npz to write: spikes [T, N, n_out]"),
+    framework: str = typer.Option("auto", "--framework",
+                                  help="auto (from the file) | edge-sdfa | spikingjelly | snntorch | norse | rockpool | nir"),
+    dt: Optional[float] = typer.Option(None, "--dt", help="seconds per step (Norse: its own dt, default 1e-3)"),
+    reset: Optional[str] = typer.Option(None, "--reset", help="hard | subtract | subtract-delayed (snnTorch's default)"),
+    spike_if: Optional[str] = typer.Option(None, "--spike-if", help="'>' | '>=' (v against v_threshold)"),
+    decay: Optional[str] = typer.Option(None, "--decay", help="euler (1 - dt/tau) | exp (exp(-dt/tau))"),
+    multi_spike: Optional[bool] = typer.Option(None, "--multi-spike/--single-spike", help="floor(v/v_th) spikes a step"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+):
+    """Simulate a NIR graph (float) on input spikes with its framework's rules; write the output spikes."""
+    from host_tools.nir_run import run_file
+
+    emit(run_file(model, input, out, framework=framework, dt=dt, reset=reset, spike_if=spike_if, decay=decay,
+                  multi_spike=multi_spike), as_json)

@@ -189,7 +189,12 @@ def read_graph(source):
     if not path.is_file():
         raise UserError(f"no such NIR file: {path}")
     try:
-        return nir.read(str(path))
+        # nir.read's type check refuses graphs every exporter writes (a batch dim in Input, Rockpool's
+        # Output); the walker checks the shapes itself and names the node
+        try:
+            return nir.read(str(path), type_check=False)
+        except TypeError:  # nir < 1.0.5 has no type_check
+            return nir.read(str(path))
     except Exception as exc:  # h5py / nir raise many kinds on a bad file
         raise UserError(f"{path}: not a readable NIR file ({type(exc).__name__}: {exc})") from None
 
