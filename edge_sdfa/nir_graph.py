@@ -200,6 +200,7 @@ class _State:
     scale: float = 1.0                  # SumPool2d factor to fold into the next synaptic node
     last_pool: tuple | None = None      # (name, kind, k, scale before it)
     done: bool = False
+    input_has_time: bool = False        # Sinabs writes Input [T, ...]
 
     @property
     def has_layers(self) -> bool:
@@ -216,6 +217,12 @@ def _input(st: _State, name: str, node) -> None:
     shape = tuple(int(d) for d in np.asarray(it).ravel()) if it is not None else None
     if not shape or min(shape) < 1:
         raise UserError(f"NIR node {name!r} (Input) has no usable input shape ({it})")
+    if st.input_has_time and len(shape) >= 2:
+        st.notes.append(f"Input {name!r} {list(shape)}: the leading {shape[0]} is the time dimension (dropped)")
+        shape = shape[1:]
+    elif len(shape) == 4 and shape[0] == 1:
+        st.notes.append(f"Input {name!r} {list(shape)}: dropped the leading batch dimension of size 1")
+        shape = shape[1:]
     st.shape = st.input_shape = shape
 
 
@@ -365,13 +372,14 @@ HANDLERS: dict[str, Callable[[_State, str, object], None]] = {
 SUPPORTED = tuple(HANDLERS)
 
 
-def walk(graph, *, dt: float | None = None, reset: str = "auto", notes: list[str] | None = None) -> Walk:
+def walk(graph, *, dt: float | None = None, reset: str = "auto", notes: list[str] | None = None,
+         input_has_time: bool = False) -> Walk:
     """The graph's chain as stages (see the module doc). ``notes`` collects the defaults taken."""
     if reset not in ("auto", "hard", "subtract"):
         raise UserError(f"reset mode {reset!r} must be auto, hard or subtract")
     notes = [] if notes is None else notes
     order = chain(graph)
-    st = _State(dt=resolve_dt(graph, dt, notes), reset=reset, notes=notes)
+    st = _State(dt=resolve_dt(graph, dt, notes), reset=reset, notes=notes, input_has_time=input_has_time)
     for name in order:
         node = graph.nodes[name]
         kind = type(node).__name__
@@ -511,6 +519,12 @@ def detect_framework(graph) -> tuple[str, str]:
     if "input_1" in names or any(n.startswith("_") and n[1:].isdigit() for n in names):
         return "spikingjelly", "node names _<i> and input_1 (spikingjelly nir_exchange.export_to_nir)"
     digit_names = all(n.isdigit() or kinds[n] in ("Input", "Output") for n in names)
+    in_shape = _input_dims(graph)
+    if digit_names and neurons and len(in_shape) >= 2 and in_shape[0] > 1 and all(
+            np.allclose(np.asarray(getattr(v, "r", 1.0), np.float64), 1.0) for _, v in neurons) and all(
+            kinds[n] == "IF" or float(np.min(_tau_of(v))) >= 1.0 for n, v in neurons):
+        return "sinabs", (f"node names <i>, Input {list(in_shape)} with a leading time dimension, r = 1, tau in steps "
+                          "(sinabs.nir.to_nir)")
     if digit_names and neurons:
         rs = [np.asarray(getattr(v, "r", 1.0), np.float64) for _, v in neurons]
         if all(np.allclose(r, 1.0) for r in rs) and all(kinds[n] in ("LIF", "IF", "CubaLIF", "LI") for n, _ in neurons):
@@ -522,6 +536,14 @@ def detect_framework(graph) -> tuple[str, str]:
                         for v in lifs):
             return "snntorch", "node names <i>, LIF with r = tau/1e-4 (snntorch.export_nir: tau = dt/(1-beta))"
     return "nir", "no exporter fingerprint; NIR's own semantics (forward Euler, spike v > v_threshold, hard reset)"
+
+
+def _input_dims(graph) -> tuple[int, ...]:
+    for node in graph.nodes.values():
+        if type(node).__name__ == "Input":
+            it = node.input_type.get("input") if isinstance(node.input_type, dict) else node.input_type
+            return tuple(int(d) for d in np.asarray(it).ravel()) if it is not None else ()
+    return ()
 
 
 def _tau_of(node) -> np.ndarray:

@@ -132,11 +132,11 @@ def nir_run(
     input: str = typer.Option(..., "--input", help=".npz with x [T, N, *input_shape] (input spikes per step)"),
     out: str = typer.Option(..., "--out", help=".npz to write: spikes [T, N, n_out]"),
     framework: str = typer.Option("auto", "--framework",
-                                  help="auto (from the file) | edge-sdfa | spikingjelly | snntorch | norse | rockpool | nir"),
+                                  help="auto (from the file) | edge-sdfa | spikingjelly | snntorch | norse | rockpool | sinabs | nir"),
     dt: Optional[float] = typer.Option(None, "--dt", help="seconds per step (Norse: its own dt, default 1e-3)"),
     reset: Optional[str] = typer.Option(None, "--reset", help="hard | subtract | subtract-delayed (snnTorch's default)"),
     spike_if: Optional[str] = typer.Option(None, "--spike-if", help="'>' | '>=' (v against v_threshold)"),
-    decay: Optional[str] = typer.Option(None, "--decay", help="euler (1 - dt/tau) | exp (exp(-dt/tau))"),
+    decay: Optional[str] = typer.Option(None, "--decay", help="euler (1 - dt/tau) | exp (exp(-dt/tau)) | exp-norm (Sinabs: input times 1 - exp(-dt/tau))"),
     multi_spike: Optional[bool] = typer.Option(None, "--multi-spike/--single-spike", help="floor(v/v_th) spikes a step"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ):

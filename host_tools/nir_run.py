@@ -11,7 +11,8 @@ chain that ``nir_graph.walk`` reads (the walker the import and the Lava runner s
 
 Per layer, with per-output coefficients from the neuron node:
 
-- LIF (Euler): ``v = (1 - dt/tau) v + dt/tau r I + dt/tau v_leak``; (exp): ``v = exp(-dt/tau) v + I``.
+- LIF (Euler): ``v = (1 - dt/tau) v + dt/tau r I + dt/tau v_leak``; (exp, Rockpool): ``v = a v + I``
+  with ``a = exp(-dt/tau)``; (exp-norm, Sinabs' ``norm_input``): ``v = a v + (1 - a) I``.
 - IF: ``v = v + dt r I`` (Norse: ``v = v + r I``).
 - CubaLIF (Euler): ``I_syn = (1 - dt/tau_syn) I_syn + dt/tau_syn w_in I``, then the LIF step on ``I_syn``;
   (Rockpool): ``I_syn = exp(-dt/tau_syn) (I_syn + I)``, ``v = exp(-dt/tau_mem) v + I_syn``.
@@ -33,7 +34,7 @@ from edge_sdfa.errors import UserError
 
 RESETS = ("auto", "hard", "subtract", "subtract-delayed")
 SPIKE_IF = (">", ">=")
-DECAYS = ("euler", "exp")
+DECAYS = ("euler", "exp", "exp-norm")
 NORSE_DT = 1e-3  # Norse's own default step (its exporter's dt)
 
 
@@ -53,12 +54,13 @@ class Semantics:
         return dataclasses.asdict(self)
 
 
-FRAMEWORK_RULES = {
+FRAMEWORK_RULES = {  # what each exporter's own simulator does (checked against tests/golden/nir)
     "edge-sdfa": dict(decay="euler", spike_if=">=", reset="auto", multi_spike=False),
     "spikingjelly": dict(decay="euler", spike_if=">=", reset="hard", multi_spike=False),
     "snntorch": dict(decay="euler", spike_if=">", reset="subtract-delayed", multi_spike=False),
     "norse": dict(decay="euler", spike_if=">", reset="hard", multi_spike=False),
     "rockpool": dict(decay="exp", spike_if=">=", reset="subtract", multi_spike=True, synaptic="rockpool"),
+    "sinabs": dict(decay="exp-norm", spike_if=">=", reset="subtract", multi_spike=True),
     "nir": dict(decay="euler", spike_if=">", reset="hard", multi_spike=False),
 }
 
@@ -89,6 +91,10 @@ def semantics(graph, *, framework: str | None = None, dt: float | None = None, r
         notes.append(f"Norse writes tau = dt/tau_mem_inv: LIF run with Euler dt = (Norse dt {ndt:g})^2 = {ndt * ndt:g}, "
                      "IF with v += r I")
         return Semantics(framework, why, ndt * ndt, 1.0, **rules)
+    if framework == "sinabs":
+        d = 1.0 if dt is None else float(dt)
+        notes.append(f"Sinabs writes tau in time steps: dt = {d:g}")
+        return Semantics(framework, why, d, d, **rules)
     if framework == "rockpool" and dt is None:
         return Semantics(framework, why, None, 1.0, **rules)
     d = nir_graph.resolve_dt(graph, dt, notes)
@@ -127,8 +133,9 @@ def _coeffs(n: nir_graph.Neuron, sem: Semantics, node) -> _Coeffs:
     a_syn = g_syn = None
     if kind == "IF":
         return _Coeffs(ones, sem.if_dt * n.r, 0 * ones, None, None, n.v_threshold, n.v_reset, reset)
-    if sem.decay == "exp":
-        a, g, off = np.exp(-dt / n.tau) * ones, ones, 0 * ones
+    if sem.decay in ("exp", "exp-norm"):
+        a = np.exp(-dt / n.tau) * ones
+        g, off = (1 - a) if sem.decay == "exp-norm" else ones, 0 * ones
         if np.any(n.v_leak != 0):
             raise UserError(f"NIR node {name!r} ({kind}): v_leak != 0 has no meaning in the exp-decay form used "
                             f"for {sem.framework}")
@@ -187,7 +194,8 @@ def simulate(graph, x: np.ndarray, sem: Semantics, notes: list[str] | None = Non
     from edge_sdfa.spec import Conv2d, Dense, Pool2d
 
     notes = [] if notes is None else notes
-    walked = nir_graph.walk(graph, dt=sem.dt or 1.0, reset="auto" if sem.reset == "auto" else "hard", notes=notes)
+    walked = nir_graph.walk(graph, dt=sem.dt or 1.0, reset="auto" if sem.reset == "auto" else "hard", notes=notes,
+                            input_has_time=sem.framework == "sinabs")
     x = np.asarray(x, np.float64)
     if x.ndim < 3:
         raise UserError(f"input must be [T, N, *shape] (shape {walked.input_shape} for node {walked.order[0]!r}), "

@@ -212,12 +212,45 @@ def rockpool():
                "export": "to_nir(net)", "dt": dt, **tau}, nir)
 
 
-FRAMEWORKS = {"spikingjelly": spikingjelly, "snntorch": snntorch, "norse": norse, "rockpool": rockpool}
+# ---------------------------------------------------------------------------------------------
+# Sinabs 3.1.3 (needs nir <= 1.0.4: run in its own venv): LIF (tau_mem in steps, exp decay,
+# norm_input) and the default IAF (multi-spike, subtract); MLP on [batch, time, n]
+
+
+def sinabs():
+    import nir
+    import sinabs as sb
+    import sinabs.layers as sl
+    from sinabs.nir import to_nir
+
+    flavours = {
+        "lif": (lambda n: sl.LIF(tau_mem=torch.full((n,), 5.0), spike_threshold=torch.ones(n)), 10.0),
+        "iaf": (lambda n: sl.IAF(spike_threshold=torch.tensor(1.0)), 1.2),
+    }
+    for fl, (mk, gain) in flavours.items():
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(MLP_IN, MLP_HID), mk(MLP_HID), torch.nn.Linear(MLP_HID, MLP_OUT),
+                                  mk(MLP_OUT))
+        x = _inputs((MLP_IN,), 1)
+        _init(net, 14, gain=gain)
+        with torch.no_grad():
+            out = net(torch.from_numpy(x).permute(1, 0, 2)).numpy().transpose(1, 0, 2)  # sinabs: [batch, time, n]
+        for m in net:
+            if hasattr(m, "reset_states"):
+                m.reset_states()
+        graph = to_nir(net, torch.from_numpy(x[:, :1]).permute(1, 0, 2))
+        _save(f"sinabs_{fl}_mlp", graph, x, out,
+              {"framework": "sinabs", "version": sb.__version__, "flavour": fl, "arch": "mlp",
+               "export": "to_nir(net, x[:, :1] as [1, T, n]) (nir 1.0.4)", "neuron": repr(net[1])}, nir)
+
+
+FRAMEWORKS = {"sinabs": sinabs, "spikingjelly": spikingjelly, "snntorch": snntorch, "norse": norse, "rockpool": rockpool}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default=",".join(FRAMEWORKS))
+    ap.add_argument("--only", default="spikingjelly,snntorch,norse,rockpool",
+                    help="comma list of " + ", ".join(FRAMEWORKS) + " (sinabs: in its own venv, nir<=1.0.4)")
     args = ap.parse_args(argv)
     failed = []
     for name in args.only.split(","):
