@@ -1,5 +1,5 @@
 # edge-sdfa: set-up, demo and tests. Every target is idempotent: the venv is rebuilt
-# only when pyproject.toml changes.
+# only when pyproject.toml, host/pyproject.toml or setup.py change.
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -13,11 +13,12 @@ BASE_PY := $(shell for c in python3.10 $$(ls -d $$HOME/.pyenv/versions/3.10*/bin
 
 .PHONY: demo test test-fast test-pi lint venv clean embedded bench
 
-$(STAMP): pyproject.toml
+# Two distributions (docs/architecture.md): the device one at the root, the workstation one in host/.
+$(STAMP): pyproject.toml host/pyproject.toml setup.py
 	@test -n "$(BASE_PY)" || { echo "error: no python3.10 or python3 found" >&2; exit 2; }
 	@test -x $(PY) || $(BASE_PY) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[all,dev]'
+	$(PY) -m pip install -q -e '.[all,dev]' -e './host[lava]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -56,4 +57,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/lava.py --json
 
 clean:
-	rm -rf $(VENV) .demo-store build *.egg-info
+	rm -rf $(VENV) .demo-store build *.egg-info host/build host/*.egg-info

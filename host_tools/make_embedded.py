@@ -88,7 +88,7 @@ def build(out_dir: Path, seed: int = 0) -> dict:
     write_bundle(bundle_dir, spec, qnet, CUT, model_id="digits-mlp-lif", version=1,
                  holdout=(x_hold, labels[hold_idx]), rehearsal=(x_reh, labels[train_idx[reh_idx]]),
                  feedback_seed=seed + 1234, finetune_defaults=FINETUNE_DEFAULTS,
-                 metadata={"source": "sklearn digits, rate-coded", "made_by": "python -m host_tools.make_embedded",
+                 metadata={"source": "sklearn digits, rate-coded", "made_by": "make embedded",
                            "shift": {k: (list(v) if isinstance(v, tuple) else v) for k, v in SHIFT.items()}})
     save_user_data(str(out_dir / "default_user_batch.npz"), y_user[batch_sel], x=x_user[batch_sel])
     save_user_data(str(out_dir / "default_user_test.npz"), y_user[test_sel], x=x_user[test_sel])

@@ -25,8 +25,8 @@ from edge_sdfa.errors import UserError
 from edge_sdfa.spec import Dense, NetworkSpec, Pool2d, has_synapses
 
 FROZEN_BATCH = 256                 # edge_sdfa.executors.run_frozen batch
-RUNTIME_OVERHEAD = 92 * 2 ** 20    # peak RSS of Python + numpy + edge_sdfa with the numba kernels loaded, before
-                                   # any data (91.1 MiB measured; 34.7 MiB with the numpy kernels only, see docs)
+RUNTIME_OVERHEAD = 40 * 2 ** 20    # peak RSS of Python + numpy + edge_sdfa with the C kernels loaded, before
+                                   # any data (36.0 MiB measured, docs/host.md), rounded up
 SATURATION_LIMIT = 0.01            # int8_ranges: at most 1 % of a layer's weights clipped at +-127
 FINETUNE_DEFAULTS = {"epochs": 30, "batch_size": 16, "lr": 1.0, "rehearsal_ratio": 1.0, "mode": "online"}
 EXPORTERS = {"onnx": "host_tools.export_onnx", "tflite": "host_tools.export_tflite"}
