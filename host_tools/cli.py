@@ -64,7 +64,9 @@ def partition(
     version: int = typer.Option(1, "--version"),
     seed: int = typer.Option(0, "--seed"),
     dt: Optional[float] = typer.Option(None, "--dt", help="NIR seconds per step (default: graph metadata, else 1e-4)"),
-    reset: str = typer.Option("auto", "--reset", help="auto | hard | subtract (NIR cannot say; auto: node metadata, else hard)"),
+    reset: str = typer.Option("auto", "--reset", help="auto (the exporter's rule) | hard | subtract"),
+    framework: str = typer.Option("auto", "--framework", help="whose rules the graph follows (auto: from the file)"),
+    spike_if: Optional[str] = typer.Option(None, "--spike-if", help="'>' | '>=' (int8 runs '>=' only)"),
     approximate: bool = typer.Option(False, "--approximate", help="accept documented approximations (CubaLIF, LI)"),
     time_steps: Optional[int] = typer.Option(None, "--time-steps", "-T", help="default: graph metadata, else 10"),
     runtime_overhead: Optional[str] = typer.Option(None, "--runtime-overhead",
@@ -79,6 +81,7 @@ def partition(
                  frozen_format=frozen_format, holdout=holdout, calib_samples=calib_samples,
                  holdout_samples=holdout_samples, rehearsal_samples=rehearsal_samples, batch=batch,
                  model_id=model_id, version=version, seed=seed, dt=dt, reset=reset, approximate=approximate,
+                 framework=framework, spike_if=spike_if,
                  time_steps=time_steps, runtime_overhead=runtime_overhead, progress=not quiet)
     if as_json:
         emit(report, True)
@@ -111,7 +114,10 @@ def export_nir(
 def import_nir(
     model: str = typer.Argument(..., help="a .nir file from any framework"),
     dt: Optional[float] = typer.Option(None, "--dt"),
-    reset: str = typer.Option("auto", "--reset", help="auto | hard | subtract"),
+    reset: str = typer.Option("auto", "--reset", help="auto (the exporter's rule) | hard | subtract"),
+    framework: str = typer.Option("auto", "--framework", help="whose rules the graph follows (auto: from the file)"),
+    spike_if: Optional[str] = typer.Option(None, "--spike-if", help="'>' | '>=' (int8 runs '>=' only)"),
+    multi_spike: Optional[bool] = typer.Option(None, "--multi-spike/--single-spike"),
     approximate: bool = typer.Option(False, "--approximate"),
     time_steps: Optional[int] = typer.Option(None, "--time-steps", "-T"),
     as_json: bool = typer.Option(False, "--json"),
@@ -119,12 +125,13 @@ def import_nir(
     """Check that a NIR graph imports, and show the network it maps to (nothing is written)."""
     from host_tools.nir_io import import_graph
 
-    imp = import_graph(model, dt=dt, reset=reset, approximate=approximate, time_steps=time_steps)
+    imp = import_graph(model, dt=dt, reset=reset, approximate=approximate, time_steps=time_steps, framework=framework,
+                       spike_if=spike_if, multi_spike=multi_spike)
     shapes = imp.spec.shapes()
     emit({"nodes": imp.nodes, "dt": imp.dt, "time_steps": imp.spec.time_steps, "loss": imp.spec.loss,
           "layers": [f"{l.type}{tuple(a)}->{tuple(b)}" for l, a, b in zip(imp.spec.layers, shapes[:-1], shapes[1:])],
           "neurons": [dict(layer=i, **l.neuron.__dict__) for i, l in enumerate(imp.spec.layers) if hasattr(l, "neuron")],
-          "network": imp.spec.to_dict(), "notes": imp.notes}, as_json)
+          "network": imp.spec.to_dict(), "semantics": imp.semantics, "notes": imp.notes}, as_json)
 
 
 def nir_run(

@@ -178,6 +178,7 @@ class Imported:
     metadata: dict = field(default_factory=dict)   # the graph's metadata (edge_sdfa JSON decoded)
     notes: list[str] = field(default_factory=list)  # approximations and defaults taken
     nodes: list[str] = field(default_factory=list)  # node names in execution order
+    semantics: dict = field(default_factory=dict)   # the exporter's rules it was read with (nir_run.Semantics)
 
 
 def read_graph(source):
@@ -199,13 +200,22 @@ def read_graph(source):
         raise UserError(f"{path}: not a readable NIR file ({type(exc).__name__}: {exc})") from None
 
 
-def import_graph(source, *, dt: float | None = None, reset: str = "auto", approximate: bool = False,
-                 time_steps: int | None = None, loss: str | None = None) -> Imported:
-    """Map a NIR graph (or .nir path) onto a NetworkSpec and float parameters. See the module doc."""
+def import_graph(source, *, dt: float | None = None, reset: str | None = "auto", approximate: bool = False,
+                 time_steps: int | None = None, loss: str | None = None, framework: str | None = None,
+                 spike_if: str | None = None, decay: str | None = None, multi_spike: bool | None = None) -> Imported:
+    """Map a NIR graph (or .nir path) onto a NetworkSpec and float parameters. See the module doc.
+
+    The discrete rules (reset and its timing, spike condition, decay form, multi-spike, dt
+    convention) are those of the exporter that wrote the file (``nir_run.semantics``: detected,
+    or ``framework``); the other keywords override them. What NeuronSpec cannot express is a
+    UserError naming the node."""
+    from host_tools import nir_run
+
     graph = read_graph(source)
     gmeta = nir_graph.graph_metadata(graph)
     notes: list[str] = []
-    dt = nir_graph.resolve_dt(graph, dt, notes)
+    sem = nir_run.semantics(graph, framework=framework, dt=dt, reset=None if reset in (None, "auto") else reset,
+                            spike_if=spike_if, decay=decay, multi_spike=multi_spike, notes=notes)
     if time_steps is None:
         if "time_steps" in gmeta:
             time_steps = int(gmeta["time_steps"])
@@ -215,7 +225,8 @@ def import_graph(source, *, dt: float | None = None, reset: str = "auto", approx
     loss = loss or str(gmeta.get("loss", "ce"))
     if loss not in ("ce", "mse"):
         loss = "ce"
-    walked = nir_graph.walk(graph, dt=dt, reset=reset, notes=notes)
+    walked = nir_graph.walk(graph, dt=sem.dt or 1.0, reset="auto" if sem.reset == "auto" else "hard", notes=notes,
+                            input_has_time=sem.framework == "sinabs")
     layers: list = []
     params: list = []
     for stage in walked.stages:
@@ -224,21 +235,21 @@ def import_graph(source, *, dt: float | None = None, reset: str = "auto", approx
         elif isinstance(stage, nir_graph.PoolStage):
             layer, p = Pool2d(stage.kernel, stage.mode), {}
         else:
-            layer, p = _spiking_layer(stage, dt, approximate, notes)
+            layer, p = _spiking_layer(stage, sem, approximate, notes)
         layers.append(layer)
         params.append(p)
     try:
         spec = NetworkSpec(walked.input_shape, tuple(layers), int(time_steps), loss)
     except UserError as exc:
         raise UserError(f"NIR graph does not form a network this runtime can run: {exc}") from None
-    return Imported(spec, params, float(dt), gmeta, notes, walked.order)
+    return Imported(spec, params, float(sem.dt or walked.dt), gmeta, notes, walked.order, sem.to_dict())
 
 
-def _spiking_layer(stage: nir_graph.SpikingLayer, dt: float, approximate: bool, notes: list):
+def _spiking_layer(stage: nir_graph.SpikingLayer, sem, approximate: bool, notes: list):
     """A Dense/Conv2d layer with its NeuronSpec and float parameters: the neuron's gain per output
     row folded into the weights and bias, its offset added to the bias."""
     syn = stage.synapse
-    neuron, gain, offset = _neuron_spec(stage.neuron, dt, approximate, notes)
+    neuron, gain, offset = _neuron_spec(stage.neuron, sem, approximate, notes)
     w = syn.weight * gain.reshape((-1,) + (1,) * (syn.weight.ndim - 1))
     b = syn.bias * gain + offset
     has_bias = bool(np.any(b != 0))
@@ -256,36 +267,67 @@ def _spiking_layer(stage: nir_graph.SpikingLayer, dt: float, approximate: bool, 
     return layer, p
 
 
-def _neuron_spec(n: nir_graph.Neuron, dt: float, approximate: bool, notes: list):
-    """(NeuronSpec, gain per output row, offset per output row) for a NIR neuron."""
+def _neuron_spec(n: nir_graph.Neuron, sem, approximate: bool, notes: list):
+    """(NeuronSpec, gain per output row, offset per output row) for a NIR neuron under ``sem``."""
+    from host_tools import nir_run
+
     name, kind = n.name, n.kind
-    if n.reset == "subtract":
+    reset = n.reset if sem.reset == "auto" else sem.reset
+    if reset == "subtract-delayed":
+        raise UserError(f"NIR node {name!r} ({kind}): reset by subtraction one step late (snnTorch's default "
+                        "reset_delay=True) has no NeuronSpec equivalent (it subtracts v_th/beta with threshold v_th); "
+                        "`edge-sdfa nir run` simulates it, or pass --reset hard|subtract to import another rule")
+    if sem.multi_spike:
+        raise UserError(f"NIR node {name!r} ({kind}): {sem.framework} emits several spikes per step "
+                        "(floor(v/v_th)); NeuronSpec spikes once per step: `edge-sdfa nir run` simulates it, or pass "
+                        "--single-spike to import one spike per step")
+    if reset == "subtract":
         if n.v_reset:
             notes.append(f"{name}: reset by subtraction ignores v_reset={n.v_reset:g}")
         v_rest, spec_reset = 0.0, None
     else:
         v_rest, spec_reset = n.v_reset, n.v_reset
+    if kind == "LI":
+        msg = (f"NIR node {name!r} (LI) is a non-spiking leaky integrator (a membrane readout); the runtime's "
+               "output is the spike rate of the last layer")
+        if not approximate:
+            raise UserError(msg + "; pass --approximate to replace it by a LIF with threshold 1 and hard reset 0")
+        notes.append(msg + "; approximated by a LIF (threshold 1, hard reset 0): spike counts replace the membrane")
+        n = nir_graph.Neuron(name, "LIF", 1.0, 0.0, "hard", n.r, n.tau, n.v_leak, metadata=n.metadata)
+        spec_reset, v_rest = 0.0, 0.0
     try:
+        c = nir_run.neuron_coeffs(n, sem)
         if kind == "IF":
-            return NeuronSpec("if", 2.0, n.v_threshold, spec_reset), _snap_arr(n.r * dt), np.zeros_like(n.r)
+            return (NeuronSpec("if", 2.0, n.v_threshold, spec_reset, spike_if=sem.spike_if), _snap_arr(c.g),
+                    np.zeros_like(n.r))
+        gain = np.asarray(c.g, np.float64)
         if kind == "CubaLIF":
-            if abs(dt / n.tau_syn - 1.0) > 1e-6:
-                msg = (f"NIR node {name!r} (CubaLIF): a synaptic current with tau_syn={n.tau_syn:g} s (dt={dt:g} s, "
-                       f"{n.tau_syn / dt:.4g} steps) has no equivalent in NeuronSpec (one state per neuron)")
+            exact = sem.synaptic == "euler" and np.all(np.abs(c.a_syn) <= 1e-9)
+            if not exact:
+                msg = (f"NIR node {name!r} (CubaLIF): a synaptic current with tau_syn={n.tau_syn:g} s ({sem.framework}, "
+                       f"dt={sem.dt if sem.dt else 'per node'}) is a second state per neuron: NeuronSpec has no "
+                       "equivalent; `edge-sdfa nir run` simulates it exactly")
                 if not approximate:
-                    raise UserError(msg + "; exact only when tau_syn == dt; pass --approximate to drop the "
-                                    "synaptic filter (keeping its DC gain)")
+                    raise UserError(msg + "; pass --approximate to drop the synaptic filter (keeping its DC gain)")
                 notes.append(msg + "; approximated by its DC gain (filter dropped)")
-            return _lif_spec(name, kind, n.tau, dt, n.v_threshold, spec_reset, n.r * n.w_in, n.v_leak - v_rest,
-                             n.metadata)
-        if kind == "LI":
-            msg = (f"NIR node {name!r} (LI) is a non-spiking leaky integrator (a membrane readout); the runtime's "
-                   "output is the spike rate of the last layer")
-            if not approximate:
-                raise UserError(msg + "; pass --approximate to replace it by a LIF with threshold 1 and hard reset 0")
-            notes.append(msg + "; approximated by a LIF (threshold 1, hard reset 0): spike counts replace the membrane")
-            return _lif_spec(name, kind, n.tau, dt, 1.0, 0.0, n.r, n.v_leak, n.metadata)
-        return _lif_spec(name, kind, n.tau, dt, n.v_threshold, spec_reset, n.r, n.v_leak - v_rest, n.metadata)
+                gain = gain * np.asarray(c.g_syn) / (1 - np.asarray(c.a_syn))
+            else:
+                gain = gain * np.asarray(c.g_syn)
+        a = float(np.asarray(c.a).ravel()[0])
+        steps = _snap(1.0 / (1.0 - a)) if a < 1 else float("inf")
+        if not steps > 1.0:
+            raise UserError(f"NIR node {name!r} ({kind}): decay {a:g} per step is not a LIF this runtime runs "
+                            "(needs 1 - 1/tau with tau > 1 step; check --dt / --framework)")
+        # NIR step v' = a v + g I + off; NeuronSpec (decay_input) h = (1 - 1/tau) v + (x + v_rest)/tau
+        # with 1/tau = 1 - a, so x = tau g I + (tau off - v_rest)
+        offset = steps * np.asarray(c.off, np.float64) - v_rest
+        r_fold = _snap_arr(steps * gain)
+        decay_input = True
+        if int(n.metadata.get("decay_input", 1)) == 0 and np.all(np.abs(r_fold - steps) <= 1e-9 * steps):
+            decay_input, r_fold = False, np.ones_like(r_fold)  # our own export of decay_input=False
+            offset = offset / steps
+        neuron = NeuronSpec("lif", steps, n.v_threshold, spec_reset, decay_input, spike_if=sem.spike_if)
+        return neuron, r_fold, offset
     except UserError:
         raise
     except ValueError as exc:
@@ -305,20 +347,6 @@ def _snap_arr(a: np.ndarray) -> np.ndarray:
     if a.size > 1 and np.all(a == a.flat[0]):
         return np.full(a.shape, _snap(float(a.flat[0])))
     return np.array([_snap(float(x)) for x in a.ravel()]).reshape(a.shape) if a.size <= 100_000 else a
-
-
-def _lif_spec(name, kind, tau, dt, v_th, spec_reset, r, offset, meta):
-    steps = _snap(tau / dt)
-    if not steps > 1.0:
-        raise UserError(f"NIR node {name!r} ({kind}): tau={tau:g} s is {steps:g} steps of dt={dt:g} s; a LIF here "
-                        "needs tau > dt (check --dt)")
-    r = _snap_arr(np.asarray(r, np.float64))
-    decay_input = True
-    if int(meta.get("decay_input", 1)) == 0 and np.all(np.abs(r - steps) <= 1e-9 * steps):
-        decay_input, r = False, np.ones_like(r)  # our own export of decay_input=False: r = tau steps
-        offset = offset / steps
-    neuron = NeuronSpec("lif", steps, v_th, spec_reset, decay_input)
-    return neuron, r, np.asarray(offset, np.float64)
 
 
 # ---------------------------------------------------------------------------------------------

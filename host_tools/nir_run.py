@@ -61,7 +61,7 @@ FRAMEWORK_RULES = {  # what each exporter's own simulator does (checked against 
     "norse": dict(decay="euler", spike_if=">", reset="hard", multi_spike=False),
     "rockpool": dict(decay="exp", spike_if=">=", reset="subtract", multi_spike=True, synaptic="rockpool"),
     "sinabs": dict(decay="exp-norm", spike_if=">=", reset="subtract", multi_spike=True),
-    "nir": dict(decay="euler", spike_if=">", reset="hard", multi_spike=False),
+    "nir": dict(decay="euler", spike_if=">", reset="auto", multi_spike=False),  # auto: node metadata, else hard
 }
 
 
@@ -117,7 +117,8 @@ class _Coeffs:
     reset: str
 
 
-def _coeffs(n: nir_graph.Neuron, sem: Semantics, node) -> _Coeffs:
+def neuron_coeffs(n: nir_graph.Neuron, sem: Semantics) -> _Coeffs:
+    """Per-step coefficients of a neuron node under ``sem`` (see the module doc)."""
     name, kind = n.name, n.kind
     reset = n.reset if sem.reset == "auto" else sem.reset
     ones = np.ones_like(n.r)
@@ -221,8 +222,7 @@ def simulate(graph, x: np.ndarray, sem: Semantics, notes: list[str] | None = Non
                 layer = Dense(syn.weight.shape[1], syn.weight.shape[0], bias=True)
                 rows = rows.reshape(rows.shape[0], -1)
             cur = ops.synapse_forward(layer, params, rows)
-            node = graph.nodes[stage.neuron.name]
-            spikes = _neuron_run(_coeffs(stage.neuron, sem, node), cur.reshape(t_steps, n, *cur.shape[1:]), sem)
+            spikes = _neuron_run(neuron_coeffs(stage.neuron, sem), cur.reshape(t_steps, n, *cur.shape[1:]), sem)
             rows = spikes.reshape(t_steps * n, *spikes.shape[2:])
     return rows.reshape(t_steps, n, -1)
 

@@ -339,6 +339,7 @@ def partition(model: str | Path, out: str | Path, *, calib: str, trainable_layer
               holdout_limit: int | None = 2000, headroom: float = 2.0, batch: int | None = None,
               model_id: str | None = None, version: int = 1, feedback_seed: int | None = None, seed: int = 0,
               dt: float | None = None, reset: str = "auto", approximate: bool = False,
+              framework: str | None = None, spike_if: str | None = None,
               time_steps: int | None = None, runtime_overhead: str | int | None = None,
               progress: bool = False) -> dict:
     """Import, calibrate, plan, check, write the bundle; returns the report ``--json`` prints."""
@@ -362,7 +363,8 @@ def partition(model: str | Path, out: str | Path, *, calib: str, trainable_layer
     budget = parse_bytes(memory_budget) if memory_budget is not None else None
     log = (lambda msg: sys.stderr.write(msg + "\n")) if progress else (lambda msg: None)
 
-    imp = nir_io.import_graph(model, dt=dt, reset=reset, approximate=approximate, time_steps=time_steps)
+    imp = nir_io.import_graph(model, dt=dt, reset=reset, approximate=approximate, time_steps=time_steps,
+                              framework=framework, spike_if=spike_if)
     spec, params = imp.spec, imp.params
     log(f"partition: imported {len(spec.layers)} layers from {model}")
     ft = dict(FINETUNE_DEFAULTS)

@@ -135,3 +135,35 @@ def test_cli_nir_run_bad_input_is_one_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error:")
     assert not (tmp_path / "o.npz").exists()
+
+
+# NeuronSpec (float and int8 executors) cannot hold these rules: import refuses, naming the node
+IMPORT_REFUSED = {"snntorch_leaky_mlp": "reset by subtraction one step late",
+                  "snntorch_leaky_conv": "reset by subtraction one step late",
+                  "rockpool_lif_mlp": "several spikes per step", "rockpool_cubalif_mlp": "several spikes per step",
+                  "sinabs_lif_mlp": "several spikes per step", "sinabs_iaf_mlp": "several spikes per step"}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_import_gives_the_framework_spikes_or_names_the_node(name):
+    from edge_sdfa import float_net as fn
+    from host_tools import nir_io
+
+    d, info, x, ref = _case(name)
+    kw = _kwargs(info["run_flags"])
+    if name in IMPORT_REFUSED:
+        with pytest.raises(UserError, match=f"NIR node '.+' \\(\\w+\\): .*{IMPORT_REFUSED[name]}"):
+            nir_io.import_graph(d / "model.nir", **kw)
+        return
+    imp = nir_io.import_graph(d / "model.nir", **kw)
+    assert imp.semantics["framework"] == info["framework"]
+    out = fn.forward(imp.spec, imp.params, x.astype(np.float32)).outputs[-1]
+    np.testing.assert_array_equal(out.reshape(ref.shape), ref)
+
+
+def test_rockpool_cubalif_refused_even_single_spike():
+    from host_tools import nir_io
+
+    d = GOLDEN / "rockpool_cubalif_mlp"
+    with pytest.raises(UserError, match="NIR node '1_LIFTorch' \\(CubaLIF\\).*no equivalent"):
+        nir_io.import_graph(d / "model.nir", multi_spike=False)

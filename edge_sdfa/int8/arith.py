@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 
+from edge_sdfa.errors import UserError
 from edge_sdfa.spec import NeuronSpec
 
 MASTER_EXTRA_BITS = 8
@@ -72,6 +73,9 @@ def w8_from_master(master: np.ndarray) -> np.ndarray:
 
 def neuron_constants(neuron: NeuronSpec, exp: int) -> dict[str, int]:
     """Threshold, reset and decay of a neuron in the fixed point of a layer with weight exponent exp."""
+    if neuron.spike_if != ">=":
+        raise UserError(f"a neuron that spikes on v {neuron.spike_if} v_threshold (snnTorch, Norse) is not in the int8 "
+                        "spec (h >= vth); re-import with --spike-if '>=' to accept ties spiking")
     return {
         "vth": int(round(neuron.v_threshold * 2 ** exp)),
         "vreset": int(round((neuron.v_reset or 0.0) * 2 ** exp)),
