@@ -423,7 +423,10 @@ def partition(model: str | Path, out: str | Path, *, calib: str, trainable_layer
         if cut > 0 and frozen_format != "npz":
             export = _exporter(frozen_format)
             tmpdir = Path(tempfile.mkdtemp(prefix="edge-sdfa-frozen-"))
-            path = Path(export(spec, qnet, cut, tmpdir / f"frozen.{frozen_format}"))
+            # the input range the calibration saw (0/1 spikes: 1), not an assumed 255: a conv front on spikes
+            # fits TFLite's int16 accumulators; the executors refuse larger inputs in one line
+            in_max = max(1, int(calib_report["layers"][0]["input_max"])) if calib_report["layers"] else 255
+            path = Path(export(spec, qnet, cut, tmpdir / f"frozen.{frozen_format}", input_max=in_max))
             frozen_files, fmt = {f"frozen.{frozen_format}": path}, frozen_format
         metadata = {"source_nir": str(model), "source_sha256": sha, "nir_dt": imp.dt,
                     "encoding": imp.metadata.get("encoding"), "import_notes": imp.notes,
