@@ -37,3 +37,15 @@ def test_tflite_conv_front_calibrated_on_spikes_is_bit_exact(tmp_path):
     got = open_executor(tfl).run(x)
     assert want.sum() > 0
     np.testing.assert_array_equal(got, want)
+
+
+def test_finetune_data_reshapes_flat_frames_for_a_conv_model():
+    """`finetune --data digits` on a conv bundle: the data set's flat 64-frames take the model's
+    (1, 8, 8) shape, as `partition --calib digits` does; a size that does not fit is still refused."""
+    from edge_sdfa.errors import DataError
+    from edge_sdfa.finetune import load_data
+
+    x, y = load_data("digits", 10, (1, 8, 8))
+    assert x.shape[1:] == (10, 1, 8, 8) and len(x) == len(y) > 0
+    with pytest.raises(DataError, match="the model expects"):
+        load_data("digits", 10, (1, 9, 8))
