@@ -103,12 +103,13 @@ def export_nir(
     out: str = typer.Option(..., "--out", help="the NIR file to write"),
     frozen_from: Optional[str] = typer.Option(None, "--frozen-from", help="source .nir, for onnx/tflite bundles"),
     dt: Optional[float] = typer.Option(None, "--dt"),
+    target: str = typer.Option("nir", "--for", help="nir (NIR's reading; SpikingJelly) | snntorch | norse (docs/nir.md)"),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Export the (fine-tuned) int8 model of a store or bundle back to NIR."""
     from host_tools.nir_io import export_finetuned
 
-    emit(export_finetuned(source, out, frozen_from=frozen_from, dt=dt), as_json)
+    emit(export_finetuned(source, out, frozen_from=frozen_from, dt=dt, target=target), as_json)
 
 
 def import_nir(

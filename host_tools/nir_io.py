@@ -60,11 +60,28 @@ def _nir():
 # export
 
 
-def export_graph(spec: NetworkSpec, params, *, dt: float = DEFAULT_DT, metadata: dict | None = None):
-    """A ``nir.NIRGraph`` of ``spec`` with float ``params`` (Dense weights ``[out, in]``)."""
+EXPORT_TARGETS = ("nir", "snntorch", "norse")
+
+
+def export_graph(spec: NetworkSpec, params, *, dt: float = DEFAULT_DT, metadata: dict | None = None,
+                 target: str = "nir"):
+    """A ``nir.NIRGraph`` of ``spec`` with float ``params`` (Dense weights ``[out, in]``).
+
+    ``target`` fills the room NIR leaves for one importer (docs/nir.md): ``nir`` writes NIR's
+    own reading (SpikingJelly imports it exactly); ``snntorch`` / ``norse`` write Flatten with
+    ``start_dim=-3`` (their importers apply it to a batched tensor; a negative dim means the same
+    with and without a batch), the threshold as the float32
+    just below it (they spike on ``v > v_th``; for float32 membranes ``v > prev(v_th)`` is
+    ``v >= v_th``) and, for snnTorch, IF with ``r = 1`` (its importer refuses any other r)."""
     nir = _nir()
     if not dt > 0:
         raise UserError(f"dt must be > 0, got {dt}")
+    if target not in EXPORT_TARGETS:
+        raise UserError(f"export target {target!r} must be one of {', '.join(EXPORT_TARGETS)}")
+    for layer in spec.layers:
+        if has_synapses(layer) and layer.neuron.v_reset is None and target != "nir":
+            raise UserError(f"layer {spec.layers.index(layer)}: reset by subtraction; the {target} importer resets "
+                            "to v_reset (NIR 1.0 has no reset mode); export with the nir target and import by hand")
     shapes = spec.shapes()
     nodes: dict = {"input": nir.Input(input_type=np.array(spec.input_shape))}
     order = ["input"]
@@ -95,15 +112,16 @@ def export_graph(spec: NetworkSpec, params, *, dt: float = DEFAULT_DT, metadata:
                                                       metadata={"edge_sdfa": "maxpool (binary spikes)"})
                 order += [f"pool{i}", f"pool{i}_max"]
         elif isinstance(layer, Flatten):
-            nodes[f"flatten{i}"] = nir.Flatten(input_type={"input": np.array(shapes[i])}, start_dim=0, end_dim=-1)
+            nodes[f"flatten{i}"] = nir.Flatten(input_type={"input": np.array(shapes[i])},
+                                               start_dim=0 if target == "nir" else -len(shapes[i]), end_dim=-1)
             order.append(f"flatten{i}")
         if has_synapses(layer):
-            nodes[f"{layer.neuron.kind}{i}"] = _neuron_node(nir, layer.neuron, out_shape, dt)
+            nodes[f"{layer.neuron.kind}{i}"] = _neuron_node(nir, layer.neuron, out_shape, dt, target)
             order.append(f"{layer.neuron.kind}{i}")
     nodes["output"] = nir.Output(output_type=np.array(shapes[-1]))
     order.append("output")
     meta = {"dt": float(dt), "time_steps": int(spec.time_steps), "loss": spec.loss, "readout": "spike_rate",
-            "encoding": "spike frames (uint8 counts per step)", "producer": "edge-sdfa"}
+            "encoding": "spike frames (uint8 counts per step)", "producer": "edge-sdfa", "target": target}
     extra = dict(metadata or {})
     for key in ("encoding",):
         if key in extra:
@@ -120,23 +138,28 @@ def _json_default(obj):
     return str(obj)
 
 
-def _neuron_node(nir, neuron: NeuronSpec, shape, dt: float):
+def _neuron_node(nir, neuron: NeuronSpec, shape, dt: float, target: str = "nir"):
     full = lambda v: np.full(shape, v, np.float64)
     v_reset = 0.0 if neuron.v_reset is None else float(neuron.v_reset)
     meta = {"reset_mode": "subtract" if neuron.v_reset is None else "hard", "decay_input": int(neuron.decay_input),
-            "spike_condition": "v >= v_threshold"}
+            "spike_condition": f"v {neuron.spike_if} v_threshold"}
+    v_th = neuron.v_threshold
+    if target != "nir" and neuron.spike_if == ">=":
+        v_th = float(np.nextafter(np.float32(v_th), np.float32(0)))
+        meta["v_threshold_ge"] = float(neuron.v_threshold)  # what the >= rule compares with
     if neuron.kind == "if":
-        return nir.IF(r=full(1.0 / dt), v_threshold=full(neuron.v_threshold), v_reset=full(v_reset), metadata=meta)
+        r = 1.0 if target == "snntorch" else 1.0 / dt
+        return nir.IF(r=full(r), v_threshold=full(v_th), v_reset=full(v_reset), metadata=meta)
     r = 1.0 if neuron.decay_input else neuron.tau
-    return nir.LIF(tau=full(neuron.tau * dt), r=full(r), v_leak=full(v_reset), v_threshold=full(neuron.v_threshold),
+    return nir.LIF(tau=full(neuron.tau * dt), r=full(r), v_leak=full(v_reset), v_threshold=full(v_th),
                    v_reset=full(v_reset), metadata=meta)
 
 
 def export_nir(spec: NetworkSpec, params, out: str | Path, *, dt: float = DEFAULT_DT,
-               metadata: dict | None = None) -> Path:
+               metadata: dict | None = None, target: str = "nir") -> Path:
     """Write ``spec``/``params`` as a .nir file (hdf5) and return its path."""
     nir = _nir()
-    graph = export_graph(spec, params, dt=dt, metadata=metadata)
+    graph = export_graph(spec, params, dt=dt, metadata=metadata, target=target)
     out = Path(out)
     if out.parent and not out.parent.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -354,7 +377,7 @@ def _snap_arr(a: np.ndarray) -> np.ndarray:
 
 
 def export_finetuned(source: str | Path, out: str | Path, *, frozen_from: str | Path | None = None,
-                     dt: float | None = None) -> dict:
+                     dt: float | None = None, target: str = "nir") -> dict:
     """Write the active weights of a store (or a bundle) as NIR: int8 weights dequantised exactly.
 
     A bundle whose frozen part is ONNX/TFLite does not carry the frozen weights as arrays; pass
@@ -408,7 +431,7 @@ def export_finetuned(source: str | Path, out: str | Path, *, frozen_from: str | 
              "partition": cut}
     if "encoding" in meta:
         extra["encoding"] = meta["encoding"]
-    path = export_nir(spec, params, out, dt=dt, metadata=extra)
+    path = export_nir(spec, params, out, dt=dt, metadata=extra, target=target)
     return {"out": str(path), "model_id": b.model_id, "version": b.version, "revision": b.revision,
-            "layers": len(spec.layers), "partition": cut, "dt": dt,
+            "layers": len(spec.layers), "partition": cut, "dt": dt, "target": target,
             "parameters": int(sum(p["weight"].size for p in params if "weight" in p))}

@@ -77,6 +77,10 @@ def semantics(graph, *, framework: str | None = None, dt: float | None = None, r
             raise UserError(f"unknown framework {framework!r} (expected auto, {', '.join(FRAMEWORK_RULES)})")
         why = "--framework"
     rules = dict(FRAMEWORK_RULES[framework])
+    target = str(dict(graph.metadata or {}).get("target", "nir"))
+    if framework == "edge-sdfa" and target != "nir":  # our export for a '>' importer: thresholds moved down
+        rules["spike_if"] = ">"
+        notes.append(f"exported for {target}: v_threshold is the float32 below the model's, spike on v > v_threshold")
     for key, value, allowed in (("reset", reset, RESETS), ("spike_if", spike_if, SPIKE_IF), ("decay", decay, DECAYS)):
         if value is not None:
             if value not in allowed:

@@ -244,6 +244,96 @@ def sinabs():
                "export": "to_nir(net, x[:, :1] as [1, T, n]) (nir 1.0.4)", "neuron": repr(net[1])}, nir)
 
 
+# ---------------------------------------------------------------------------------------------
+# reverse: the project's exports (tools/nir_golden/make_exports.py) imported and run by each framework
+
+
+def _run_steps(step, x):
+    """The framework's outputs for x [T, N, ...], one step at a time."""
+    with torch.no_grad():
+        return np.stack([np.asarray(step(torch.from_numpy(x[t]).float())) for t in range(x.shape[0])])
+
+
+def _import_spikingjelly(graph, x):
+    from spikingjelly.activation_based.nir_exchange import import_from_nir
+
+    net = import_from_nir(graph, dt=float(graph.metadata.get("dt", 1e-4)))
+    return _stateful(net, x)  # the imported GraphModule takes and returns its state
+
+
+def _stateful(net, x):
+    state = [None]
+
+    def step(xt):
+        out, state[0] = net(xt, state[0]) if state[0] is not None else net(xt)
+        return out.numpy()
+    return _run_steps(step, x)
+
+
+def _import_snntorch(graph, x):
+    from snntorch.import_nir import import_from_nir
+
+    return _stateful(import_from_nir(graph), x)
+
+
+def _import_norse(graph, x):
+    import norse.torch as nt
+
+    return _stateful(nt.from_nir(graph, dt=float(graph.metadata.get("dt", 1e-4))), x)
+
+
+def _import_rockpool(graph, x):
+    from rockpool.nn.modules.torch.nir import from_nir
+
+    net = from_nir(graph)
+    out = net(torch.from_numpy(x).float().permute(1, 0, 2))
+    out = out[0] if isinstance(out, tuple) else out
+    return out.detach().numpy().transpose(1, 0, 2)
+
+
+def _import_sinabs(graph, x):
+    import sinabs
+
+    net = sinabs.from_nir(graph, batch_size=x.shape[1])
+    with torch.no_grad():
+        xt = torch.from_numpy(x).float().permute(1, 0, *range(2, x.ndim))
+        out = net(xt)
+    return out.numpy().swapaxes(0, 1)
+
+
+IMPORTERS = {"spikingjelly": _import_spikingjelly, "snntorch": _import_snntorch, "norse": _import_norse,
+             "rockpool": _import_rockpool, "sinabs": _import_sinabs}
+
+
+def reverse(frameworks):
+    import nir
+
+    for d in sorted((OUT / "export").iterdir()):
+        if not (d / "model.nir").is_file():
+            continue
+        x = np.load(d / "input.npz")["x"].astype(np.float32)
+        res_path = d / "result.json"
+        results = json.loads(res_path.read_text()) if res_path.exists() else {}
+        for fw in frameworks:
+            if "_for-" in d.name and not d.name.endswith(f"_for-{fw}"):
+                continue  # an export for another importer
+            try:
+                graph = nir.read(str(d / "model.nir"))
+            except Exception as exc:
+                results[fw] = {"status": "refused", "error": f"nir.read: {type(exc).__name__}: {exc}"[:300]}
+                continue
+            try:
+                out = IMPORTERS[fw](graph, x)
+                out = out.reshape(out.shape[0], out.shape[1], -1)
+                np.savez_compressed(d / f"spikes_{fw}.npz", spikes=out.astype(np.uint8))
+                results[fw] = {"status": "ran", "spikes": float(out.sum())}
+            except Exception as exc:
+                (d / f"spikes_{fw}.npz").unlink(missing_ok=True)
+                results[fw] = {"status": "refused", "error": f"{type(exc).__name__}: {exc}"[:300]}
+            print(d.name, fw, results[fw])
+        res_path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+
+
 FRAMEWORKS = {"sinabs": sinabs, "spikingjelly": spikingjelly, "snntorch": snntorch, "norse": norse, "rockpool": rockpool}
 
 
@@ -251,7 +341,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="spikingjelly,snntorch,norse,rockpool",
                     help="comma list of " + ", ".join(FRAMEWORKS) + " (sinabs: in its own venv, nir<=1.0.4)")
+    ap.add_argument("--reverse", action="store_true", help="import the project's exports in each --only framework")
     args = ap.parse_args(argv)
+    if args.reverse:
+        reverse(args.only.split(","))
+        return 0
     failed = []
     for name in args.only.split(","):
         try:
