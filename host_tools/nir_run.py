@@ -102,7 +102,8 @@ def semantics(graph, *, framework: str | None = None, dt: float | None = None, r
     if framework == "rockpool" and dt is None:
         return Semantics(framework, why, None, 1.0, **rules)
     d = nir_graph.resolve_dt(graph, dt, notes)
-    return Semantics(framework, why, d, d, **rules)
+    if_dt = 1.0 if framework == "edge-sdfa" and target == "snntorch" else d  # IF written with r = 1 for snnTorch
+    return Semantics(framework, why, d, if_dt, **rules)
 
 
 # ---------------------------------------------------------------------------------------------
