@@ -16,7 +16,9 @@ per neuron (per output channel after a Conv2d).
 ``walk(graph)`` returns the chain as stages: ``SpikingLayer`` (a synaptic node with its neuron
 node), ``FlattenStage`` and ``PoolStage``; a ``SumPool2d`` factor is folded into the next synaptic
 layer's weights and ``SumPool2d/AvgPool2d -> Threshold`` becomes a max pool (exact for spikes).
-Every error is a UserError naming the node.
+Every error is a UserError naming the node. NIR does not say which discrete rules the exporter
+ran (reset timing, ``>`` or ``>=``, decay form, dt convention): ``detect_framework`` reads the
+exporter's fingerprint and ``host_tools.nir_run`` holds each framework's rules (docs/nir.md).
 """
 from __future__ import annotations
 

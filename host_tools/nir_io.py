@@ -13,7 +13,8 @@ convention (NIR time constants in seconds with ``dt`` in the graph metadata):
   ``decay_input``, quantisation exponents of a fine-tuned export); every neuron node's metadata has
   ``reset_mode`` (``hard`` | ``subtract``) and ``decay_input``.
 
-Import accepts the node types other frameworks write (Input, Output, Affine, Linear, Flatten,
+Import reads the file with the rules of the framework that wrote it (``nir_run.semantics``:
+detected from the file, flags override; docs/nir.md) and accepts the node types other frameworks write (Input, Output, Affine, Linear, Flatten,
 Conv2d, SumPool2d, AvgPool2d, Threshold after a pool, LIF, IF, CubaLIF, LI), maps their
 continuous-time parameters with forward Euler at ``dt`` onto NeuronSpec, and folds what NeuronSpec
 has no field for into the weights and biases (see docs/host.md, "NIR parameter mapping"):
