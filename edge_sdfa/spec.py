@@ -40,8 +40,8 @@ class NeuronSpec:
 
     LIF with ``decay_input``: ``h = v + (x - (v - v_reset)) / tau``; without it
     ``h = v - (v - v_reset) / tau + x``. IF: ``h = v + x``. Spike ``s = h >= v_threshold``
-    (``spike_if=">"``: ``h > v_threshold``, snnTorch's and Norse's condition; float path only, the
-    int8 spec refuses it).
+    (``spike_if=">"``: ``h > v_threshold``, snnTorch's and Norse's condition; int8 runs it as
+    ``h >= vth + 1`` with a hard reset, see ``int8.arith.neuron_constants``).
     Hard reset (``v_reset`` a number): ``v = v_reset`` where it spiked; soft reset
     (``v_reset=None``): ``v = h - v_threshold`` where it spiked.
     """

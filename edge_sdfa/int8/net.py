@@ -74,9 +74,6 @@ def quantize(spec: NetworkSpec, params: fn.Params, trainable: set[int] | None = 
             continue
         w = params[i]["weight"].astype(np.float64) * fold
         fold = 1.0
-        if layer.neuron.spike_if != ">=":
-            raise UserError(f"layer {i}: its neuron spikes on v > v_threshold (snnTorch, Norse), the int8 spec on "
-                            "h >= vth; re-import with --spike-if '>=' to accept ties spiking")
         exp = arith.weight_exponent(float(np.abs(w).max()), headroom if i in trainable else 1.0)
         w8, sat = arith.quantize_weight(w, exp)
         saturated[i] = sat
