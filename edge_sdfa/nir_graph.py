@@ -533,10 +533,10 @@ def detect_framework(graph) -> tuple[str, str]:
             if any(kinds[n] in ("LIF", "CubaLIF", "LI") and float(np.min(_tau_of(v))) < 1e-4 for n, v in neurons) \
                     or all(kinds[n] == "IF" for n, _ in neurons):
                 return "norse", "node names <i>, r = 1 everywhere, tau = dt/tau_mem_inv (norse.torch.utils.export_nir)"
-        lifs = [v for n, v in neurons if kinds[n] == "LIF"]
-        if lifs and all(np.allclose(np.asarray(v.r, np.float64) * DEFAULT_DT, np.asarray(v.tau, np.float64), rtol=1e-5)
-                        for v in lifs):
-            return "snntorch", "node names <i>, LIF with r = tau/1e-4 (snntorch.export_nir: tau = dt/(1-beta))"
+        lifs = [v for n, v in neurons if kinds[n] in ("LIF", "CubaLIF")]
+        if lifs and all(np.allclose(np.asarray(v.r, np.float64) * DEFAULT_DT, _tau_of(v), rtol=1e-5) for v in lifs):
+            return "snntorch", ("node names <i>, LIF/CubaLIF with r = tau/1e-4 (snntorch.export_nir: tau = dt/(1-beta), "
+                                "tau_syn = dt/(1-alpha))")
     return "nir", "no exporter fingerprint; NIR's own semantics (forward Euler, spike v > v_threshold, hard reset)"
 
 

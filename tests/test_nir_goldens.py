@@ -140,6 +140,7 @@ def test_cli_nir_run_bad_input_is_one_line(tmp_path):
 # NeuronSpec (float and int8 executors) cannot hold these rules: import refuses, naming the node
 IMPORT_REFUSED = {"snntorch_leaky_mlp": "reset by subtraction one step late",
                   "snntorch_leaky_conv": "reset by subtraction one step late",
+                  "snntorch_synaptic_mlp": "reset by subtraction one step late",
                   "rockpool_lif_mlp": "several spikes per step", "rockpool_cubalif_mlp": "several spikes per step",
                   "sinabs_lif_mlp": "several spikes per step", "sinabs_iaf_mlp": "several spikes per step"}
 
@@ -159,6 +160,14 @@ def test_import_gives_the_framework_spikes_or_names_the_node(name):
     assert imp.semantics["framework"] == info["framework"]
     out = fn.forward(imp.spec, imp.params, x.astype(np.float32)).outputs[-1]
     np.testing.assert_array_equal(out.reshape(ref.shape), ref)
+
+
+def test_snntorch_synaptic_current_is_refused_by_neuronspec():
+    from host_tools import nir_io
+
+    d = GOLDEN / "snntorch_synaptic_mlp"
+    with pytest.raises(UserError, match="NIR node '1' \\(CubaLIF\\).*second state.*no equivalent"):
+        nir_io.import_graph(d / "model.nir", reset="hard")
 
 
 def test_rockpool_cubalif_refused_even_single_spike():

@@ -334,12 +334,37 @@ def reverse(frameworks):
         res_path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
 
 
-FRAMEWORKS = {"sinabs": sinabs, "spikingjelly": spikingjelly, "snntorch": snntorch, "norse": norse, "rockpool": rockpool}
+def snntorch_synaptic():
+    """snnTorch Synaptic (exported as CubaLIF: a synaptic current state), default reset, MLP."""
+    import nir
+    import snntorch as snn
+    from snntorch import utils
+    from snntorch.export_nir import export_to_nir
+
+    torch.manual_seed(0)
+    syn = lambda n: snn.Synaptic(alpha=torch.full((n,), 0.5), beta=torch.full((n,), 0.75),
+                                 threshold=torch.ones(n), init_hidden=True)
+    net = torch.nn.Sequential(torch.nn.Linear(MLP_IN, MLP_HID), syn(MLP_HID), torch.nn.Linear(MLP_HID, MLP_OUT),
+                              syn(MLP_OUT))
+    x = _inputs((MLP_IN,), 1)
+    _init(net, 15, gain=1.0)
+    utils.reset(net)
+    with torch.no_grad():
+        out = [net(torch.from_numpy(x[t])).numpy() for t in range(T)]
+    utils.reset(net)
+    graph = export_to_nir(net, torch.from_numpy(x[0][:1]), ignore_dims=[0])
+    _save("snntorch_synaptic_mlp", graph, x, np.stack(out),
+          {"framework": "snntorch", "version": snn.__version__, "flavour": "synaptic", "arch": "mlp",
+           "export": "export_to_nir(net, x[0][:1], ignore_dims=[0])", "alpha": 0.5, "beta": 0.75,
+           "reset_mechanism": "subtract", "reset_delay": True}, nir)
+
+
+FRAMEWORKS = {"snntorch_synaptic": snntorch_synaptic, "sinabs": sinabs, "spikingjelly": spikingjelly, "snntorch": snntorch, "norse": norse, "rockpool": rockpool}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="spikingjelly,snntorch,norse,rockpool",
+    ap.add_argument("--only", default="spikingjelly,snntorch,snntorch_synaptic,norse,rockpool",
                     help="comma list of " + ", ".join(FRAMEWORKS) + " (sinabs: in its own venv, nir<=1.0.4)")
     ap.add_argument("--reverse", action="store_true", help="import the project's exports in each --only framework")
     args = ap.parse_args(argv)
