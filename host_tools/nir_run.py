@@ -15,7 +15,8 @@ Per layer, with per-output coefficients from the neuron node:
   with ``a = exp(-dt/tau)``; (exp-norm, Sinabs' ``norm_input``): ``v = a v + (1 - a) I``.
 - IF: ``v = v + dt r I`` (Norse: ``v = v + r I``).
 - CubaLIF (Euler): ``I_syn = (1 - dt/tau_syn) I_syn + dt/tau_syn w_in I``, then the LIF step on ``I_syn``;
-  (Rockpool): ``I_syn = exp(-dt/tau_syn) (I_syn + I)``, ``v = exp(-dt/tau_mem) v + I_syn``.
+  (Rockpool): ``I_syn = exp(-dt/tau_syn) (I_syn + I)``, ``v = exp(-dt/tau_mem) v + I_syn``;
+  (Norse LIFCell): ``J = I_syn + w_in I``, the LIF step on ``J``, then ``I_syn = (1 - dt/tau_syn) J``.
 - spike ``s = v > v_th`` (or ``>=``); multi-spike: ``s = floor(v / v_th)`` where ``v >= v_th``.
 - reset ``hard``: ``v = v_reset``; ``subtract``: ``v -= s v_th``; ``subtract-delayed`` (snnTorch's
   ``reset_delay``): nothing now, ``v_th`` subtracted after the next step's decay.
@@ -48,7 +49,7 @@ class Semantics:
     spike_if: str               # > | >=
     reset: str                  # auto (node metadata) | hard | subtract | subtract-delayed
     multi_spike: bool
-    synaptic: str = "euler"     # euler (NIR) | rockpool
+    synaptic: str = "euler"     # euler (NIR) | rockpool | norse
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -58,7 +59,7 @@ FRAMEWORK_RULES = {  # what each exporter's own simulator does (checked against 
     "edge-sdfa": dict(decay="euler", spike_if=">=", reset="auto", multi_spike=False),
     "spikingjelly": dict(decay="euler", spike_if=">=", reset="hard", multi_spike=False),
     "snntorch": dict(decay="euler", spike_if=">", reset="subtract-delayed", multi_spike=False),
-    "norse": dict(decay="euler", spike_if=">", reset="hard", multi_spike=False),
+    "norse": dict(decay="euler", spike_if=">", reset="hard", multi_spike=False, synaptic="norse"),
     "rockpool": dict(decay="exp", spike_if=">=", reset="subtract", multi_spike=True, synaptic="rockpool"),
     "sinabs": dict(decay="exp-norm", spike_if=">=", reset="subtract", multi_spike=True),
     "nir": dict(decay="euler", spike_if=">", reset="auto", multi_spike=False),  # auto: node metadata, else hard
@@ -155,6 +156,9 @@ def neuron_coeffs(n: nir_graph.Neuron, sem: Semantics) -> _Coeffs:
         if sem.synaptic == "rockpool":
             b = np.exp(-dt / n.tau_syn)
             a_syn, g_syn, g = b * ones, b * ones, ones
+        elif sem.synaptic == "norse":  # LIFCell: I_syn += I, v steps on it, then I_syn decays
+            ks = dt / n.tau_syn
+            a_syn, g_syn = (1 - ks) * ones, n.w_in
         else:
             ks = dt / n.tau_syn
             if not 0 < ks <= 1:
@@ -173,7 +177,10 @@ def _neuron_run(c: _Coeffs, cur: np.ndarray, sem: Semantics) -> np.ndarray:
     out = np.empty_like(cur)
     for t in range(cur.shape[0]):
         x = cur[t]
-        if c.a_syn is not None:
+        if c.a_syn is not None and sem.synaptic == "norse":
+            x = isyn + np.asarray(c.g_syn).reshape(shape) * x   # the input jumps into I_syn, v steps on it,
+            isyn = np.asarray(c.a_syn).reshape(shape) * x       # then I_syn decays
+        elif c.a_syn is not None:
             isyn = np.asarray(c.a_syn).reshape(shape) * isyn + np.asarray(c.g_syn).reshape(shape) * x
             x = isyn
         v = a * v + g * x + off

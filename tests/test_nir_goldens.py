@@ -48,7 +48,7 @@ def test_every_framework_and_flavour_is_present():
     frameworks = {c.split("_")[0] for c in CASES}
     assert {"spikingjelly", "snntorch", "norse", "rockpool", "sinabs"} <= frameworks
     assert {"spikingjelly_lif_conv", "spikingjelly_if_conv", "snntorch_leaky_conv", "snntorch_leaky-zero_conv",
-            "rockpool_cubalif_mlp", "norse_lif_mlp", "norse_if_mlp", "sinabs_lif_mlp", "sinabs_iaf_mlp"} <= set(CASES)
+            "rockpool_cubalif_mlp", "norse_lif_mlp", "norse_if_mlp", "norse_lifcell_mlp", "snntorch_synaptic_mlp", "sinabs_lif_mlp", "sinabs_iaf_mlp"} <= set(CASES)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -141,6 +141,7 @@ def test_cli_nir_run_bad_input_is_one_line(tmp_path):
 IMPORT_REFUSED = {"snntorch_leaky_mlp": "reset by subtraction one step late",
                   "snntorch_leaky_conv": "reset by subtraction one step late",
                   "snntorch_synaptic_mlp": "reset by subtraction one step late",
+                  "norse_lifcell_mlp": "second state",
                   "rockpool_lif_mlp": "several spikes per step", "rockpool_cubalif_mlp": "several spikes per step",
                   "sinabs_lif_mlp": "several spikes per step", "sinabs_iaf_mlp": "several spikes per step"}
 

@@ -164,13 +164,17 @@ def norse():
         "lif": lambda n: nt.LIFBoxCell(nt.LIFBoxParameters(tau_mem_inv=full(n, 300.0), v_th=full(n, 0.3),
                                                            v_leak=full(n, 0.0), v_reset=full(n, 0.0))),
         "if": lambda n: nt.IAFCell(nt.IAFParameters(v_th=full(n, 1.0), v_reset=full(n, 0.0))),
+        # LIFCell, Norse's usual LIF, has a synaptic current: exported as CubaLIF
+        "lifcell": lambda n: nt.LIFCell(nt.LIFParameters(tau_syn_inv=full(n, 200.0), tau_mem_inv=full(n, 100.0),
+                                                         v_th=full(n, 0.3), v_leak=full(n, 0.0),
+                                                         v_reset=full(n, 0.0))),
     }
     for fl, mk in flavours.items():
         torch.manual_seed(0)
         net = nt.SequentialState(torch.nn.Linear(MLP_IN, MLP_HID), mk(MLP_HID), torch.nn.Linear(MLP_HID, MLP_OUT),
                                  mk(MLP_OUT))
         x = _inputs((MLP_IN,), 1)
-        _init(net, 12, gain=2.0)
+        _init(net, 12, gain=2.0 if fl != "lifcell" else 2.5)
         with torch.no_grad():
             state, out = None, []
             for t in range(T):
