@@ -266,7 +266,9 @@ def import_graph(source, *, dt: float | None = None, reset: str | None = "auto",
         spec = NetworkSpec(walked.input_shape, tuple(layers), int(time_steps), loss)
     except UserError as exc:
         raise UserError(f"NIR graph does not form a network this runtime can run: {exc}") from None
-    return Imported(spec, params, float(sem.dt or walked.dt), gmeta, notes, walked.order, sem.to_dict())
+    # the dt that, passed back as dt=, reads the graph the same way (Norse: its own dt, not the Euler dt^2)
+    back_dt = float(dt) if dt is not None else (nir_run.NORSE_DT if sem.framework == "norse" else float(sem.dt or walked.dt))
+    return Imported(spec, params, back_dt, gmeta, notes, walked.order, sem.to_dict())
 
 
 def _spiking_layer(stage: nir_graph.SpikingLayer, sem, approximate: bool, notes: list):

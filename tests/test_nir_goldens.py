@@ -177,3 +177,15 @@ def test_rockpool_cubalif_refused_even_single_spike():
     d = GOLDEN / "rockpool_cubalif_mlp"
     with pytest.raises(UserError, match="NIR node '1_LIFTorch' \\(CubaLIF\\).*no equivalent"):
         nir_io.import_graph(d / "model.nir", multi_spike=False)
+
+
+def test_imported_dt_reads_the_graph_back_the_same():
+    """partition stores Imported.dt as nir_dt and export-nir re-imports with it: same network."""
+    from host_tools import nir_io
+
+    for name in ("norse_lif_mlp", "spikingjelly_lif_mlp", "snntorch_leaky-zero_mlp"):
+        path = GOLDEN / name / "model.nir"
+        flags = _kwargs(json.loads((GOLDEN / name / "info.json").read_text())["run_flags"])
+        first = nir_io.import_graph(path, **flags)
+        again = nir_io.import_graph(path, dt=first.dt, **flags)
+        assert again.spec == first.spec
