@@ -44,6 +44,8 @@ import numpy as np
 from edge_sdfa import nir_graph
 from edge_sdfa.errors import UserError
 from edge_sdfa.spec import Conv2d, Dense, Flatten, NetworkSpec, NeuronSpec, Pool2d, has_synapses
+from host_tools import nir_run
+from host_tools.nir_run import read_graph  # noqa: F401  (part of this module's API)
 
 DEFAULT_DT = nir_graph.DEFAULT_DT
 SUPPORTED = nir_graph.SUPPORTED
@@ -205,25 +207,6 @@ class Imported:
     semantics: dict = field(default_factory=dict)   # the exporter's rules it was read with (nir_run.Semantics)
 
 
-def read_graph(source):
-    """A NIRGraph from a path (or the graph itself); an unreadable file is a UserError."""
-    nir = _nir()
-    if not isinstance(source, (str, Path)):
-        return source
-    path = Path(source)
-    if not path.is_file():
-        raise UserError(f"no such NIR file: {path}")
-    try:
-        # nir.read's type check refuses graphs every exporter writes (a batch dim in Input, Rockpool's
-        # Output); the walker checks the shapes itself and names the node
-        try:
-            return nir.read(str(path), type_check=False)
-        except TypeError:  # nir < 1.0.5 has no type_check
-            return nir.read(str(path))
-    except Exception as exc:  # h5py / nir raise many kinds on a bad file
-        raise UserError(f"{path}: not a readable NIR file ({type(exc).__name__}: {exc})") from None
-
-
 def import_graph(source, *, dt: float | None = None, reset: str | None = "auto", approximate: bool = False,
                  time_steps: int | None = None, loss: str | None = None, framework: str | None = None,
                  spike_if: str | None = None, decay: str | None = None, multi_spike: bool | None = None) -> Imported:
@@ -233,8 +216,6 @@ def import_graph(source, *, dt: float | None = None, reset: str | None = "auto",
     convention) are those of the exporter that wrote the file (``nir_run.semantics``: detected,
     or ``framework``); the other keywords override them. What NeuronSpec cannot express is a
     UserError naming the node."""
-    from host_tools import nir_run
-
     graph = read_graph(source)
     gmeta = nir_graph.graph_metadata(graph)
     notes: list[str] = []
@@ -295,8 +276,6 @@ def _spiking_layer(stage: nir_graph.SpikingLayer, sem, approximate: bool, notes:
 
 def _neuron_spec(n: nir_graph.Neuron, sem, approximate: bool, notes: list):
     """(NeuronSpec, gain per output row, offset per output row) for a NIR neuron under ``sem``."""
-    from host_tools import nir_run
-
     name, kind = n.name, n.kind
     reset = n.reset if sem.reset == "auto" else sem.reset
     if reset == "subtract-delayed":

@@ -239,6 +239,28 @@ def simulate(graph, x: np.ndarray, sem: Semantics, notes: list[str] | None = Non
     return rows.reshape(t_steps, n, -1)
 
 
+def read_graph(source):
+    """A NIRGraph from a path (or the graph itself); an unreadable file is a UserError."""
+    try:
+        import nir
+    except ImportError:
+        raise UserError("NIR support needs the nir package (pip install 'edge-sdfa[host]')") from None
+    if not isinstance(source, (str, Path)):
+        return source
+    path = Path(source)
+    if not path.is_file():
+        raise UserError(f"no such NIR file: {path}")
+    try:
+        # nir.read's type check refuses graphs every exporter writes (a batch dim in Input, Rockpool's
+        # Output); the walker checks the shapes itself and names the node
+        try:
+            return nir.read(str(path), type_check=False)
+        except TypeError:  # nir < 1.0.5 has no type_check
+            return nir.read(str(path))
+    except Exception as exc:  # h5py / nir raise many kinds on a bad file
+        raise UserError(f"{path}: not a readable NIR file ({type(exc).__name__}: {exc})") from None
+
+
 def load_input(path: str | Path) -> np.ndarray:
     """The input spikes of an .npz: its ``x`` array, or its only array."""
     path = Path(path)
@@ -259,8 +281,6 @@ def load_input(path: str | Path) -> np.ndarray:
 
 def run_file(model: str | Path, input_path: str | Path, out: str | Path, **flags) -> dict:
     """``edge-sdfa nir run``: simulate, write ``spikes`` [T, N, n_out] to ``out``, return a report."""
-    from host_tools.nir_io import read_graph
-
     graph = read_graph(model)
     x = load_input(input_path)
     notes: list[str] = []
