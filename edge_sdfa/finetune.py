@@ -115,6 +115,9 @@ def load_data(spec: str | Path | None, time_steps: int, input_shape: tuple[int, 
                             "on a device pass an npz file")
         x, y, _ = source.load_arrays(text, time_steps=time_steps)
     expect = (time_steps, *input_shape)
+    if tuple(x.shape[1:]) != expect and x.ndim >= 2 and x.shape[1] == time_steps \
+            and int(np.prod(x.shape[2:])) == int(np.prod(input_shape)):
+        x = x.reshape(len(x), *expect)  # flat frames of a conv model (digits): as partition --calib does
     if tuple(x.shape[1:]) != expect:
         raise DataError(f"{text}: samples have shape {tuple(x.shape[1:])}, the model expects {expect}")
     return np.ascontiguousarray(x), y.astype(np.int64)

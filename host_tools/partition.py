@@ -347,6 +347,7 @@ def partition(model: str | Path, out: str | Path, *, calib: str, trainable_layer
               holdout_limit: int | None = 2000, headroom: float = 2.0, batch: int | None = None,
               model_id: str | None = None, version: int = 1, feedback_seed: int | None = None, seed: int = 0,
               dt: float | None = None, reset: str = "auto", approximate: bool = False,
+              framework: str | None = None, spike_if: str | None = None,
               time_steps: int | None = None, runtime_overhead: str | int | None = None,
               progress: bool = False) -> dict:
     """Import, calibrate, plan, check, write the bundle; returns the report ``--json`` prints."""
@@ -370,7 +371,8 @@ def partition(model: str | Path, out: str | Path, *, calib: str, trainable_layer
     budget = parse_bytes(memory_budget) if memory_budget is not None else None
     log = (lambda msg: sys.stderr.write(msg + "\n")) if progress else (lambda msg: None)
 
-    imp = nir_io.import_graph(model, dt=dt, reset=reset, approximate=approximate, time_steps=time_steps)
+    imp = nir_io.import_graph(model, dt=dt, reset=reset, approximate=approximate, time_steps=time_steps,
+                              framework=framework, spike_if=spike_if)
     spec, params = imp.spec, imp.params
     ours = imp.metadata.get("edge_sdfa") if isinstance(imp.metadata.get("edge_sdfa"), dict) else {}
     if feedback_seed is None and str(ours.get("method", "")).startswith("sdfa") and "seed" in ours:
@@ -434,7 +436,10 @@ def partition(model: str | Path, out: str | Path, *, calib: str, trainable_layer
         if cut > 0 and frozen_format != "npz":
             export = _exporter(frozen_format)
             tmpdir = Path(tempfile.mkdtemp(prefix="edge-sdfa-frozen-"))
-            path = Path(export(spec, qnet, cut, tmpdir / f"frozen.{frozen_format}"))
+            # the input range the calibration saw (0/1 spikes: 1), not an assumed 255: a conv front on spikes
+            # fits TFLite's int16 accumulators; the executors refuse larger inputs in one line
+            in_max = max(1, int(calib_report["layers"][0]["input_max"])) if calib_report["layers"] else 255
+            path = Path(export(spec, qnet, cut, tmpdir / f"frozen.{frozen_format}", input_max=in_max))
             frozen_files, fmt = {f"frozen.{frozen_format}": path}, frozen_format
         metadata = {"source_nir": str(model), "source_sha256": sha, "nir_dt": imp.dt,
                     "encoding": imp.metadata.get("encoding"), "import_notes": imp.notes,

@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 
+from edge_sdfa.errors import UserError
 from edge_sdfa.spec import NeuronSpec
 
 MASTER_EXTRA_BITS = 8
@@ -75,9 +76,20 @@ def w8_from_master(master: np.ndarray) -> np.ndarray:
 
 
 def neuron_constants(neuron: NeuronSpec, exp: int) -> dict[str, int]:
-    """Threshold, reset and decay of a neuron in the fixed point of a layer with weight exponent exp."""
+    """Threshold, reset and decay of a neuron in the fixed point of a layer with weight exponent exp.
+
+    The spike test is ``h >= vth``. A neuron that spikes on ``v > v_threshold`` (snnTorch, Norse)
+    gets ``vth + 1``: for integer membranes ``h > vth`` is ``h >= vth + 1`` (exact; its surrogate
+    centre moves by one LSB). With reset by subtraction the subtracted amount would move too, so
+    that combination is refused."""
+    vth = int(round(neuron.v_threshold * 2 ** exp))
+    if neuron.spike_if == ">":
+        if neuron.v_reset is None:
+            raise UserError("a neuron that spikes on v > v_threshold and resets by subtraction is not in the int8 spec "
+                            "(it fires on h >= vth and subtracts vth); re-import with --spike-if '>='")
+        vth += 1
     return {
-        "vth": int(round(neuron.v_threshold * 2 ** exp)),
+        "vth": vth,
         "vreset": int(round((neuron.v_reset or 0.0) * 2 ** exp)),
         "decay": int(round((1 << DECAY_BITS) / neuron.tau)) if neuron.kind == "lif" else 0,
     }
