@@ -261,11 +261,11 @@ def ablation(seeds: list[int], log) -> list[dict]:
 
     old = {"epochs": 30, "batch_size": 16, "lr": 1.0, "rehearsal_ratio": 1.0, "mode": "online"}
     variants = [
-        ("shipped before: BPTT-pretrained, last 2 layers, 30 epochs lr 1", dict(method="bptt", cut=1, finetune_defaults=old)),
-        ("BPTT-pretrained, all layers, recipe's fine-tune (30 epochs, batch 8, lr 2)", dict(method="bptt", cut=0)),
+        ("shipped before: BPTT-pretrained, last 2 layers, online, 30 epochs, batch 16, lr 1", dict(method="bptt", cut=1, finetune_defaults=old)),
+        ("BPTT-pretrained, all layers, recipe's fine-tune", dict(method="bptt", cut=0)),
         ("SDFA-pretrained, last 2 layers, recipe's fine-tune", dict(cut=1)),
-        ("SDFA-pretrained, all layers, old fine-tune (30 epochs, batch 16, lr 1)", dict(finetune_defaults=old)),
-        ("recipe: SDFA-pretrained, all layers, 30 epochs, batch 8, lr 2", {}),
+        ("SDFA-pretrained, all layers, old fine-tune (online, 30 epochs, batch 16, lr 1)", dict(finetune_defaults=old)),
+        ("recipe: SDFA-pretrained, all layers, make_embedded.FINETUNE_DEFAULTS", {}),
     ]
     rows = []
     for i, (label, variant) in enumerate(variants):
