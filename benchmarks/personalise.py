@@ -288,6 +288,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true",
                     help="a few minutes: two digit users with 2 seeds, one event user with 1 seed and 10 float epochs")
     ap.add_argument("--seeds", type=int, default=None)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first..first+n-1 (to split a run)")
     ap.add_argument("--users", default=None, help="comma separated user names (default: all)")
     ap.add_argument("--ablation", action="store_true", help="also the device path with each change undone")
     ap.add_argument("--no-events", action="store_true")
@@ -296,7 +297,7 @@ def main(argv=None):
     if args.float_job:
         print(json.dumps(float_job(*json.loads(args.float_job))))
         return
-    seeds = list(range(args.seeds or (2 if args.quick else 3)))
+    seeds = list(range(args.first_seed, args.first_seed + (args.seeds or (2 if args.quick else 3))))
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     wanted = set(args.users.split(",")) if args.users else None
