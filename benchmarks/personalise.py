@@ -259,11 +259,11 @@ def ablation(seeds: list[int], log) -> list[dict]:
     """The device path on the default user with each change of the recipe undone."""
     old = {"epochs": 30, "batch_size": 16, "lr": 1.0, "rehearsal_ratio": 1.0, "mode": "online"}
     variants = [
-        ("shipped before: BPTT-pretrained, last 2 layers, 30 epochs lr 1", dict(method="bptt", cut=1, finetune_defaults=old)),
-        ("BPTT-pretrained, all layers, recipe's fine-tune (30 epochs, batch 8, lr 2)", dict(method="bptt", cut=0)),
+        ("shipped before: BPTT-pretrained, last 2 layers, online, 30 epochs, batch 16, lr 1", dict(method="bptt", cut=1, finetune_defaults=old)),
+        ("BPTT-pretrained, all layers, recipe's fine-tune", dict(method="bptt", cut=0)),
         ("SDFA-pretrained, last 2 layers, recipe's fine-tune", dict(cut=1)),
-        ("SDFA-pretrained, all layers, old fine-tune (30 epochs, batch 16, lr 1)", dict(finetune_defaults=old)),
-        ("recipe: SDFA-pretrained, all layers, 30 epochs, batch 8, lr 2", {}),
+        ("SDFA-pretrained, all layers, old fine-tune (online, 30 epochs, batch 16, lr 1)", dict(finetune_defaults=old)),
+        ("recipe: SDFA-pretrained, all layers, make_embedded.FINETUNE_DEFAULTS", {}),
     ]
     rows = []
     for i, (label, variant) in enumerate(variants):
@@ -286,6 +286,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true",
                     help="a few minutes: two digit users with 2 seeds, one event user with 1 seed and 10 float epochs")
     ap.add_argument("--seeds", type=int, default=None)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first..first+n-1 (to split a run)")
     ap.add_argument("--users", default=None, help="comma separated user names (default: all)")
     ap.add_argument("--ablation", action="store_true", help="also the device path with each change undone")
     ap.add_argument("--no-events", action="store_true")
@@ -294,7 +295,7 @@ def main(argv=None):
     if args.float_job:
         print(json.dumps(float_job(*json.loads(args.float_job))))
         return
-    seeds = list(range(args.seeds or (2 if args.quick else 3)))
+    seeds = list(range(args.first_seed, args.first_seed + (args.seeds or (2 if args.quick else 3))))
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     wanted = set(args.users.split(",")) if args.users else None
