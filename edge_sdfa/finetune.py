@@ -491,11 +491,12 @@ def gate(training: Training, margin: float) -> list[str]:
     return reasons
 
 
-def commit(prep: Prepared, layers: qn.QNet) -> int:
-    """Install the candidate head as the store's new active weights; returns the new revision."""
+def commit(prep: Prepared, layers: qn.QNet, rounding_updates: int = 0) -> int:
+    """Install the candidate head as the store's new active weights and advance the rounding
+    counter by the updates run, in one atomic state change; returns the new revision."""
     with tempfile.TemporaryDirectory(prefix="edge-sdfa-cand-") as tmp:
         cand = bundle_mod.with_head(prep.bundle, layers, Path(tmp) / "candidate")
-        prep.store.install_candidate(cand, allow_same_version=True, activate=True)  # one atomic state change
+        prep.store.install_candidate(cand, allow_same_version=True, activate=True, rounding_updates=rounding_updates)
     return prep.bundle.revision + 1
 
 
@@ -514,9 +515,13 @@ def finetune(source: str | Path | None = None, data: str | Path | None = None, *
             close()
     reasons = gate(training, prep.config.margin)
     committed = not reasons
-    revision = commit(prep, training.best_layers) if committed else prep.bundle.revision
-    if training.last is not None and training.last.updates:
-        prep.store.advance_rounding_counter(training.last.updates)  # next fine-tune draws a new stream
+    updates = training.last.updates if training.last is not None else 0   # next fine-tune draws a new stream
+    if committed:
+        revision = commit(prep, training.best_layers, rounding_updates=updates)
+    else:
+        revision = prep.bundle.revision
+        if updates:
+            prep.store.advance_rounding_counter(updates)
     report = build_report(prep, training, reasons, revision, seconds=time.perf_counter() - t_start,
                           kernels=getattr(backend, "kernel_set", None))
     if on_event:

@@ -302,7 +302,8 @@ class Store:
     # ---- transitions --------------------------------------------------------------------------
 
     def install_candidate(self, bundle_dir: str | Path, *, allow_same_version: bool = False,
-                          allow_model_change: bool = False, activate: bool = False) -> Path:
+                          allow_model_change: bool = False, activate: bool = False,
+                          rounding_updates: int = 0) -> Path:
         """Copy a verified bundle (directory or .tar) into the candidate slot, crash-safely.
 
         Rejected with BundleError, nothing changed: a bundle that fails verification or needs
@@ -311,7 +312,8 @@ class Store:
         (fine-tuned weights of one model share a version and have an increasing ``revision``).
         Replaces an existing candidate. Returns the candidate's directory. ``activate=True``
         installs and commits in one state change (a fine-tune that passed its gate): on any error
-        the store is exactly as before, never left with a PENDING candidate.
+        the store is exactly as before, never left with a PENDING candidate. ``rounding_updates``
+        advances the rounding counter in that same state change (see ``advance_rounding_counter``).
         """
         bmod = _bundle_module()
         src = Path(bundle_dir)
@@ -343,6 +345,8 @@ class Store:
                     self.ops.rmtree(slots / name)
                     raise BundleError(f"the copied candidate failed verification: {exc}") from None
                 st["next_gen"] = gen + 1
+                if rounding_updates:
+                    st["rounding_counter"] = int(st.get("rounding_counter", 0)) + int(rounding_updates)
                 replaced = st["slots"]["candidate"]
                 installed = _summary(bundle.manifest, f"{SLOTS_DIR}/{name}")
                 if activate:
