@@ -320,7 +320,7 @@ def serve(port: str, store: str, *, trust: str | None = None, insecure: bool = F
         log.info("trusting bundles and requests signed by key %s", ops.key_id)
     stop = stop or threading.Event()
     guard = RequestGuard(public_key) if public_key is not None else None
-    agent = Agent(Channel(ser, role="device"), ops, Staging(ops.staging_dir), insecure=insecure, guard=guard)
+    agent = Agent(Channel(ser, role="device", line_rate=baudrate / 10), ops, Staging(ops.staging_dir), insecure=insecure, guard=guard)
     try:
         while True:
             agent.serve(stop)
@@ -347,5 +347,5 @@ def _reopen(port: str, baudrate: int, stop: threading.Event, pause: float = 1.0)
         except UserError:
             continue
         log.info("port %s open again", port)
-        return Channel(ser, role="device")
+        return Channel(ser, role="device", line_rate=baudrate / 10)
     return None

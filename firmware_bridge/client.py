@@ -54,6 +54,7 @@ class LinkConfig:
     pipeline: int = 4             # PUT_CHUNK requests in flight
     seg_size: int | None = None   # fixed segment size (benchmarks); None: adaptive
     window: int = 48 * 1024
+    baud: int | None = None       # a slow real line's baud rate: retransmission timers allow for it
 
 
 @dataclass
@@ -181,7 +182,7 @@ class Device:
 
 def _channel(port: Any, cfg: LinkConfig) -> Channel:
     return Channel(port, role="host", window=cfg.window, seg_size=cfg.seg_size,
-                   fixed_size=cfg.seg_size is not None)
+                   fixed_size=cfg.seg_size is not None, line_rate=cfg.baud / 10 if cfg.baud else None)
 
 
 @contextlib.contextmanager

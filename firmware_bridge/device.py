@@ -204,7 +204,7 @@ class DeviceOps:
                         raise BundleError(f"the device no longer holds {name}; deploy again")
                     shutil.copyfile(src, bdir / name)
             (bdir / MANIFEST).write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
-            read_bundle(bdir, verify_signature=verify)   # checks every file's sha256, shapes, signature
+            read_bundle(bdir, verify_signature=verify)   # every file's sha256, shapes, signature
             # same version, newer revision: a fine-tuned head re-deployed (the store checks the revision)
             self.store.install_candidate(bdir, allow_model_change=new_model, allow_same_version=True)
         return {"installed": "candidate", "model_id": m["model_id"], "version": m["version"],

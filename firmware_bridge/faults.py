@@ -168,8 +168,11 @@ class Relay(threading.Thread):
                      for fd, buf in pending.items()}
             writers = [fd for fd, buf in pending.items() if buf and allow[fd] > 0]
             wait = 0.05 if self.rate is None or not any(pending.values()) else 0.002
+            # a throttled line buffers like a UART + tty driver (4 KiB): a faster writer blocks
+            readers = [fd for fd in (self.host_fd, self.device_fd)
+                       if self.rate is None or len(pending[self.device_fd if fd == self.host_fd else self.host_fd]) < 4096]
             try:
-                ready, writable, _ = select.select([self.host_fd, self.device_fd], writers, [], wait)
+                ready, writable, _ = select.select(readers, writers, [], wait)
             except (OSError, ValueError):
                 return
             for fd in ready:

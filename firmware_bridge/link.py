@@ -42,6 +42,8 @@ H = OVERHEAD + DATA_HDR.size       # per-frame wire bytes besides the payload
 ACK_EVERY = 1                      # data frames per ACK (each ACK names the last RECENT segments)
 RECENT = 6
 TAIL_COPIES = 3
+QUEUE_S = 0.3                      # seconds of measured delivery the window may hold
+MAX_BACKOFF = 8                    # timer doublings without a clean round trip (TCP: 64; a tail needs less)
 
 
 class Port(Protocol):
@@ -103,12 +105,14 @@ class Channel:
 
     def __init__(self, port: Port, *, role: str = "host", window: int = 48 * 1024,
                  max_segments: int = 768, seg_size: int | None = None, rto: float = 0.2,
-                 min_rto: float = 0.02, max_rto: float = 1.0, fixed_size: bool = False):
+                 min_rto: float = 0.05, max_rto: float = 10.0, fixed_size: bool = False,
+                 line_rate: float | None = None):
         self.port = port
         self.role = role
         self.window = window
         self.max_segments = max_segments
         self.fixed_size = fixed_size
+        self.line_rate = line_rate   # bytes/s of a slow real line: its queue is not a loss
         self.seg_size = seg_size or 64
         self.min_rto, self.max_rto, self._init_rto = min_rto, max_rto, rto
         self.stats = LinkStats()
@@ -125,6 +129,9 @@ class Channel:
         self.new_sessions = 0
         self._fd = _fileno(port)
         self._wlock = threading.Lock()
+        self._wbuf = bytearray()
+        if self._fd is not None:
+            os.set_blocking(self._fd, False)
         self._stop = threading.Event()
         self._reset_streams()
         self._thread = threading.Thread(target=self._run, name=f"link-{role}", daemon=True)
@@ -194,6 +201,7 @@ class Channel:
         self.order: collections.deque[tuple[int, int]] = collections.deque()  # (txn, start)
         self.txn = 0
         self.srtt: float | None = None
+        self.backoff = 1
         self.rttvar = 0.0
         self.outcomes: collections.deque[tuple[int, bool]] = collections.deque(maxlen=128)  # (wire, ok)
         self.fresh = 0             # outcomes since the error rate was last estimated
@@ -205,11 +213,15 @@ class Channel:
         self.unacked_frames = 0
         self.inbuf = bytearray()
         self._lost: collections.deque[int] = collections.deque()
+        self.delivered: collections.deque[tuple[float, int]] = collections.deque()  # (time, acked)
 
     def _rto(self) -> float:
+        """Smoothed round trip + 4 deviations (Jacobson/Karels); with a known line rate, plus the
+        time the line needs to carry the bytes in flight."""
+        drain = 0.0 if not self.line_rate else self.in_flight_bytes / self.line_rate
         if self.srtt is None:
-            return self._init_rto
-        return min(self.max_rto, max(self.min_rto, self.srtt + 4 * self.rttvar))
+            return self._init_rto + drain
+        return min(self.max_rto, max(self.min_rto, self.srtt + 4 * self.rttvar + drain))
 
     def _pick_size(self) -> int:
         """Payload size of new segments: best goodput for the estimated byte error rate; it may
@@ -227,7 +239,7 @@ class Channel:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                data = self._read(0.0 if self._can_send() else 0.02)
+                data = self._read(0.0 if self._can_send() else 0.005 if self._wbuf else 0.02)
                 out = bytearray()
                 with self.lock:
                     if data:
@@ -248,8 +260,24 @@ class Channel:
         self.synced.set()
 
     def _can_send(self) -> bool:
-        return (self.snd_next < self.out_base + len(self.out) and self.in_flight_bytes < self.window
+        return (self.snd_next < self.out_base + len(self.out) and len(self._wbuf) < 1024
+                and self.in_flight_bytes < self._window()
                 and len(self.inflight) < self.max_segments)
+
+    def _rate(self) -> float | None:
+        """Bytes per second the peer acknowledged over the last second (None: not measured yet)."""
+        hist = self.delivered
+        if len(hist) < 2 or hist[-1][0] - hist[0][0] < 0.05:
+            return None
+        return max((hist[-1][1] - hist[0][1]) / (hist[-1][0] - hist[0][0]), 1.0)
+
+    def _window(self) -> int:
+        """Bytes in flight: what the measured delivery rate moves in QUEUE_S, so a slow line
+        (115200 baud) is not buried under a queue that outlasts the retransmission timer."""
+        rate = self._rate()
+        if rate is None:
+            return min(self.window, 8192)
+        return int(min(self.window, max(4096, rate * QUEUE_S)))
 
     def _wake(self) -> None:
         pass  # the I/O loop polls every 20 ms at most; a pipe wake-up is not worth its fd
@@ -257,7 +285,9 @@ class Channel:
     def _read(self, timeout: float) -> bytes:
         try:
             if self._fd is not None:
-                r, _, _ = select.select([self._fd], [], [], timeout)
+                r, w, _ = select.select([self._fd], [self._fd] if self._wbuf else [], [], timeout)
+                if w:
+                    self._flush()
                 if not r:
                     return b""
                 try:
@@ -276,6 +306,13 @@ class Channel:
             raise LinkClosed(str(exc) or type(exc).__name__) from exc
 
     def _write(self, wire: bytes) -> None:
+        if self._fd is not None:
+            # Never block in a write: a peer that is itself blocked writing would never read
+            # (both ends stuck). Bytes wait here; the I/O loop writes them when the port can take them.
+            with self._wlock:
+                self._wbuf += wire
+            self._flush()
+            return
         try:
             with self._wlock:
                 self.port.write(wire)
@@ -284,6 +321,18 @@ class Channel:
                 return  # nobody reading: the frames are lost, the stream retransmits
             raise LinkClosed(str(exc) or type(exc).__name__) from exc
         self.stats.bytes_out += len(wire)
+
+    def _flush(self) -> None:
+        with self._wlock:
+            while self._wbuf:
+                try:
+                    n = os.write(self._fd, self._wbuf)
+                except BlockingIOError:
+                    return
+                except OSError as exc:
+                    raise LinkClosed(str(exc) or type(exc).__name__) from exc
+                self.stats.bytes_out += n
+                del self._wbuf[:n]
 
     # ------------------------------------------------------------------ receive path
     def _absorb(self, data: bytes, out: bytearray) -> None:
@@ -382,6 +431,9 @@ class Channel:
                 self.in_flight_bytes -= seg.end - start
                 newest = max(newest, self._acked(seg, now))
             self.acked = cum
+            self.delivered.append((now, cum))
+            while len(self.delivered) > 2 and now - self.delivered[0][0] > 1.0:
+                self.delivered.popleft()
             drop = cum - self.out_base
             if drop > 0:
                 del self.out[:drop]
@@ -396,6 +448,7 @@ class Channel:
 
     def _acked(self, seg: _Seg, now: float) -> int:
         if seg.tries == 1:  # Karn: time only segments sent once
+            self.backoff = 1
             rtt = now - seg.sent
             if self.srtt is None:
                 self.srtt, self.rttvar = rtt, rtt / 2
@@ -430,9 +483,10 @@ class Channel:
         now = time.monotonic()
         if self.unacked_frames:
             self._ack(out)
-        if not self.synced.is_set():
-            return
+        if not self.synced.is_set() or self._wbuf:
+            return  # frames still waiting for the port: timers would measure our own queue
         rto = self._rto()
+        expired = False
         # the oldest transmission whose timer ran out (and those queued as lost) go again
         while self.order:
             txn, start = self.order[0]
@@ -440,8 +494,11 @@ class Channel:
             if seg is None or seg.txn != txn:
                 self.order.popleft()
                 continue
-            if now - seg.sent < min(self.max_rto, rto * (2 if seg.tries > 1 else 1)):
+            if now - seg.sent < min(self.max_rto, rto * self.backoff):
                 break
+            if not expired:      # TCP's backoff, per timer event; a clean round trip resets it
+                expired = True
+                self.backoff = min(self.backoff * 2, MAX_BACKOFF)
             self.order.popleft()
             self._sample(False, seg.wire)
             self._lost.append(start)

@@ -33,7 +33,7 @@ def test_default_finetune_meets_the_goals(tmp_path):
         assert key in report
     assert report["holdout_before"] - report["accuracy_before"] >= 0.15   # the shift is real
     assert report["accuracy_after"] - report["accuracy_before"] >= 0.10
-    assert report["holdout_before"] - report["holdout_after"] <= 0.02
+    assert report["holdout_before"] - report["holdout_after"] <= 0.02 + 1e-9  # 200 samples: 0.92 - 0.90 in floats
     assert report["committed"] is True and report["backend"] == "numpy"
     st = Store(tmp_path / "store")
     assert st.status()["revision"] == 1
