@@ -85,9 +85,13 @@ def test_bundle_workload(tmp_path):
     bundle = Path(__file__).resolve().parents[1] / "edge_sdfa" / "data" / "default_bundle"
     if not (bundle / "manifest.json").exists():
         pytest.skip("no embedded default bundle")
+    import json
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
     r = bench(f"bundle:{bundle}", with_adc_less=False)
-    assert r["batch"] == 16
-    assert [m["trainable"] for m in r["mapping"]] == [False, True, True]
+    assert r["batch"] == manifest["finetune"]["batch_size"]   # the bundle's fine-tuning batch
+    # every synaptic layer from the partition point on trains (the embedded default: all three)
+    assert [m["trainable"] for m in r["mapping"]] == [i >= manifest["partition"] for i in range(len(r["mapping"]))]
     from edge_sdfa.errors import UserError
 
     with pytest.raises(UserError):
