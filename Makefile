@@ -1,5 +1,5 @@
 # edge-sdfa: set-up, demo and tests. Every target is idempotent: the venv is rebuilt
-# only when pyproject.toml changes.
+# only when pyproject.toml, host/pyproject.toml or setup.py change.
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,13 +11,14 @@ PYTEST_ARGS ?=
 BASE_PY := $(shell for c in python3.10 $$(ls -d $$HOME/.pyenv/versions/3.10*/bin/python3.10 2>/dev/null | sort -V | tail -n1) python3; do \
 	if command -v $$c >/dev/null 2>&1 && $$c -c 'import sys' >/dev/null 2>&1; then echo $$c; break; fi; done)
 
-.PHONY: demo test test-fast test-pi lint venv clean embedded bench
+.PHONY: demo test test-fast test-pi lint venv clean embedded bench peer-venv
 
-$(STAMP): pyproject.toml
+# Two distributions (docs/architecture.md): the device one at the root, the workstation one in host/.
+$(STAMP): pyproject.toml host/pyproject.toml setup.py
 	@test -n "$(BASE_PY)" || { echo "error: no python3.10 or python3 found" >&2; exit 2; }
 	@test -x $(PY) || $(BASE_PY) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[all,dev]'
+	$(PY) -m pip install -q -e '.[all,dev]' -e './host[lava]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -48,12 +49,23 @@ embedded: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/accuracy.py --json
-	$(PY) benchmarks/step.py --json
+	$(PY) benchmarks/step.py --json --peer
 	$(PY) benchmarks/binning.py --json
 	$(PY) benchmarks/pipesdfa.py --only accounting --only adc_less --only speed --json
 	$(PY) benchmarks/executors.py --quick --json
 	$(PY) benchmarks/predict.py --quick --json
 	$(PY) benchmarks/lava.py --json
 
+# The reference torch SDFA for `benchmarks/step.py --peer`: a CPU build of torch for Python 3.11,
+# pinned (an unpinned `torch` pulls a multi-GB CUDA build). Not part of `venv`: only the benchmark needs it.
+PEER_VENV := .venv-peer
+$(PEER_VENV)/.installed:
+	@command -v python3.11 >/dev/null 2>&1 || { echo "error: peer-venv needs python3.11" >&2; exit 2; }
+	@test -x $(PEER_VENV)/bin/python || python3.11 -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install -q torch==2.13.0 numpy
+	@touch $@
+
+peer-venv: $(PEER_VENV)/.installed
+
 clean:
-	rm -rf $(VENV) .demo-store build *.egg-info
+	rm -rf $(VENV) .demo-store build *.egg-info host/build host/*.egg-info

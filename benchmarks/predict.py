@@ -15,7 +15,11 @@ batch (the cost per sample when samples queue up). Every runtime's output counts
 equal to the device runtime's before timing (all are integer-exact). ``ratio_vs_onnxruntime``
 is onnxruntime's median over the runtime's (> 1: faster than onnxruntime).
 
-    python benchmarks/predict.py --json [--quick] [--threads N]
+``--threads N`` gives every runtime N threads (onnxruntime intra-op, TFLite, the C kernels);
+by default each picks its own (the device runtime: one thread for a one-sample call, all cores
+for larger ones).
+
+    python benchmarks/predict.py --json [--quick] [--threads N] [--repeats 200]
 """
 from __future__ import annotations
 
@@ -90,7 +94,8 @@ def build_models(args, tmp: Path) -> dict:
     for name, m in models.items():
         spec = m["spec"]
         if "x" not in m:
-            m["x"] = (rng.random((args.batch, spec.time_steps, *spec.input_shape)) < args.density).astype(np.uint8)
+            batch = min(args.batch, args.conv_batch) if name == "dvs_convnet" else args.batch
+            m["x"] = (rng.random((batch, spec.time_steps, *spec.input_shape)) < args.density).astype(np.uint8)
         if "bundle" not in m:
             from edge_sdfa.int8.net import QLayer
 
@@ -126,7 +131,7 @@ def open_runner(kind: str, tmp: Path, name: str, bundle: str, threads: int | Non
     if kind == "device":
         from edge_sdfa import Runtime
 
-        rt = Runtime.open(bundle, batch=256)
+        rt = Runtime.open(bundle, batch=256, threads=threads)
         return lambda x: rt.predict(x).counts
     from edge_sdfa.bundle import read_bundle
 
@@ -197,7 +202,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--density", type=float, default=0.1)
     ap.add_argument("--batch", type=int, default=32, help="samples per batched call (and distinct inputs)")
     ap.add_argument("--repeats", type=int, default=200, help="timed one-sample calls")
-    ap.add_argument("--threads", type=int, default=None, help="onnxruntime/TFLite threads (default: theirs)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads of every runtime: onnxruntime intra-op, TFLite, the C kernels (default: each one's own)")
+    ap.add_argument("--conv-batch", type=int, default=4, help="batch of the ConvNet (its activations are large)")
     for flag in ("--worker-dir", "--worker-model", "--worker-runtime", "--worker-bundle"):
         ap.add_argument(flag, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -223,7 +230,7 @@ def main(argv=None) -> dict:
                     "machine": platform.machine(), "onnxruntime": onnxruntime.__version__, "tflite": tfl,
                     "device_kernels": kernel_sets.get().NAME, "threads": args.threads or "runtime default"},
         "unit": "ms per sample: median and p99 of one-sample calls; batch_ms_per_sample: a batch call / batch",
-        "repeats": args.repeats, "batch": args.batch,
+        "repeats": args.repeats, "batch": args.batch, "conv_batch": min(args.batch, args.conv_batch),
         "models": {},
     }
     with tempfile.TemporaryDirectory(prefix="edge-sdfa-predict-bench-") as tmp_name:

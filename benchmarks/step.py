@@ -17,7 +17,20 @@ process ran that method alone). Methods:
 also runs that tree's own worker for ``sdfa_int8_online_c`` on the same weights and inputs, right
 before this tree's, and reports ``ratio_vs_baseline`` (this / baseline medians): "no slower than
 before" is measured in the same run.
+- ``sdfa_int8_exact_c``: the int8 ``exact`` rule (the reference's: in-layer BPTT) with the C set.
 - ``sdfa_float_exact``: ``float_net.sdfa_exact_grads`` + an Adam step (float32 numpy).
+- ``reference_torch_sdfa`` (``--peer``): the reference SDFA update in plain PyTorch
+  (``benchmarks/torch_peer.py``: spikingjelly-style multi-step LIF MLP, Adam, cross-entropy on
+  rates), run in its own process with an interpreter that has torch (``make peer-venv``); the int8
+  rows then carry ``speedup_vs_reference_measured`` and ``rss_fraction_of_reference`` (goals: >= 10,
+  <= 0.1).
+
+The int8 rows also carry (``--stages``, default on) the per-stage breakdown of the update
+(``benchmarks/update_stages.py``: spike index, forward gather, neuron steps, output error, local
+errors = projection + surrogate/eligibility + int8 shift, weight update = gradient + stochastic
+rounding + write-back) and, for the C set, ``compute_floor``: the integer ops the update does per
+second against the machine's int16 SIMD peak measured in the same process
+(``c_kernels.int16_peak_ops_per_s``).
 - ``bptt_float``: ``float_net.bptt_grads`` + an Adam step.
 
 Inputs are random binary spikes at 10% density; the weights are PyTorch's default init scaled per
@@ -41,8 +54,11 @@ import subprocess
 import sys
 import time
 
-METHODS = ("sdfa_int8_online", "sdfa_int8_online_c", "sdfa_float_exact", "bptt_float")
-INT8_METHODS = ("sdfa_int8_online", "sdfa_int8_online_c")
+METHODS = ("sdfa_int8_online", "sdfa_int8_online_c", "sdfa_int8_exact_c", "sdfa_float_exact", "bptt_float")
+INT8_METHODS = ("sdfa_int8_online", "sdfa_int8_online_c", "sdfa_int8_exact_c")
+C_METHODS = ("sdfa_int8_online_c", "sdfa_int8_exact_c")
+PEER = "reference_torch_sdfa"
+PEER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_peer.py")
 SHAPES = ("2312-1000-10", "2312-1000-1000-1000-1000-10")
 REFERENCE_S = {"2312-1000-10": 0.15, "2312-1000-1000-1000-1000-10": 0.40}
 REFERENCE_RSS_MB = 840.0
@@ -127,8 +143,26 @@ def _vm_hwm_mb() -> float | None:
     return None
 
 
+def _stage_report(spec, qnet, x, y, feedback, ks, config, repeats: int, s_per_update: float) -> dict:
+    """The per-stage breakdown (``update_stages``) and the distance to the compute floor: the
+    integer ops the update does per second against the machine's measured int16 SIMD peak."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import update_stages
+
+    rep = update_stages.profile(spec, qnet, x, y, feedback, ks, config.mode, config.lr, repeats)
+    if ks.NAME == "c":
+        peak = ks.int16_peak_ops_per_s()
+        achieved = rep["int_ops"] / s_per_update
+        rep["compute_floor"] = {
+            "int_ops_per_update": rep["int_ops"], "achieved_int_ops_per_s": round(achieved),
+            "int16_simd_peak_ops_per_s": round(peak), "fraction_of_peak": round(achieved / peak, 4),
+            "floor_s_per_update": round(rep["int_ops"] / peak, 6),
+            "distance_to_floor_x": round(s_per_update * peak / rep["int_ops"], 2)}
+    return rep
+
+
 def worker(method: str, shape: str, batch: int, steps: int, density: float, repeats: int, kernels: str,
-           params_path: str | None = None) -> dict:
+           params_path: str | None = None, stages: bool = False) -> dict:
     import numpy as np
 
     from edge_sdfa import float_net as fn
@@ -154,11 +188,11 @@ def worker(method: str, shape: str, batch: int, steps: int, density: float, repe
         from edge_sdfa.int8 import kernels as kernel_sets
         from edge_sdfa.int8 import net
 
-        k = kernel_sets.get("c" if method == "sdfa_int8_online_c" else kernels)
+        k = kernel_sets.get("c" if method in C_METHODS else kernels)
         if qnet is None:
             qnet, _ = net.quantize(spec, params)
         feedback = net.feedback_int8(spec, 0)
-        config = net.UpdateConfig(lr=0.05, mode="online")
+        config = net.UpdateConfig(lr=0.05, mode="exact" if method == "sdfa_int8_exact_c" else "online")
         state = {"q": qnet, "i": 0}
 
         def update():
@@ -209,6 +243,8 @@ def worker(method: str, shape: str, batch: int, steps: int, density: float, repe
     r = t_rows = steps * batch
     flops = sum(4.0 * r * a * b for a, b in zip(sizes[:-1], sizes[1:]))
     med = float(np.median(times))
+    if method in INT8_METHODS and stages:
+        extra.update(_stage_report(spec, state["q"], x, y, feedback, k, config, repeats, med))
     return {"method": method, "layers": sizes, "batch": batch, "T": steps, "s_per_update": med,
             "peak_rss_mb": round(rss_mb, 1), "times_s": [round(t, 5) for t in times],
             "first_call_s": round(first, 3), "gflops_equiv": round(flops / med / 1e9, 2),
@@ -267,6 +303,8 @@ def _run_worker(method, shape, args, params_path, tree: str | None = None) -> di
     cmd = [sys.executable, script, "--worker", method, "--shape", shape,
            "--batch", str(args.batch), "--steps", str(args.steps), "--density", str(args.density),
            "--repeats", str(args.repeats), "--kernels", "c" if tree else args.kernels, "--params", params_path]
+    if args.stages and not tree and method in INT8_METHODS:
+        cmd.append("--stages")
     env = None
     if tree:
         env = dict(os.environ, PYTHONPATH=os.path.abspath(tree), EDGE_SDFA_CACHE_DIR=_baseline_cache(tree))
@@ -293,6 +331,31 @@ def _prepare_baseline(tree: str) -> float:
     return time.perf_counter() - t0
 
 
+def _peer_python(choice: str) -> str | None:
+    """An interpreter that imports torch: ``choice`` itself, or (auto) .venv-peer, the env var, this one."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cands = [choice] if choice != "auto" else [os.environ.get("EDGE_SDFA_PEER_PYTHON"),
+                                              os.path.join(root, ".venv-peer", "bin", "python"), sys.executable]
+    for py in cands:
+        if py and os.path.exists(py):
+            ok = subprocess.run([py, "-c", "import torch, numpy"], capture_output=True).returncode == 0
+            if ok:
+                return py
+    return None
+
+
+def _run_peer(python: str, shape: str, args) -> dict:
+    cmd = [python, PEER_SCRIPT, "--shape", shape, "--batch", str(args.batch), "--steps", str(args.steps),
+           "--density", str(args.density), "--repeats", str(args.repeats)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"error: the torch peer {shape} failed: {out.stderr.strip().splitlines()[-1:]}")
+    r = json.loads(out.stdout)
+    r["gflops_equiv"] = round(sum(4.0 * args.steps * args.batch * a * b for a, b in
+                                  zip(r["layers"][:-1], r["layers"][1:])) / r["s_per_update"] / 1e9, 2)
+    return r
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print the JSON list on stdout")
@@ -306,6 +369,12 @@ def main(argv=None) -> int:
                     "(sdfa_int8_online_c always uses c)")
     ap.add_argument("--baseline-tree", default=None,
                     help="an older checkout whose sdfa_int8_online_c runs in the same run, for ratio_vs_baseline")
+    ap.add_argument("--stages", action=argparse.BooleanOptionalAction, default=True,
+                    help="per-stage breakdown and distance to the int16 SIMD peak of the int8 methods")
+    ap.add_argument("--peer", nargs="?", const="auto", default=None, metavar="PYTHON",
+                    help="also run the reference torch SDFA (benchmarks/torch_peer.py) in the same run, with "
+                         "PYTHON or (auto) .venv-peer/bin/python, $EDGE_SDFA_PEER_PYTHON, or this interpreter "
+                         "if it imports torch (make peer-venv creates .venv-peer)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--shape", help=argparse.SUPPRESS)
     ap.add_argument("--params", help=argparse.SUPPRESS)
@@ -314,7 +383,7 @@ def main(argv=None) -> int:
         ap.error("--repeats must be >= 5")
     if args.worker:
         print(json.dumps(worker(args.worker, args.shape, args.batch, args.steps, args.density, args.repeats,
-                                args.kernels, args.params)))
+                                args.kernels, args.params, args.stages)))
         return 0
     methods = [m for m in args.methods.split(",") if m]
     shapes = [s for s in args.shapes.split(",") if s]
@@ -330,20 +399,32 @@ def main(argv=None) -> int:
         for shape in shapes:
             paths[shape] = os.path.join(pdir, f"{shape}.npz")
             write_params(shape, args.batch, args.steps, args.density, paths[shape])
-        if "sdfa_int8_online_c" in methods:
+        if set(C_METHODS) & set(methods):
             from edge_sdfa.errors import UserError
             from edge_sdfa.int8 import kernels as kernel_sets
 
             try:
                 kernel_sets.get("c")
             except UserError as exc:
-                _log(f"skipping sdfa_int8_online_c: {exc}")
-                methods = [m for m in methods if m != "sdfa_int8_online_c"]
+                _log(f"skipping {', '.join(C_METHODS)}: {exc}")
+                methods = [m for m in methods if m not in C_METHODS]
+        peer_python = _peer_python(args.peer) if args.peer else None
+        if args.peer and peer_python is None:
+            _log("no PyTorch for --peer (make peer-venv, or --peer PYTHON): the reference is not measured")
+            notes["peer"] = "not measured: no PyTorch found"
         if args.baseline_tree:
             notes["baseline_tree"] = os.path.abspath(args.baseline_tree)
             notes["baseline_prepare_s"] = round(_prepare_baseline(args.baseline_tree), 3)
         for shape in shapes:
             base = matmul_baseline(shape, args.batch, args.steps, args.density, args.repeats)
+            if peer_python:
+                _log(f"{PEER} {shape} ...")
+                load0 = os.getloadavg()[0]
+                r = _run_peer(peer_python, shape, args)
+                r["loadavg_1min_before_after"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+                r["tree"] = "this"
+                r.update(base)
+                results.append(r)
             for m in methods:
                 trees = [args.baseline_tree, None] if (args.baseline_tree and m == "sdfa_int8_online_c") else [None]
                 for tree in trees:
@@ -377,6 +458,14 @@ def main(argv=None) -> int:
             if (other, shape) in by:
                 ratios[f"speedup_vs_{other}"] = round(by[(other, shape)]["s_per_update"] / r["s_per_update"], 2)
         ratios["goal_5x_reference"] = bool(ref and r["s_per_update"] * 5 <= ref)
+        peer = by.get((PEER, shape))
+        if peer is not None:  # the reference measured in this run
+            ratios["reference_s_measured"] = peer["s_per_update"]
+            ratios["reference_rss_mb_measured"] = peer["peak_rss_mb"]
+            ratios["speedup_vs_reference_measured"] = round(peer["s_per_update"] / r["s_per_update"], 2)
+            ratios["rss_fraction_of_reference"] = round(r["peak_rss_mb"] / peer["peak_rss_mb"], 3)
+            ratios["goal_10x_reference"] = ratios["speedup_vs_reference_measured"] >= 10
+            ratios["goal_rss_tenth_of_reference"] = ratios["rss_fraction_of_reference"] <= 0.1
         ratios["goal_rss_150mb"] = r["peak_rss_mb"] < 150
         if shape in GOAL_S:
             ratios["goal_s_per_update"] = r["s_per_update"] <= GOAL_S[shape]

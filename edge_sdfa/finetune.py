@@ -24,7 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -58,12 +58,15 @@ class FinetuneConfig:
     epochs: int | None = None          # None: the bundle's default
     batch_size: int | None = None
     lr: float | None = None
-    mode: str = DEFAULT_TEMPORAL_MODE  # spec.TemporalMode
+    mode: str | None = None            # spec.TemporalMode; None: the bundle's default, else online
     backend: str = "numpy"
-    seed: int = 0
+    seed: int = 0                      # training only: sample order, rehearsal picks, rounding stream
+    split_seed: int = 0                # the train/validation split of the user's batch, apart from --seed
     val_fraction: float = 0.3
     margin: float = 0.02               # allowed drop of the original-task holdout accuracy
     rehearsal_ratio: float | None = None   # rehearsal samples per user sample in each epoch
+    rehearsal_max: float | None = None     # adaptive rehearsal: the ratio doubles (up to this) after an
+                                           # epoch that lost more than half the holdout margin
     max_saturation: float = 0.05       # guard: fraction of head weights at +-127
     backend_options: dict = field(default_factory=dict)
 
@@ -71,12 +74,17 @@ class FinetuneConfig:
         pick = lambda mine, key, fallback: mine if mine is not None else defaults.get(key, fallback)
         cfg = FinetuneConfig(
             epochs=int(pick(self.epochs, "epochs", 20)), batch_size=int(pick(self.batch_size, "batch_size", 16)),
-            lr=float(pick(self.lr, "lr", 0.5)), mode=self.mode, backend=self.backend, seed=self.seed,
-            val_fraction=self.val_fraction, margin=self.margin,
+            lr=float(pick(self.lr, "lr", 0.5)), mode=temporal_mode(pick(self.mode, "mode", DEFAULT_TEMPORAL_MODE)), backend=self.backend, seed=self.seed,
+            split_seed=self.split_seed, val_fraction=self.val_fraction, margin=self.margin,
             rehearsal_ratio=float(pick(self.rehearsal_ratio, "rehearsal_ratio", 1.0)),
+            rehearsal_max=float(pick(self.rehearsal_max, "rehearsal_max", 0.0)),
             max_saturation=self.max_saturation, backend_options=dict(self.backend_options))
         if cfg.epochs < 0 or cfg.batch_size < 1 or not (cfg.lr > 0 and math.isfinite(cfg.lr)):
             raise UserError("epochs must be >= 0, batch size >= 1 and lr a positive number")
+        if not (cfg.rehearsal_ratio >= 0 and math.isfinite(cfg.rehearsal_max)):
+            raise UserError("the rehearsal ratio must be >= 0")
+        if cfg.rehearsal_max < cfg.rehearsal_ratio:  # no adaptation (also the default without a bundle value)
+            cfg = replace(cfg, rehearsal_max=cfg.rehearsal_ratio)
         if not 0 < cfg.val_fraction < 1:
             raise UserError("the validation fraction must be between 0 and 1")
         temporal_mode(cfg.mode)
@@ -107,6 +115,9 @@ def load_data(spec: str | Path | None, time_steps: int, input_shape: tuple[int, 
                             "on a device pass an npz file")
         x, y, _ = source.load_arrays(text, time_steps=time_steps)
     expect = (time_steps, *input_shape)
+    if tuple(x.shape[1:]) != expect and x.ndim >= 2 and x.shape[1] == time_steps \
+            and int(np.prod(x.shape[2:])) == int(np.prod(input_shape)):
+        x = x.reshape(len(x), *expect)  # flat frames of a conv model (digits): as partition --calib does
     if tuple(x.shape[1:]) != expect:
         raise DataError(f"{text}: samples have shape {tuple(x.shape[1:])}, the model expects {expect}")
     return np.ascontiguousarray(x), y.astype(np.int64)
@@ -235,6 +246,7 @@ class Prepared:
     y_test: np.ndarray | None
     rehearsal: tuple[np.ndarray, np.ndarray] | None
     rehearsal_per_epoch: int
+    update_offset: int = 0               # the store's rounding counter: updates of earlier fine-tunes
 
 
 def prepare(source: str | Path | None = None, data: str | Path | None = None, *, store: str | Path | None = None,
@@ -291,11 +303,12 @@ def _prepare(bundle, st, data, test_data, source, config) -> Prepared:
     h_test = run_frozen(executor, x_test) if x_test is not None else None
     reh = bundle.rehearsal()
     rehearsal = (run_frozen(executor, reh[0]), reh[1]) if reh is not None else None
-    train_idx, val_idx = split_validation(y_user, cfg.val_fraction, cfg.seed)
+    train_idx, val_idx = split_validation(y_user, cfg.val_fraction, cfg.split_seed)
     n_reh = 0 if rehearsal is None else min(len(rehearsal[1]), int(round(cfg.rehearsal_ratio * len(train_idx))))
     return Prepared(store=st, bundle=bundle, config=cfg, h_user=h_user, y_user=y_user, train_idx=train_idx,
                     val_idx=val_idx, h_holdout=h_hold, y_holdout=y_hold, h_test=h_test, y_test=y_test,
-                    rehearsal=rehearsal, rehearsal_per_epoch=n_reh)
+                    rehearsal=rehearsal, rehearsal_per_epoch=n_reh,
+                    update_offset=st.rounding_counter() if st is not None else 0)  # a new store starts at 0
 
 
 def program(backend, prep: Prepared) -> None:
@@ -307,15 +320,15 @@ def program(backend, prep: Prepared) -> None:
 
 @dataclass(frozen=True)
 class Scores:
-    val: float        # the user's validation part
-    holdout: float    # the bundle's original-task holdout
-    user: float       # the user's test data when given, else the validation part
+    val: float            # the user's validation part (the selection set: not an accuracy figure)
+    holdout: float        # the bundle's original-task holdout
+    user: float | None    # the user's unseen test data; None without test data
 
 
 def score(backend, prep: Prepared) -> Scores:
     """Accuracy of the backend's current head on the validation part, holdout and test data."""
     val = _accuracy(backend, prep.h_user[prep.val_idx], prep.y_user[prep.val_idx])
-    user = _accuracy(backend, prep.h_test, prep.y_test) if prep.h_test is not None else val
+    user = _accuracy(backend, prep.h_test, prep.y_test) if prep.h_test is not None else None
     return Scores(val=val, holdout=_accuracy(backend, prep.h_holdout, prep.y_holdout), user=user)
 
 
@@ -361,25 +374,31 @@ class EpochReport:
         return event
 
 
-def epochs(backend, prep: Prepared) -> Iterator[EpochReport]:
+def epochs(backend, prep: Prepared, before: Scores | None = None) -> Iterator[EpochReport]:
     """Run SDFA epochs over the user's train part mixed with rehearsal samples, yielding a
     snapshot after each. The backend holds the weights; the caller may read them between epochs
-    and stop early by not asking for the next one."""
+    and stop early by not asking for the next one. With ``before`` (the active weights' scores),
+    rehearsal adapts: after an epoch whose holdout fell below ``before`` by more than the margin
+    (an epoch the gate would refuse), the rehearsal ratio doubles, up to ``rehearsal_max`` (never
+    back down)."""
     cfg = prep.config
     rng = np.random.default_rng([cfg.seed, 11])
     updates, update_seconds, costs = 0, 0.0, None
+    n_reh = prep.rehearsal_per_epoch
+    n_max = 0 if prep.rehearsal is None else min(len(prep.rehearsal[1]),
+                                                   int(round(cfg.rehearsal_max * len(prep.train_idx))))
     for epoch in range(1, cfg.epochs + 1):
         xs, ys = prep.h_user[prep.train_idx], prep.y_user[prep.train_idx]
-        if prep.rehearsal_per_epoch:
+        if n_reh:
             h_reh, y_reh = prep.rehearsal
-            pick = rng.choice(len(y_reh), prep.rehearsal_per_epoch, replace=False)
+            pick = rng.choice(len(y_reh), n_reh, replace=False)
             xs, ys = np.concatenate([xs, h_reh[pick]]), np.concatenate([ys, y_reh[pick]])
         order = rng.permutation(len(ys))
         losses, sat_w8 = [], 0
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
             t0 = time.perf_counter()
-            stats = backend.update(np.swapaxes(xs[idx], 0, 1), ys[idx], updates)
+            stats = backend.update(np.swapaxes(xs[idx], 0, 1), ys[idx], prep.update_offset + updates)
             update_seconds += time.perf_counter() - t0
             updates += 1
             losses.append(stats.loss)
@@ -388,8 +407,11 @@ def epochs(backend, prep: Prepared) -> Iterator[EpochReport]:
             if c is not None:
                 costs = (costs or CostTotals()).add(c)
         total_w = sum(q.w8.size for q in backend.read_weights() if q.w8 is not None)
+        now = score(backend, prep)
+        if before is not None and n_reh and not improves_holdout(now, before, cfg.margin):
+            n_reh = min(2 * n_reh, n_max) if n_max > n_reh else n_reh
         yield EpochReport(epoch=epoch, epochs=cfg.epochs, loss=float(np.mean(losses)) if losses else float("nan"),
-                          scores=score(backend, prep), updates=updates,
+                          scores=now, updates=updates,
                           seconds_per_update=update_seconds / max(updates, 1),
                           saturation=sat_w8 / max(total_w, 1), cost=costs)
 
@@ -403,10 +425,16 @@ def epoch_guard(report: EpochReport, cfg: FinetuneConfig) -> str | None:
     return None
 
 
+def improves_holdout(now: Scores, before: Scores, margin: float) -> bool:
+    """The holdout stays within ``margin`` of the active weights' (1e-9: float rounding of the
+    accuracies, e.g. 0.92 - 0.02)."""
+    return now.holdout >= before.holdout - margin - 1e-9
+
+
 def improves(now: Scores, best: Scores, before: Scores, margin: float) -> bool:
     """Early stopping on the user's validation set: an epoch is kept if it improves on the active
     weights and respects the holdout margin (ties go to the later epoch)."""
-    return now.val > before.val and now.val >= best.val and now.holdout >= before.holdout - margin
+    return now.val > before.val and now.val >= best.val and improves_holdout(now, before, margin)
 
 
 @dataclass(frozen=True, eq=False)
@@ -433,7 +461,7 @@ def train(backend, prep: Prepared, *, on_event: Callable[[dict], None] | None = 
     best, best_layers, best_epoch, guard = before, backend.read_weights(), 0, None
     history = []
     with EpochProgress("finetune", cfg.epochs, progress) as bar:
-        for report in epochs(backend, prep):
+        for report in epochs(backend, prep, before):
             history.append(report)
             if on_event:
                 on_event(report.to_dict())
@@ -458,7 +486,7 @@ def gate(training: Training, margin: float) -> list[str]:
         reasons.append("no epoch improved on the user's validation set within the holdout margin")
     if after.val < before.val:
         reasons.append(f"user validation accuracy fell ({before.val:.3f} -> {after.val:.3f})")
-    if after.holdout < before.holdout - margin:
+    if not improves_holdout(after, before, margin):
         reasons.append(f"holdout accuracy fell more than {margin} ({before.holdout:.3f} -> {after.holdout:.3f})")
     return reasons
 
@@ -487,6 +515,8 @@ def finetune(source: str | Path | None = None, data: str | Path | None = None, *
     reasons = gate(training, prep.config.margin)
     committed = not reasons
     revision = commit(prep, training.best_layers) if committed else prep.bundle.revision
+    if training.last is not None and training.last.updates:
+        prep.store.advance_rounding_counter(training.last.updates)  # next fine-tune draws a new stream
     report = build_report(prep, training, reasons, revision, seconds=time.perf_counter() - t_start,
                           kernels=getattr(backend, "kernel_set", None))
     if on_event:
@@ -502,6 +532,7 @@ def build_report(prep: Prepared, training: Training, reasons: list[str], revisio
     report = {
         "committed": committed,
         "reasons": list(reasons),
+        # accuracy_* is only ever the user's unseen test data; validation_* is the selection set
         "accuracy_before": before.user,
         "accuracy_after": after.user if committed else before.user,
         "accuracy_candidate": after.user,
@@ -526,10 +557,16 @@ def build_report(prep: Prepared, training: Training, reasons: list[str], revisio
         "user_validation_samples": int(len(prep.val_idx)),
         "user_test_samples": int(len(prep.y_test)) if prep.y_test is not None else 0,
         "rehearsal_samples_per_epoch": prep.rehearsal_per_epoch,
+        "split_seed": cfg.split_seed,
+        "seed": cfg.seed,
+        "rounding_offset": prep.update_offset,
         "model_id": prep.bundle.model_id,
         "revision": revision,
         "store": str(prep.store.root),
     }
+    if prep.y_test is None:
+        report["accuracy_note"] = ("no test data: accuracy_* needs the user's unseen samples (--test-data); "
+                                   "validation_* is the set early stopping and the gate select on")
     if last is not None and last.cost is not None:
         report["cost"] = last.cost.to_dict()
     return report

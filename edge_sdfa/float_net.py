@@ -222,9 +222,10 @@ def sdfa_online_grads(spec: NetworkSpec, params: Params, x: np.ndarray, y: np.nd
     """SDFA with a per-step local update and no T-long history (memory O(1) in T).
 
     At step t the output error is taken on the running rate r_t = mean_{k<=t} s_out,k:
-    e_t = dLoss/dr (r_t). Every synaptic layer gets
-    dW += (g_t * sg'(h_t - v_th) * gain)^T x_t / T, with g_t = e_t for the output layer and
-    B_l e_t (normalised) for hidden layers, and sg' the ATan surrogate: the eligibility is the
+    e_t = dLoss/dr (r_t). The output layer gets dW += (e_t * sg'(h_t - v_th) * gain)^T x_t / T
+    and a hidden layer dW += (g_t * sg'(h_t - v_th) * gain)^T x_t with g_t = B_l e_t (normalised),
+    the reference's scales (e/T per output spike, B_l e per hidden spike, no 1/T), and sg' the
+    ATan surrogate: the eligibility is the
     instantaneous derivative of the spike w.r.t. the input current (no trace through the
     membrane), so nothing but the current membrane state is carried between steps.
     Only dense-after-flatten and conv blocks without pooling are supported in this mode for
@@ -274,7 +275,9 @@ def sdfa_online_grads(spec: NetworkSpec, params: Params, x: np.ndarray, y: np.nd
                         g = ops.pool_backward(lj, step_inputs[j], step_out[j], g)
                     else:
                         g = g.reshape(step_inputs[j].shape)
-            delta = g * ops.atan_surrogate_grad(step_h[i] - layer.neuron.v_threshold) * (layer.neuron.input_gain / t_steps)
+            # as the reference: e/T reaches the output spikes, B_l e (no 1/T) a hidden block's
+            scale = layer.neuron.input_gain / t_steps if i == last else layer.neuron.input_gain
+            delta = g * ops.atan_surrogate_grad(step_h[i] - layer.neuron.v_threshold) * scale
             layer_grads, _ = ops.synapse_grads(layer, params[i], step_inputs[i], delta, need_input_grad=False)
             for k, val in layer_grads.items():
                 grads[i][k] += val

@@ -16,7 +16,9 @@ per neuron (per output channel after a Conv2d).
 ``walk(graph)`` returns the chain as stages: ``SpikingLayer`` (a synaptic node with its neuron
 node), ``FlattenStage`` and ``PoolStage``; a ``SumPool2d`` factor is folded into the next synaptic
 layer's weights and ``SumPool2d/AvgPool2d -> Threshold`` becomes a max pool (exact for spikes).
-Every error is a UserError naming the node.
+Every error is a UserError naming the node. NIR does not say which discrete rules the exporter
+ran (reset timing, ``>`` or ``>=``, decay form, dt convention): ``detect_framework`` reads the
+exporter's fingerprint and ``host_tools.nir_run`` holds each framework's rules (docs/nir.md).
 """
 from __future__ import annotations
 
@@ -200,6 +202,7 @@ class _State:
     scale: float = 1.0                  # SumPool2d factor to fold into the next synaptic node
     last_pool: tuple | None = None      # (name, kind, k, scale before it)
     done: bool = False
+    input_has_time: bool = False        # Sinabs writes Input [T, ...]
 
     @property
     def has_layers(self) -> bool:
@@ -216,6 +219,12 @@ def _input(st: _State, name: str, node) -> None:
     shape = tuple(int(d) for d in np.asarray(it).ravel()) if it is not None else None
     if not shape or min(shape) < 1:
         raise UserError(f"NIR node {name!r} (Input) has no usable input shape ({it})")
+    if st.input_has_time and len(shape) >= 2:
+        st.notes.append(f"Input {name!r} {list(shape)}: the leading {shape[0]} is the time dimension (dropped)")
+        shape = shape[1:]
+    elif len(shape) == 4 and shape[0] == 1:
+        st.notes.append(f"Input {name!r} {list(shape)}: dropped the leading batch dimension of size 1")
+        shape = shape[1:]
     st.shape = st.input_shape = shape
 
 
@@ -365,13 +374,14 @@ HANDLERS: dict[str, Callable[[_State, str, object], None]] = {
 SUPPORTED = tuple(HANDLERS)
 
 
-def walk(graph, *, dt: float | None = None, reset: str = "auto", notes: list[str] | None = None) -> Walk:
+def walk(graph, *, dt: float | None = None, reset: str = "auto", notes: list[str] | None = None,
+         input_has_time: bool = False) -> Walk:
     """The graph's chain as stages (see the module doc). ``notes`` collects the defaults taken."""
     if reset not in ("auto", "hard", "subtract"):
         raise UserError(f"reset mode {reset!r} must be auto, hard or subtract")
     notes = [] if notes is None else notes
     order = chain(graph)
-    st = _State(dt=resolve_dt(graph, dt, notes), reset=reset, notes=notes)
+    st = _State(dt=resolve_dt(graph, dt, notes), reset=reset, notes=notes, input_has_time=input_has_time)
     for name in order:
         node = graph.nodes[name]
         kind = type(node).__name__
@@ -488,3 +498,72 @@ def _pool_kernel(node, name: str, kind: str) -> int:
         raise UserError(f"NIR node {name!r} ({kind}): only non-overlapping pooling (stride = kernel, no padding) "
                         f"is supported, got kernel {k}, stride {s}, padding {p}")
     return k
+
+
+# ---------------------------------------------------------------------------------------------
+# which exporter wrote the graph: NIR 1.0 stores neither the reset rule, its timing, the spike
+# condition nor the decay form, so they are read from the exporter's fingerprint (node names and
+# parameter conventions), and the CLI's flags override.
+
+FRAMEWORKS = ("edge-sdfa", "spikingjelly", "snntorch", "norse", "rockpool", "sinabs", "nir")
+
+
+def detect_framework(graph) -> tuple[str, str]:
+    """(framework, why) from what the file holds; ``nir`` (the spec's own reading) when unsure."""
+    meta = dict(graph.metadata or {})
+    if str(meta.get("producer", "")) == "edge-sdfa" or "edge_sdfa" in meta:
+        return "edge-sdfa", "graph metadata producer=edge-sdfa"
+    names = [str(n) for n in graph.nodes]
+    kinds = {str(n): type(v).__name__ for n, v in graph.nodes.items()}
+    if any(n.endswith(("_LIFTorch", "_LinearTorch", "_LIFNeuronTorch", "_ExpSynTorch")) for n in names):
+        return "rockpool", "node names <i>_LIFTorch/<i>_LinearTorch (rockpool.nn.modules.torch.nir.to_nir)"
+    neurons = [(n, v) for n, v in graph.nodes.items() if type(v).__name__ in NEURONS]
+    if "input_1" in names or any(n.startswith("_") and n[1:].isdigit() for n in names):
+        return "spikingjelly", "node names _<i> and input_1 (spikingjelly nir_exchange.export_to_nir)"
+    digit_names = all(n.isdigit() or kinds[n] in ("Input", "Output") for n in names)
+    in_shape = _input_dims(graph)
+    if digit_names and neurons and len(in_shape) >= 2 and in_shape[0] > 1 and all(
+            np.allclose(np.asarray(getattr(v, "r", 1.0), np.float64), 1.0) for _, v in neurons) and all(
+            kinds[n] == "IF" or float(np.min(_tau_of(v))) >= 1.0 for n, v in neurons):
+        return "sinabs", (f"node names <i>, Input {list(in_shape)} with a leading time dimension, r = 1, tau in steps "
+                          "(sinabs.nir.to_nir)")
+    if digit_names and neurons:
+        rs = [np.asarray(getattr(v, "r", 1.0), np.float64) for _, v in neurons]
+        if all(np.allclose(r, 1.0) for r in rs) and all(kinds[n] in ("LIF", "IF", "CubaLIF", "LI") for n, _ in neurons):
+            if any(kinds[n] in ("LIF", "CubaLIF", "LI") and float(np.min(_tau_of(v))) < 1e-4 for n, v in neurons) \
+                    or all(kinds[n] == "IF" for n, _ in neurons):
+                return "norse", "node names <i>, r = 1 everywhere, tau = dt/tau_mem_inv (norse.torch.utils.export_nir)"
+        lifs = [v for n, v in neurons if kinds[n] in ("LIF", "CubaLIF")]
+        if lifs and all(np.allclose(np.asarray(v.r, np.float64) * DEFAULT_DT, _tau_of(v), rtol=1e-5) for v in lifs):
+            return "snntorch", ("node names <i>, LIF/CubaLIF with r = tau/1e-4 (snntorch.export_nir: tau = dt/(1-beta), "
+                                "tau_syn = dt/(1-alpha))")
+    return "nir", "no exporter fingerprint; NIR's own semantics (forward Euler, spike v > v_threshold, hard reset)"
+
+
+def _input_dims(graph) -> tuple[int, ...]:
+    for node in graph.nodes.values():
+        if type(node).__name__ == "Input":
+            it = node.input_type.get("input") if isinstance(node.input_type, dict) else node.input_type
+            return tuple(int(d) for d in np.asarray(it).ravel()) if it is not None else ()
+    return ()
+
+
+def _tau_of(node) -> np.ndarray:
+    return np.asarray(getattr(node, "tau", None) if hasattr(node, "tau") else node.tau_mem, np.float64)
+
+
+def rockpool_dt(tau: np.ndarray, r: np.ndarray) -> float:
+    """Rockpool writes r = tau exp(-dt/tau) / dt; solve that for dt (bisection on a monotone map)."""
+    tau, r = float(np.ravel(tau)[0]), float(np.ravel(r)[0])
+    f = lambda dt: tau * np.exp(-dt / tau) / dt - r  # decreasing in dt
+    lo, hi = tau * 1e-9, tau * 50.0
+    if not (f(lo) > 0 > f(hi)):
+        raise UserError(f"r={r:g} with tau={tau:g} is not Rockpool's r = tau exp(-dt/tau)/dt for any dt")
+    for _ in range(200):
+        mid = (lo * hi) ** 0.5
+        lo, hi = (mid, hi) if f(mid) > 0 else (lo, mid)
+    return float(_round_sig((lo * hi) ** 0.5))
+
+
+def _round_sig(x: float, digits: int = 6) -> float:
+    return float(f"{x:.{digits}g}")

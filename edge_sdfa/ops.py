@@ -35,7 +35,7 @@ def neuron_step(neuron: NeuronSpec, v: np.ndarray, current: np.ndarray) -> tuple
             h = v - (v - v_rest) / neuron.tau + current
     else:
         h = v + current
-    s = spike_fn(h - neuron.v_threshold)
+    s = spike_fn(h - neuron.v_threshold) if neuron.spike_if == ">=" else (h > neuron.v_threshold).astype(h.dtype)
     if neuron.v_reset is None:
         v_new = h - neuron.v_threshold * s
     else:

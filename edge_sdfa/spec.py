@@ -39,7 +39,9 @@ class NeuronSpec:
     """Leaky (LIF) or non-leaky (IF) integrate-and-fire neuron, SpikingJelly semantics.
 
     LIF with ``decay_input``: ``h = v + (x - (v - v_reset)) / tau``; without it
-    ``h = v - (v - v_reset) / tau + x``. IF: ``h = v + x``. Spike ``s = h >= v_threshold``.
+    ``h = v - (v - v_reset) / tau + x``. IF: ``h = v + x``. Spike ``s = h >= v_threshold``
+    (``spike_if=">"``: ``h > v_threshold``, snnTorch's and Norse's condition; int8 runs it as
+    ``h >= vth + 1`` with a hard reset, see ``int8.arith.neuron_constants``).
     Hard reset (``v_reset`` a number): ``v = v_reset`` where it spiked; soft reset
     (``v_reset=None``): ``v = h - v_threshold`` where it spiked.
     """
@@ -49,8 +51,11 @@ class NeuronSpec:
     v_threshold: float = 1.0
     v_reset: float | None = 0.0
     decay_input: bool = True
+    spike_if: str = ">="
 
     def __post_init__(self):
+        if self.spike_if not in (">=", ">"):
+            raise UserError(f"spike condition {self.spike_if!r} must be '>=' or '>'")
         if self.kind not in ("lif", "if"):
             raise UserError(f"unknown neuron kind {self.kind!r} (expected 'lif' or 'if')")
         if self.kind == "lif" and not self.tau > 1.0:
@@ -255,6 +260,8 @@ def layer_to_dict(layer: Layer) -> dict:
     d = dataclasses.asdict(layer)
     if "neuron" in d:
         d["neuron"] = dict(d["neuron"])
+        if d["neuron"].get("spike_if") == ">=":  # the default: specs written before the field read the same
+            del d["neuron"]["spike_if"]
     return d
 
 

@@ -415,6 +415,17 @@ class Store:
             st["state"] = CONFIRMED
             self._commit_state(st, "reset")
 
+    def rounding_counter(self) -> int:
+        """Updates run by earlier fine-tunes in this store: the next one's stochastic-rounding
+        stream starts here, so no two fine-tunes draw the same stream."""
+        return int(self._load().get("rounding_counter", 0))
+
+    def advance_rounding_counter(self, updates: int) -> None:
+        with self._locked():
+            st = self._load()
+            st["rounding_counter"] = int(st.get("rounding_counter", 0)) + int(updates)
+            self._commit_state(st, "rounding", updates=int(updates))
+
     # ---- internals ----------------------------------------------------------------------------
 
     @contextlib.contextmanager

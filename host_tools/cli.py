@@ -1,4 +1,4 @@
-"""Host commands: pretrain, partition, export-nir, import-nir (workstation side).
+"""Host commands: pretrain, partition, export-nir, import-nir, nir run (workstation side).
 
 Each command imports host_tools only inside its body, so a device that never calls them never
 loads host code (nir, h5py, the data set readers).
@@ -18,6 +18,9 @@ def register(app: typer.Typer) -> None:
     app.command("partition")(partition)
     app.command("export-nir")(export_nir)
     app.command("import-nir")(import_nir)
+    nir_app = typer.Typer(help="NIR graphs from other frameworks: run them as they ran there.", no_args_is_help=True)
+    nir_app.command("run")(nir_run)
+    app.add_typer(nir_app, name="nir")
 
 
 def pretrain(
@@ -61,11 +64,13 @@ def partition(
     version: int = typer.Option(1, "--version"),
     seed: int = typer.Option(0, "--seed"),
     dt: Optional[float] = typer.Option(None, "--dt", help="NIR seconds per step (default: graph metadata, else 1e-4)"),
-    reset: str = typer.Option("auto", "--reset", help="auto | hard | subtract (NIR cannot say; auto: node metadata, else hard)"),
+    reset: str = typer.Option("auto", "--reset", help="auto (the exporter's rule) | hard | subtract"),
+    framework: str = typer.Option("auto", "--framework", help="whose rules the graph follows (auto: from the file)"),
+    spike_if: Optional[str] = typer.Option(None, "--spike-if", help="'>' | '>=' (int8 runs '>=' only)"),
     approximate: bool = typer.Option(False, "--approximate", help="accept documented approximations (CubaLIF, LI)"),
     time_steps: Optional[int] = typer.Option(None, "--time-steps", "-T", help="default: graph metadata, else 10"),
     runtime_overhead: Optional[str] = typer.Option(None, "--runtime-overhead",
-                                                   help="planner's fixed runtime bytes (default 92MiB: numba kernels)"),
+                                                   help="planner's fixed runtime bytes (default 40MiB: the runtime with the C kernels)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (the full plan, calibration, rules)"),
     quiet: bool = typer.Option(False, "--quiet"),
 ):
@@ -76,6 +81,7 @@ def partition(
                  frozen_format=frozen_format, holdout=holdout, calib_samples=calib_samples,
                  holdout_samples=holdout_samples, rehearsal_samples=rehearsal_samples, batch=batch,
                  model_id=model_id, version=version, seed=seed, dt=dt, reset=reset, approximate=approximate,
+                 framework=framework, spike_if=spike_if,
                  time_steps=time_steps, runtime_overhead=runtime_overhead, progress=not quiet)
     if as_json:
         emit(report, True)
@@ -97,18 +103,22 @@ def export_nir(
     out: str = typer.Option(..., "--out", help="the NIR file to write"),
     frozen_from: Optional[str] = typer.Option(None, "--frozen-from", help="source .nir, for onnx/tflite bundles"),
     dt: Optional[float] = typer.Option(None, "--dt"),
+    target: str = typer.Option("nir", "--for", help="nir (NIR's reading; SpikingJelly) | snntorch | norse (docs/nir.md)"),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Export the (fine-tuned) int8 model of a store or bundle back to NIR."""
     from host_tools.nir_io import export_finetuned
 
-    emit(export_finetuned(source, out, frozen_from=frozen_from, dt=dt), as_json)
+    emit(export_finetuned(source, out, frozen_from=frozen_from, dt=dt, target=target), as_json)
 
 
 def import_nir(
     model: str = typer.Argument(..., help="a .nir file from any framework"),
     dt: Optional[float] = typer.Option(None, "--dt"),
-    reset: str = typer.Option("auto", "--reset", help="auto | hard | subtract"),
+    reset: str = typer.Option("auto", "--reset", help="auto (the exporter's rule) | hard | subtract"),
+    framework: str = typer.Option("auto", "--framework", help="whose rules the graph follows (auto: from the file)"),
+    spike_if: Optional[str] = typer.Option(None, "--spike-if", help="'>' | '>=' (int8 runs '>=' only)"),
+    multi_spike: Optional[bool] = typer.Option(None, "--multi-spike/--single-spike"),
     approximate: bool = typer.Option(False, "--approximate"),
     time_steps: Optional[int] = typer.Option(None, "--time-steps", "-T"),
     as_json: bool = typer.Option(False, "--json"),
@@ -116,9 +126,30 @@ def import_nir(
     """Check that a NIR graph imports, and show the network it maps to (nothing is written)."""
     from host_tools.nir_io import import_graph
 
-    imp = import_graph(model, dt=dt, reset=reset, approximate=approximate, time_steps=time_steps)
+    imp = import_graph(model, dt=dt, reset=reset, approximate=approximate, time_steps=time_steps, framework=framework,
+                       spike_if=spike_if, multi_spike=multi_spike)
     shapes = imp.spec.shapes()
     emit({"nodes": imp.nodes, "dt": imp.dt, "time_steps": imp.spec.time_steps, "loss": imp.spec.loss,
           "layers": [f"{l.type}{tuple(a)}->{tuple(b)}" for l, a, b in zip(imp.spec.layers, shapes[:-1], shapes[1:])],
           "neurons": [dict(layer=i, **l.neuron.__dict__) for i, l in enumerate(imp.spec.layers) if hasattr(l, "neuron")],
-          "network": imp.spec.to_dict(), "notes": imp.notes}, as_json)
+          "network": imp.spec.to_dict(), "semantics": imp.semantics, "notes": imp.notes}, as_json)
+
+
+def nir_run(
+    model: str = typer.Argument(..., help="a .nir file from any framework"),
+    input: str = typer.Option(..., "--input", help=".npz with x [T, N, *input_shape] (input spikes per step)"),
+    out: str = typer.Option(..., "--out", help=".npz to write: spikes [T, N, n_out]"),
+    framework: str = typer.Option("auto", "--framework",
+                                  help="auto (from the file) | edge-sdfa | spikingjelly | snntorch | norse | rockpool | sinabs | nir"),
+    dt: Optional[float] = typer.Option(None, "--dt", help="seconds per step (Norse: its own dt, default 1e-3)"),
+    reset: Optional[str] = typer.Option(None, "--reset", help="hard | subtract | subtract-delayed (snnTorch's default)"),
+    spike_if: Optional[str] = typer.Option(None, "--spike-if", help="'>' | '>=' (v against v_threshold)"),
+    decay: Optional[str] = typer.Option(None, "--decay", help="euler (1 - dt/tau) | exp (exp(-dt/tau)) | exp-norm (Sinabs: input times 1 - exp(-dt/tau))"),
+    multi_spike: Optional[bool] = typer.Option(None, "--multi-spike/--single-spike", help="floor(v/v_th) spikes a step"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+):
+    """Simulate a NIR graph (float) on input spikes with its framework's rules; write the output spikes."""
+    from host_tools.nir_run import run_file
+
+    emit(run_file(model, input, out, framework=framework, dt=dt, reset=reset, spike_if=spike_if, decay=decay,
+                  multi_spike=multi_spike), as_json)

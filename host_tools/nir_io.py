@@ -13,7 +13,8 @@ convention (NIR time constants in seconds with ``dt`` in the graph metadata):
   ``decay_input``, quantisation exponents of a fine-tuned export); every neuron node's metadata has
   ``reset_mode`` (``hard`` | ``subtract``) and ``decay_input``.
 
-Import accepts the node types other frameworks write (Input, Output, Affine, Linear, Flatten,
+Import reads the file with the rules of the framework that wrote it (``nir_run.semantics``:
+detected from the file, flags override; docs/nir.md) and accepts the node types other frameworks write (Input, Output, Affine, Linear, Flatten,
 Conv2d, SumPool2d, AvgPool2d, Threshold after a pool, LIF, IF, CubaLIF, LI), maps their
 continuous-time parameters with forward Euler at ``dt`` onto NeuronSpec, and folds what NeuronSpec
 has no field for into the weights and biases (see docs/host.md, "NIR parameter mapping"):
@@ -43,6 +44,8 @@ import numpy as np
 from edge_sdfa import nir_graph
 from edge_sdfa.errors import UserError
 from edge_sdfa.spec import Conv2d, Dense, Flatten, NetworkSpec, NeuronSpec, Pool2d, has_synapses
+from host_tools import nir_run
+from host_tools.nir_run import read_graph  # noqa: F401  (part of this module's API)
 
 DEFAULT_DT = nir_graph.DEFAULT_DT
 SUPPORTED = nir_graph.SUPPORTED
@@ -60,11 +63,28 @@ def _nir():
 # export
 
 
-def export_graph(spec: NetworkSpec, params, *, dt: float = DEFAULT_DT, metadata: dict | None = None):
-    """A ``nir.NIRGraph`` of ``spec`` with float ``params`` (Dense weights ``[out, in]``)."""
+EXPORT_TARGETS = ("nir", "snntorch", "norse")
+
+
+def export_graph(spec: NetworkSpec, params, *, dt: float = DEFAULT_DT, metadata: dict | None = None,
+                 target: str = "nir"):
+    """A ``nir.NIRGraph`` of ``spec`` with float ``params`` (Dense weights ``[out, in]``).
+
+    ``target`` fills the room NIR leaves for one importer (docs/nir.md): ``nir`` writes NIR's
+    own reading (SpikingJelly imports it exactly); ``snntorch`` / ``norse`` write Flatten with
+    ``start_dim=-3`` (their importers apply it to a batched tensor; a negative dim means the same
+    with and without a batch), the threshold as the float32
+    just below it (they spike on ``v > v_th``; for float32 membranes ``v > prev(v_th)`` is
+    ``v >= v_th``) and, for snnTorch, IF with ``r = 1`` (its importer refuses any other r)."""
     nir = _nir()
     if not dt > 0:
         raise UserError(f"dt must be > 0, got {dt}")
+    if target not in EXPORT_TARGETS:
+        raise UserError(f"export target {target!r} must be one of {', '.join(EXPORT_TARGETS)}")
+    for layer in spec.layers:
+        if has_synapses(layer) and layer.neuron.v_reset is None and target != "nir":
+            raise UserError(f"layer {spec.layers.index(layer)}: reset by subtraction; the {target} importer resets "
+                            "to v_reset (NIR 1.0 has no reset mode); export with the nir target and import by hand")
     shapes = spec.shapes()
     nodes: dict = {"input": nir.Input(input_type=np.array(spec.input_shape))}
     order = ["input"]
@@ -95,15 +115,16 @@ def export_graph(spec: NetworkSpec, params, *, dt: float = DEFAULT_DT, metadata:
                                                       metadata={"edge_sdfa": "maxpool (binary spikes)"})
                 order += [f"pool{i}", f"pool{i}_max"]
         elif isinstance(layer, Flatten):
-            nodes[f"flatten{i}"] = nir.Flatten(input_type={"input": np.array(shapes[i])}, start_dim=0, end_dim=-1)
+            nodes[f"flatten{i}"] = nir.Flatten(input_type={"input": np.array(shapes[i])},
+                                               start_dim=0 if target == "nir" else -len(shapes[i]), end_dim=-1)
             order.append(f"flatten{i}")
         if has_synapses(layer):
-            nodes[f"{layer.neuron.kind}{i}"] = _neuron_node(nir, layer.neuron, out_shape, dt)
+            nodes[f"{layer.neuron.kind}{i}"] = _neuron_node(nir, layer.neuron, out_shape, dt, target)
             order.append(f"{layer.neuron.kind}{i}")
     nodes["output"] = nir.Output(output_type=np.array(shapes[-1]))
     order.append("output")
     meta = {"dt": float(dt), "time_steps": int(spec.time_steps), "loss": spec.loss, "readout": "spike_rate",
-            "encoding": "spike frames (uint8 counts per step)", "producer": "edge-sdfa"}
+            "encoding": "spike frames (uint8 counts per step)", "producer": "edge-sdfa", "target": target}
     extra = dict(metadata or {})
     for key in ("encoding",):
         if key in extra:
@@ -120,23 +141,28 @@ def _json_default(obj):
     return str(obj)
 
 
-def _neuron_node(nir, neuron: NeuronSpec, shape, dt: float):
+def _neuron_node(nir, neuron: NeuronSpec, shape, dt: float, target: str = "nir"):
     full = lambda v: np.full(shape, v, np.float64)
     v_reset = 0.0 if neuron.v_reset is None else float(neuron.v_reset)
     meta = {"reset_mode": "subtract" if neuron.v_reset is None else "hard", "decay_input": int(neuron.decay_input),
-            "spike_condition": "v >= v_threshold"}
+            "spike_condition": f"v {neuron.spike_if} v_threshold"}
+    v_th = neuron.v_threshold
+    if target != "nir" and neuron.spike_if == ">=":
+        v_th = float(np.nextafter(np.float32(v_th), np.float32(0)))
+        meta["v_threshold_ge"] = float(neuron.v_threshold)  # what the >= rule compares with
     if neuron.kind == "if":
-        return nir.IF(r=full(1.0 / dt), v_threshold=full(neuron.v_threshold), v_reset=full(v_reset), metadata=meta)
+        r = 1.0 if target == "snntorch" else 1.0 / dt
+        return nir.IF(r=full(r), v_threshold=full(v_th), v_reset=full(v_reset), metadata=meta)
     r = 1.0 if neuron.decay_input else neuron.tau
-    return nir.LIF(tau=full(neuron.tau * dt), r=full(r), v_leak=full(v_reset), v_threshold=full(neuron.v_threshold),
+    return nir.LIF(tau=full(neuron.tau * dt), r=full(r), v_leak=full(v_reset), v_threshold=full(v_th),
                    v_reset=full(v_reset), metadata=meta)
 
 
 def export_nir(spec: NetworkSpec, params, out: str | Path, *, dt: float = DEFAULT_DT,
-               metadata: dict | None = None) -> Path:
+               metadata: dict | None = None, target: str = "nir") -> Path:
     """Write ``spec``/``params`` as a .nir file (hdf5) and return its path."""
     nir = _nir()
-    graph = export_graph(spec, params, dt=dt, metadata=metadata)
+    graph = export_graph(spec, params, dt=dt, metadata=metadata, target=target)
     out = Path(out)
     if out.parent and not out.parent.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -178,29 +204,23 @@ class Imported:
     metadata: dict = field(default_factory=dict)   # the graph's metadata (edge_sdfa JSON decoded)
     notes: list[str] = field(default_factory=list)  # approximations and defaults taken
     nodes: list[str] = field(default_factory=list)  # node names in execution order
+    semantics: dict = field(default_factory=dict)   # the exporter's rules it was read with (nir_run.Semantics)
 
 
-def read_graph(source):
-    """A NIRGraph from a path (or the graph itself); an unreadable file is a UserError."""
-    nir = _nir()
-    if not isinstance(source, (str, Path)):
-        return source
-    path = Path(source)
-    if not path.is_file():
-        raise UserError(f"no such NIR file: {path}")
-    try:
-        return nir.read(str(path))
-    except Exception as exc:  # h5py / nir raise many kinds on a bad file
-        raise UserError(f"{path}: not a readable NIR file ({type(exc).__name__}: {exc})") from None
+def import_graph(source, *, dt: float | None = None, reset: str | None = "auto", approximate: bool = False,
+                 time_steps: int | None = None, loss: str | None = None, framework: str | None = None,
+                 spike_if: str | None = None, decay: str | None = None, multi_spike: bool | None = None) -> Imported:
+    """Map a NIR graph (or .nir path) onto a NetworkSpec and float parameters. See the module doc.
 
-
-def import_graph(source, *, dt: float | None = None, reset: str = "auto", approximate: bool = False,
-                 time_steps: int | None = None, loss: str | None = None) -> Imported:
-    """Map a NIR graph (or .nir path) onto a NetworkSpec and float parameters. See the module doc."""
+    The discrete rules (reset and its timing, spike condition, decay form, multi-spike, dt
+    convention) are those of the exporter that wrote the file (``nir_run.semantics``: detected,
+    or ``framework``); the other keywords override them. What NeuronSpec cannot express is a
+    UserError naming the node."""
     graph = read_graph(source)
     gmeta = nir_graph.graph_metadata(graph)
     notes: list[str] = []
-    dt = nir_graph.resolve_dt(graph, dt, notes)
+    sem = nir_run.semantics(graph, framework=framework, dt=dt, reset=None if reset in (None, "auto") else reset,
+                            spike_if=spike_if, decay=decay, multi_spike=multi_spike, notes=notes)
     if time_steps is None:
         if "time_steps" in gmeta:
             time_steps = int(gmeta["time_steps"])
@@ -210,7 +230,8 @@ def import_graph(source, *, dt: float | None = None, reset: str = "auto", approx
     loss = loss or str(gmeta.get("loss", "ce"))
     if loss not in ("ce", "mse"):
         loss = "ce"
-    walked = nir_graph.walk(graph, dt=dt, reset=reset, notes=notes)
+    walked = nir_graph.walk(graph, dt=sem.dt or 1.0, reset="auto" if sem.reset == "auto" else "hard", notes=notes,
+                            input_has_time=sem.framework == "sinabs")
     layers: list = []
     params: list = []
     for stage in walked.stages:
@@ -219,21 +240,23 @@ def import_graph(source, *, dt: float | None = None, reset: str = "auto", approx
         elif isinstance(stage, nir_graph.PoolStage):
             layer, p = Pool2d(stage.kernel, stage.mode), {}
         else:
-            layer, p = _spiking_layer(stage, dt, approximate, notes)
+            layer, p = _spiking_layer(stage, sem, approximate, notes)
         layers.append(layer)
         params.append(p)
     try:
         spec = NetworkSpec(walked.input_shape, tuple(layers), int(time_steps), loss)
     except UserError as exc:
         raise UserError(f"NIR graph does not form a network this runtime can run: {exc}") from None
-    return Imported(spec, params, float(dt), gmeta, notes, walked.order)
+    # the dt that, passed back as dt=, reads the graph the same way (Norse: its own dt, not the Euler dt^2)
+    back_dt = float(dt) if dt is not None else (nir_run.NORSE_DT if sem.framework == "norse" else float(sem.dt or walked.dt))
+    return Imported(spec, params, back_dt, gmeta, notes, walked.order, sem.to_dict())
 
 
-def _spiking_layer(stage: nir_graph.SpikingLayer, dt: float, approximate: bool, notes: list):
+def _spiking_layer(stage: nir_graph.SpikingLayer, sem, approximate: bool, notes: list):
     """A Dense/Conv2d layer with its NeuronSpec and float parameters: the neuron's gain per output
     row folded into the weights and bias, its offset added to the bias."""
     syn = stage.synapse
-    neuron, gain, offset = _neuron_spec(stage.neuron, dt, approximate, notes)
+    neuron, gain, offset = _neuron_spec(stage.neuron, sem, approximate, notes)
     w = syn.weight * gain.reshape((-1,) + (1,) * (syn.weight.ndim - 1))
     b = syn.bias * gain + offset
     has_bias = bool(np.any(b != 0))
@@ -251,36 +274,65 @@ def _spiking_layer(stage: nir_graph.SpikingLayer, dt: float, approximate: bool, 
     return layer, p
 
 
-def _neuron_spec(n: nir_graph.Neuron, dt: float, approximate: bool, notes: list):
-    """(NeuronSpec, gain per output row, offset per output row) for a NIR neuron."""
+def _neuron_spec(n: nir_graph.Neuron, sem, approximate: bool, notes: list):
+    """(NeuronSpec, gain per output row, offset per output row) for a NIR neuron under ``sem``."""
     name, kind = n.name, n.kind
-    if n.reset == "subtract":
+    reset = n.reset if sem.reset == "auto" else sem.reset
+    if reset == "subtract-delayed":
+        raise UserError(f"NIR node {name!r} ({kind}): reset by subtraction one step late (snnTorch's default "
+                        "reset_delay=True) has no NeuronSpec equivalent (it subtracts v_th/beta with threshold v_th); "
+                        "`edge-sdfa nir run` simulates it, or pass --reset hard|subtract to import another rule")
+    if sem.multi_spike:
+        raise UserError(f"NIR node {name!r} ({kind}): {sem.framework} emits several spikes per step "
+                        "(floor(v/v_th)); NeuronSpec spikes once per step: `edge-sdfa nir run` simulates it, or pass "
+                        "--single-spike to import one spike per step")
+    if reset == "subtract":
         if n.v_reset:
             notes.append(f"{name}: reset by subtraction ignores v_reset={n.v_reset:g}")
         v_rest, spec_reset = 0.0, None
     else:
         v_rest, spec_reset = n.v_reset, n.v_reset
+    if kind == "LI":
+        msg = (f"NIR node {name!r} (LI) is a non-spiking leaky integrator (a membrane readout); the runtime's "
+               "output is the spike rate of the last layer")
+        if not approximate:
+            raise UserError(msg + "; pass --approximate to replace it by a LIF with threshold 1 and hard reset 0")
+        notes.append(msg + "; approximated by a LIF (threshold 1, hard reset 0): spike counts replace the membrane")
+        n = nir_graph.Neuron(name, "LIF", 1.0, 0.0, "hard", n.r, n.tau, n.v_leak, metadata=n.metadata)
+        spec_reset, v_rest = 0.0, 0.0
     try:
+        c = nir_run.neuron_coeffs(n, sem)
         if kind == "IF":
-            return NeuronSpec("if", 2.0, n.v_threshold, spec_reset), _snap_arr(n.r * dt), np.zeros_like(n.r)
+            return (NeuronSpec("if", 2.0, n.v_threshold, spec_reset, spike_if=sem.spike_if), _snap_arr(c.g),
+                    np.zeros_like(n.r))
+        gain = np.asarray(c.g, np.float64)
         if kind == "CubaLIF":
-            if abs(dt / n.tau_syn - 1.0) > 1e-6:
-                msg = (f"NIR node {name!r} (CubaLIF): a synaptic current with tau_syn={n.tau_syn:g} s (dt={dt:g} s, "
-                       f"{n.tau_syn / dt:.4g} steps) has no equivalent in NeuronSpec (one state per neuron)")
+            exact = sem.synaptic == "euler" and np.all(np.abs(c.a_syn) <= 1e-9)
+            if not exact:
+                msg = (f"NIR node {name!r} (CubaLIF): a synaptic current with tau_syn={n.tau_syn:g} s ({sem.framework}, "
+                       f"dt={sem.dt if sem.dt else 'per node'}) is a second state per neuron: NeuronSpec has no "
+                       "equivalent; `edge-sdfa nir run` simulates it exactly")
                 if not approximate:
-                    raise UserError(msg + "; exact only when tau_syn == dt; pass --approximate to drop the "
-                                    "synaptic filter (keeping its DC gain)")
+                    raise UserError(msg + "; pass --approximate to drop the synaptic filter (keeping its DC gain)")
                 notes.append(msg + "; approximated by its DC gain (filter dropped)")
-            return _lif_spec(name, kind, n.tau, dt, n.v_threshold, spec_reset, n.r * n.w_in, n.v_leak - v_rest,
-                             n.metadata)
-        if kind == "LI":
-            msg = (f"NIR node {name!r} (LI) is a non-spiking leaky integrator (a membrane readout); the runtime's "
-                   "output is the spike rate of the last layer")
-            if not approximate:
-                raise UserError(msg + "; pass --approximate to replace it by a LIF with threshold 1 and hard reset 0")
-            notes.append(msg + "; approximated by a LIF (threshold 1, hard reset 0): spike counts replace the membrane")
-            return _lif_spec(name, kind, n.tau, dt, 1.0, 0.0, n.r, n.v_leak, n.metadata)
-        return _lif_spec(name, kind, n.tau, dt, n.v_threshold, spec_reset, n.r, n.v_leak - v_rest, n.metadata)
+                gain = gain * np.asarray(c.g_syn) / (1 - np.asarray(c.a_syn))
+            else:
+                gain = gain * np.asarray(c.g_syn)
+        a = float(np.asarray(c.a).ravel()[0])
+        steps = _snap(1.0 / (1.0 - a)) if a < 1 else float("inf")
+        if not steps > 1.0:
+            raise UserError(f"NIR node {name!r} ({kind}): decay {a:g} per step is not a LIF this runtime runs "
+                            "(needs 1 - 1/tau with tau > 1 step; check --dt / --framework)")
+        # NIR step v' = a v + g I + off; NeuronSpec (decay_input) h = (1 - 1/tau) v + (x + v_rest)/tau
+        # with 1/tau = 1 - a, so x = tau g I + (tau off - v_rest)
+        offset = steps * np.asarray(c.off, np.float64) - v_rest
+        r_fold = _snap_arr(steps * gain)
+        decay_input = True
+        if int(n.metadata.get("decay_input", 1)) == 0 and np.all(np.abs(r_fold - steps) <= 1e-9 * steps):
+            decay_input, r_fold = False, np.ones_like(r_fold)  # our own export of decay_input=False
+            offset = offset / steps
+        neuron = NeuronSpec("lif", steps, n.v_threshold, spec_reset, decay_input, spike_if=sem.spike_if)
+        return neuron, r_fold, offset
     except UserError:
         raise
     except ValueError as exc:
@@ -302,26 +354,12 @@ def _snap_arr(a: np.ndarray) -> np.ndarray:
     return np.array([_snap(float(x)) for x in a.ravel()]).reshape(a.shape) if a.size <= 100_000 else a
 
 
-def _lif_spec(name, kind, tau, dt, v_th, spec_reset, r, offset, meta):
-    steps = _snap(tau / dt)
-    if not steps > 1.0:
-        raise UserError(f"NIR node {name!r} ({kind}): tau={tau:g} s is {steps:g} steps of dt={dt:g} s; a LIF here "
-                        "needs tau > dt (check --dt)")
-    r = _snap_arr(np.asarray(r, np.float64))
-    decay_input = True
-    if int(meta.get("decay_input", 1)) == 0 and np.all(np.abs(r - steps) <= 1e-9 * steps):
-        decay_input, r = False, np.ones_like(r)  # our own export of decay_input=False: r = tau steps
-        offset = offset / steps
-    neuron = NeuronSpec("lif", steps, v_th, spec_reset, decay_input)
-    return neuron, r, np.asarray(offset, np.float64)
-
-
 # ---------------------------------------------------------------------------------------------
 # fine-tuned model back to NIR
 
 
 def export_finetuned(source: str | Path, out: str | Path, *, frozen_from: str | Path | None = None,
-                     dt: float | None = None) -> dict:
+                     dt: float | None = None, target: str = "nir") -> dict:
     """Write the active weights of a store (or a bundle) as NIR: int8 weights dequantised exactly.
 
     A bundle whose frozen part is ONNX/TFLite does not carry the frozen weights as arrays; pass
@@ -375,7 +413,7 @@ def export_finetuned(source: str | Path, out: str | Path, *, frozen_from: str | 
              "partition": cut}
     if "encoding" in meta:
         extra["encoding"] = meta["encoding"]
-    path = export_nir(spec, params, out, dt=dt, metadata=extra)
+    path = export_nir(spec, params, out, dt=dt, metadata=extra, target=target)
     return {"out": str(path), "model_id": b.model_id, "version": b.version, "revision": b.revision,
-            "layers": len(spec.layers), "partition": cut, "dt": dt,
+            "layers": len(spec.layers), "partition": cut, "dt": dt, "target": target,
             "parameters": int(sum(p["weight"].size for p in params if "weight" in p))}

@@ -25,10 +25,12 @@ from edge_sdfa.errors import UserError
 from edge_sdfa.spec import Dense, NetworkSpec, Pool2d, has_synapses
 
 FROZEN_BATCH = 256                 # edge_sdfa.executors.run_frozen batch
-RUNTIME_OVERHEAD = 92 * 2 ** 20    # peak RSS of Python + numpy + edge_sdfa with the numba kernels loaded, before
-                                   # any data (91.1 MiB measured; 34.7 MiB with the numpy kernels only, see docs)
+RUNTIME_OVERHEAD = 40 * 2 ** 20    # peak RSS of Python + numpy + edge_sdfa with the C kernels loaded, before
+                                   # any data (36.0 MiB measured, docs/host.md), rounded up
 SATURATION_LIMIT = 0.01            # int8_ranges: at most 1 % of a layer's weights clipped at +-127
-FINETUNE_DEFAULTS = {"epochs": 30, "batch_size": 16, "lr": 1.0, "rehearsal_ratio": 1.0, "mode": "online"}
+# the personalisation recipe (docs/personalisation.md): every dense layer trains, int8 exact rule,
+# 30 epochs, batch 8, lr 0.6
+FINETUNE_DEFAULTS = {"epochs": 30, "batch_size": 8, "lr": 0.6, "rehearsal_ratio": 1.0, "mode": "exact"}
 EXPORTERS = {"onnx": "host_tools.export_onnx", "tflite": "host_tools.export_tflite"}
 
 
@@ -124,8 +126,14 @@ def plan_all(spec: NetworkSpec, config: PlanConfig = PlanConfig()) -> list[dict]
 
 
 def choose_cut(spec: NetworkSpec, plans: list[dict], trainable_layers: int | None, budget: int | None) -> int:
-    """The partition point: K trainable synaptic layers, or the largest dense-only suffix within budget."""
+    """The partition point: K trainable synaptic layers, or the largest dense-only suffix within
+    budget; with neither, the largest dense-only suffix (the int8 rule trains dense layers only)."""
     syn = spec.synaptic_layers()
+    if trainable_layers is None and budget is None:
+        dense = [p["cut"] for p in plans if p["trainable_kinds"] == ["dense"]]
+        if not dense:
+            raise UserError("no suffix of the network is dense-only; pass --trainable-layers or --memory-budget")
+        return min(dense)
     if trainable_layers is not None:
         if not 1 <= trainable_layers <= len(syn):
             raise UserError(f"--trainable-layers must be between 1 and {len(syn)} (the network has {len(syn)} "
@@ -339,6 +347,7 @@ def partition(model: str | Path, out: str | Path, *, calib: str, trainable_layer
               holdout_limit: int | None = 2000, headroom: float = 2.0, batch: int | None = None,
               model_id: str | None = None, version: int = 1, feedback_seed: int | None = None, seed: int = 0,
               dt: float | None = None, reset: str = "auto", approximate: bool = False,
+              framework: str | None = None, spike_if: str | None = None,
               time_steps: int | None = None, runtime_overhead: str | int | None = None,
               progress: bool = False) -> dict:
     """Import, calibrate, plan, check, write the bundle; returns the report ``--json`` prints."""
@@ -352,8 +361,8 @@ def partition(model: str | Path, out: str | Path, *, calib: str, trainable_layer
     from host_tools.pretrain import holdout_split, split_specs
 
     t0 = time.perf_counter()
-    if (trainable_layers is None) == (memory_budget is None):
-        raise UserError("give exactly one of --trainable-layers K or --memory-budget SIZE")
+    if trainable_layers is not None and memory_budget is not None:
+        raise UserError("give at most one of --trainable-layers K or --memory-budget SIZE")
     if frozen_format not in ("npz", "onnx", "tflite"):
         raise UserError(f"--frozen-format {frozen_format!r} must be npz, onnx or tflite")
     out = Path(out)
@@ -362,8 +371,14 @@ def partition(model: str | Path, out: str | Path, *, calib: str, trainable_layer
     budget = parse_bytes(memory_budget) if memory_budget is not None else None
     log = (lambda msg: sys.stderr.write(msg + "\n")) if progress else (lambda msg: None)
 
-    imp = nir_io.import_graph(model, dt=dt, reset=reset, approximate=approximate, time_steps=time_steps)
+    imp = nir_io.import_graph(model, dt=dt, reset=reset, approximate=approximate, time_steps=time_steps,
+                              framework=framework, spike_if=spike_if)
     spec, params = imp.spec, imp.params
+    ours = imp.metadata.get("edge_sdfa") if isinstance(imp.metadata.get("edge_sdfa"), dict) else {}
+    if feedback_seed is None and str(ours.get("method", "")).startswith("sdfa") and "seed" in ours:
+        # pretrained with SDFA: the device must use the same feedback matrices, or its hidden-layer
+        # updates are not aligned with the forward weights (docs/personalisation.md)
+        feedback_seed = int(ours["seed"])
     log(f"partition: imported {len(spec.layers)} layers from {model}")
     ft = dict(FINETUNE_DEFAULTS)
     if batch is not None:
@@ -421,7 +436,10 @@ def partition(model: str | Path, out: str | Path, *, calib: str, trainable_layer
         if cut > 0 and frozen_format != "npz":
             export = _exporter(frozen_format)
             tmpdir = Path(tempfile.mkdtemp(prefix="edge-sdfa-frozen-"))
-            path = Path(export(spec, qnet, cut, tmpdir / f"frozen.{frozen_format}"))
+            # the input range the calibration saw (0/1 spikes: 1), not an assumed 255: a conv front on spikes
+            # fits TFLite's int16 accumulators; the executors refuse larger inputs in one line
+            in_max = max(1, int(calib_report["layers"][0]["input_max"])) if calib_report["layers"] else 255
+            path = Path(export(spec, qnet, cut, tmpdir / f"frozen.{frozen_format}", input_max=in_max))
             frozen_files, fmt = {f"frozen.{frozen_format}": path}, frozen_format
         metadata = {"source_nir": str(model), "source_sha256": sha, "nir_dt": imp.dt,
                     "encoding": imp.metadata.get("encoding"), "import_notes": imp.notes,

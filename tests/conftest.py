@@ -12,7 +12,7 @@ settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHES
 
 # Tiers (pyproject.toml [tool.pytest.ini_options] markers; docs/architecture.md "Tests"):
 #   unit         in process, numpy level: no compiler, subprocess, pty or Lava; the tier runs in < 60 s
-#   integration  CLI runs, subprocesses, ptys, C builds, crash-at-every-step loops
+#   integration  CLI runs in a subprocess, other subprocesses, ptys, C builds, crash-at-every-step loops
 #   lava         needs lava-nc; slow: accuracy runs and venv builds
 pytest_plugins = ["pytester"]
 TIERS = {"unit", "integration", "lava", "slow"}

@@ -1,6 +1,8 @@
-"""The package boundary, read from the source (AST), not from what a run happens to import:
-edge_sdfa imports nothing from host_tools, firmware_bridge or sim_backend (lazy imports inside
-functions included), and there is no import cycle among edge_sdfa's modules."""
+"""The package boundaries, read from the source (AST), not from what a run happens to import:
+each package imports only the project packages below it (lazy imports inside functions included),
+so edge_sdfa imports nothing from host_tools, firmware_bridge or sim_backend, and the device
+distribution (edge_sdfa, firmware_bridge) needs nothing from the host one; and no package has an
+import cycle among its own modules (docs/architecture.md)."""
 from __future__ import annotations
 
 import ast
@@ -9,7 +11,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FORBIDDEN = ("host_tools", "firmware_bridge", "sim_backend")
+PACKAGES = ("edge_sdfa", "firmware_bridge", "sim_backend", "host_tools")
+MAY_IMPORT = {                          # project packages each package may import (DESIGN.md)
+    "edge_sdfa": (),
+    "firmware_bridge": ("edge_sdfa",),
+    "sim_backend": ("edge_sdfa",),
+    "host_tools": ("edge_sdfa", "firmware_bridge", "sim_backend"),
+}
 
 
 def module_names(package_dir: Path) -> dict[str, Path]:
@@ -42,14 +50,15 @@ def imports_of(name: str, path: Path, is_package: bool) -> list[tuple[str, int]]
     return found
 
 
-def import_graph(package_dir: Path) -> tuple[dict[str, set[str]], list[str]]:
+def import_graph(package_dir: Path, forbidden_packages=("host_tools", "firmware_bridge", "sim_backend")
+                 ) -> tuple[dict[str, set[str]], list[str]]:
     """(edges between the package's own modules, imports of forbidden packages as 'file:line name')."""
     modules = module_names(package_dir)
     edges: dict[str, set[str]] = {m: set() for m in modules}
     forbidden = []
     for name, path in modules.items():
         for target, line in imports_of(name, path, path.name == "__init__.py"):
-            if target.split(".")[0] in FORBIDDEN:
+            if target.split(".")[0] in forbidden_packages:
                 forbidden.append(f"{path.relative_to(package_dir.parent)}:{line} {target}")
             while target and target not in modules and "." in target:
                 target = target.rpartition(".")[0]      # from a.b import function -> a.b
@@ -93,6 +102,14 @@ def test_edge_sdfa_imports_no_host_bridge_or_simulator_code():
 def test_edge_sdfa_has_no_import_cycle():
     edges, _ = import_graph(ROOT / "edge_sdfa")
     assert len(edges) > 20 and sum(map(len, edges.values())) > 40    # the walk really saw the package
+    assert find_cycle(edges) is None, " -> ".join(find_cycle(edges))
+
+
+@pytest.mark.parametrize("package", ["firmware_bridge", "sim_backend", "host_tools"])
+def test_every_package_imports_only_the_packages_below_it(package):
+    above = tuple(p for p in PACKAGES if p != package and p not in MAY_IMPORT[package])
+    edges, forbidden = import_graph(ROOT / package, above)
+    assert forbidden == [], f"{package} may import only {MAY_IMPORT[package]}:\n" + "\n".join(forbidden)
     assert find_cycle(edges) is None, " -> ".join(find_cycle(edges))
 
 
@@ -145,3 +162,13 @@ def test_a_unit_test_that_starts_a_process_fails(pytester):
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2, failed=2)
     result.stdout.fnmatch_lines(["*test_unit_runs_a_process* is marked unit but starts a process*"])
+
+
+def test_every_data_set_kind_names_a_reader():
+    """A data set format is its reader module plus one entry in host_tools.datasets.spec.KINDS."""
+    from host_tools.datasets import Dataset, reader_class
+    from host_tools.datasets.spec import KINDS
+
+    assert len(KINDS) >= 9
+    for kind in KINDS:
+        assert issubclass(reader_class(kind), Dataset), kind

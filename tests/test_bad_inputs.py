@@ -731,6 +731,7 @@ def _finetune_argv(w, store):
     return ("finetune", str(store), "--data", str(w["data"]), "--quiet", "--epochs", "1")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
 def test_faults_at_every_store_operation_of_a_finetune(world, capsys, monkeypatch, code):
     store = world["root"] / "store"
@@ -788,6 +789,7 @@ def _restore(store: Path, snapshot: dict) -> None:
             os.chmod(store / rel, entry[1] & 0o7777)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
 @pytest.mark.parametrize("step", ["install", "commit"])
 def test_faults_at_every_store_operation_of_a_deploy(world, monkeypatch, code, step):
@@ -877,6 +879,7 @@ def test_real_full_disk_and_read_only_file_system(tmp_path):
         subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
 def test_faults_while_a_finetune_creates_its_store(world, capsys, monkeypatch, code):
     """A fine-tune that has to create the store and hits a fault at any operation of that leaves

@@ -33,7 +33,7 @@ def test_default_finetune_meets_the_goals(tmp_path):
         assert key in report
     assert report["holdout_before"] - report["accuracy_before"] >= 0.15   # the shift is real
     assert report["accuracy_after"] - report["accuracy_before"] >= 0.10
-    assert report["holdout_before"] - report["holdout_after"] <= 0.02
+    assert report["holdout_before"] - report["holdout_after"] <= 0.02 + 1e-9  # 200 samples: 0.92 - 0.90 in floats
     assert report["committed"] is True and report["backend"] == "numpy"
     st = Store(tmp_path / "store")
     assert st.status()["revision"] == 1
@@ -142,10 +142,14 @@ def test_device_only_install_runs_the_main_job(tmp_path):
     probe = subprocess.run([str(vpy), "-c",
                             "import sys, numpy, importlib.util as u; print(sys.version_info[:2] >= (3, 11), "
                             "numpy.__version__.split('.')[0], u.find_spec('lava') is None, "
-                            "u.find_spec('sklearn') is None, u.find_spec('numba') is None)"],
-                           capture_output=True, text=True, check=True)
-    assert probe.stdout.split() == ["True", "2", "True", "True", "True"], probe.stdout
+                            "u.find_spec('sklearn') is None, u.find_spec('numba') is None, "
+                            "u.find_spec('host_tools') is None, u.find_spec('sim_backend') is None)"],
+                           capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert probe.stdout.split() == ["True", "2", "True", "True", "True", "True", "True"], probe.stdout
     exe = DEVICE_VENV / "bin" / "edge-sdfa"
+    listing = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    commands = {line.split()[1] for line in listing.splitlines() if line.startswith("│ ") and len(line.split()) > 1}
+    assert {"finetune", "serve", "store"} <= commands and not commands & {"pretrain", "partition", "bench", "import-nir"}
     proc = subprocess.run([str(exe), "finetune", "--json", "--store", str(tmp_path / "store")],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

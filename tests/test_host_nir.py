@@ -59,9 +59,44 @@ def test_snntorch_style_lif_gives_hand_computed_spikes():
     # r = tau/dt = 2 is folded into the weights, v_leak - v_reset = 0.5 into a bias
     np.testing.assert_allclose(imp.params[0]["weight"], 2 * w, rtol=1e-6)
     np.testing.assert_allclose(imp.params[0]["bias"], [0, 0, 0.5, 0], atol=1e-7)
-    # the int8 network gives the same spikes here (no value close to the threshold)
+    # no exporter fingerprint: NIR's own spike condition v > v_th, carried into int8 (vth + 1 LSB)
+    assert neuron.spike_if == ">"
     qnet, _ = qn.quantize(imp.spec, imp.params, trainable=set())
     np.testing.assert_array_equal(qn.output_spikes(imp.spec, qnet, x)[:, 0], expect)
+
+
+def test_spike_condition_on_ties_float_and_int8(tmp_path):
+    """IF with weights on a 2^-2 grid: the membrane lands exactly on the threshold often. v > v_th
+    and v >= v_th differ there, and the int8 network (threshold + 1 LSB for '>') matches the float
+    one exactly for both conditions."""
+    from edge_sdfa.int8 import arith
+    from edge_sdfa.spec import Dense, NetworkSpec
+
+    rng = np.random.default_rng(4)
+    params = [{"weight": rng.integers(-2, 4, (8, 12)).astype(np.float32) / 4},
+              {"weight": rng.integers(-2, 4, (5, 8)).astype(np.float32) / 4}]
+    x = (rng.random((12, 16, 12)) < 0.4).astype(np.uint8)
+    outs = {}
+    for cond in (">=", ">"):
+        neuron = NeuronSpec("if", 2.0, 1.0, 0.0, spike_if=cond)
+        spec = NetworkSpec((12,), (Dense(12, 8, neuron=neuron), Dense(8, 5, neuron=neuron)), 12)
+        ref = fn.forward(spec, params, x.astype(np.float32)).outputs[-1].reshape(12, 16, 5)
+        qnet, _ = qn.quantize(spec, params, trainable=set())
+        np.testing.assert_array_equal(qn.output_spikes(spec, qnet, x), ref)
+        outs[cond] = ref
+        if cond == ">":  # the frozen-front exporters take the same constants
+            pytest.importorskip("onnxruntime")
+            from edge_sdfa.executor_onnx import OnnxExecutor
+            from host_tools import export_onnx
+
+            front = spec.split(1)[0]
+            path = export_onnx.export_frozen(spec, qnet, 1, tmp_path / "f.onnx", input_max=1)
+            np.testing.assert_array_equal(OnnxExecutor(path=path, spec=front).run(x),
+                                          qn.output_spikes(front, qnet[:1], x))
+    assert np.any(outs[">"] != outs[">="])  # ties happen here
+    soft = NeuronSpec("if", 2.0, 1.0, None, spike_if=">")
+    with pytest.raises(UserError, match="resets by subtraction"):
+        arith.neuron_constants(soft, 4)
 
 
 def test_spikingjelly_style_if_and_soft_reset():
@@ -247,7 +282,6 @@ def test_finetuned_bundle_exports_to_nir(tmp_path):
             np.testing.assert_array_equal(a.w8, c.w8 if a.exp == c.exp else a.w8)
 
 
-@pytest.mark.integration
 def test_cli_import_error_is_one_line(tmp_path, capsys):
     from edge_sdfa.cli import main
 

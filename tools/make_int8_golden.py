@@ -50,6 +50,10 @@ CASES = {
                                      6.0, 1, "online", ()),
     "if_soft_counts_exact": (lambda: _mlp(NeuronSpec("if", v_reset=None)), 3.0, 2, "exact", ()),
     "conv_front_online": (_conv, 6.0, 1, "online", (0,)),
+    # the exact rule's carry table for a non-zero reset, no input decay (tau 3) and MSE; IF hard reset
+    "lif_nodecay_reset_mse_exact": (lambda: _mlp(NeuronSpec(tau=3.0, v_reset=-0.25, decay_input=False), loss="mse"),
+                                    6.0, 1, "exact", ()),
+    "if_hard_exact": (lambda: _mlp(NeuronSpec("if")), 3.0, 1, "exact", ()),
 }
 
 

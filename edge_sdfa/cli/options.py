@@ -41,7 +41,8 @@ def finetune_options(*, epochs, batch, lr, mode, seed, margin, rehearsal) -> Non
     int_option("--batch", batch, *FINETUNE_FIELDS["batch_size"][1:])
     float_option("--lr", lr, *FINETUNE_FIELDS["lr"][1:], low_open=True)
     float_option("--rehearsal-ratio", rehearsal, *FINETUNE_FIELDS["rehearsal_ratio"][1:])
-    choice_option("--mode", mode, FINETUNE_FIELDS["mode"][1])
+    if mode is not None:
+        choice_option("--mode", mode, FINETUNE_FIELDS["mode"][1])
     int_option("--seed", seed, 0, MAX_SEED)
     float_option("--margin", margin, 0.0, 1.0)
 

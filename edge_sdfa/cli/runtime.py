@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 
 from edge_sdfa.cli.output import emit
-from edge_sdfa.spec import DEFAULT_TEMPORAL_MODE, TEMPORAL_MODES
+from edge_sdfa.spec import TEMPORAL_MODES
 
 
 def register(app: typer.Typer) -> None:
@@ -29,12 +29,16 @@ def finetune(
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     batch: Optional[int] = typer.Option(None, "--batch"),
     lr: Optional[float] = typer.Option(None, "--lr"),
-    mode: str = typer.Option(DEFAULT_TEMPORAL_MODE, "--mode", help=" | ".join(TEMPORAL_MODES)),
+    mode: Optional[str] = typer.Option(None, "--mode", help=" | ".join(TEMPORAL_MODES) + " (default: the bundle's)"),
     store: Optional[str] = typer.Option(None, "--store", help="store dir (default: the user's data dir)"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="seeds training only (order, rehearsal, rounding stream)"),
+    split_seed: int = typer.Option(0, "--split-seed", help="seed of the user's train/validation split"),
     margin: float = typer.Option(0.02, "--margin", help="allowed holdout accuracy drop"),
     rehearsal: Optional[float] = typer.Option(None, "--rehearsal-ratio",
                                               help="rehearsal samples per user sample each epoch (bundle default)"),
+    rehearsal_max: Optional[float] = typer.Option(None, "--rehearsal-max",
+                                                  help="adaptive rehearsal: the ratio doubles up to this when the "
+                                                       "holdout falls (bundle default)"),
     backend_opt: list[str] = typer.Option([], "--backend-opt", help="KEY=VALUE passed to the backend"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
@@ -46,7 +50,7 @@ def finetune(
     options.finetune_options(epochs=epochs, batch=batch, lr=lr, mode=mode, seed=seed, margin=margin,
                              rehearsal=rehearsal)
     cfg = FinetuneConfig(epochs=epochs, batch_size=batch, lr=lr, mode=mode, backend=backend, seed=seed,
-                         margin=margin, rehearsal_ratio=rehearsal,
+                         split_seed=split_seed, margin=margin, rehearsal_ratio=rehearsal, rehearsal_max=rehearsal_max,
                          backend_options=options.backend_options(backend, backend_opt))
     report = run(source, data, store=store, test_data=test_data, config=cfg, progress=not quiet)
     emit(report, as_json)

@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 
+from edge_sdfa.errors import UserError
 from edge_sdfa.spec import NeuronSpec
 
 MASTER_EXTRA_BITS = 8
@@ -32,6 +33,10 @@ SG_RANGE = 4
 ERR_BITS = 12
 FB_BITS = 4
 DELTA_BITS = 7  # local errors fit int8: |delta| <= 127
+ELIG_BITS = 12  # the exact rule's in-layer BPTT eligibility c_t, units 2**-ELIG_BITS
+CARRY_BITS = 12  # leak * dv_t/dh_t per surrogate bin (carry_lut), units 2**-CARRY_BITS
+ELIG_LIMIT = (1 << 40) - 1  # c_t saturates here, so g * c_t fits int64 for |g| <= G_LIMIT
+G_LIMIT = 1 << 22  # bound of the error reaching the spikes (CE/MSE: |e_q @ B_q| <= 2**20)
 FLOAT_EXACT_LIMIT = 1 << 24
 
 _U64 = np.uint64
@@ -71,9 +76,20 @@ def w8_from_master(master: np.ndarray) -> np.ndarray:
 
 
 def neuron_constants(neuron: NeuronSpec, exp: int) -> dict[str, int]:
-    """Threshold, reset and decay of a neuron in the fixed point of a layer with weight exponent exp."""
+    """Threshold, reset and decay of a neuron in the fixed point of a layer with weight exponent exp.
+
+    The spike test is ``h >= vth``. A neuron that spikes on ``v > v_threshold`` (snnTorch, Norse)
+    gets ``vth + 1``: for integer membranes ``h > vth`` is ``h >= vth + 1`` (exact; its surrogate
+    centre moves by one LSB). With reset by subtraction the subtracted amount would move too, so
+    that combination is refused."""
+    vth = int(round(neuron.v_threshold * 2 ** exp))
+    if neuron.spike_if == ">":
+        if neuron.v_reset is None:
+            raise UserError("a neuron that spikes on v > v_threshold and resets by subtraction is not in the int8 spec "
+                            "(it fires on h >= vth and subtracts vth); re-import with --spike-if '>='")
+        vth += 1
     return {
-        "vth": int(round(neuron.v_threshold * 2 ** exp)),
+        "vth": vth,
         "vreset": int(round((neuron.v_reset or 0.0) * 2 ** exp)),
         "decay": int(round((1 << DECAY_BITS) / neuron.tau)) if neuron.kind == "lif" else 0,
     }
@@ -119,6 +135,71 @@ def surrogate_index(h: np.ndarray, vth: int, exp: int) -> np.ndarray:
 def surrogate_q(h: np.ndarray, vth: int, exp: int) -> np.ndarray:
     """Surrogate derivative at ``h - vth`` from the LUT, in units 2**-SG_BITS (int64)."""
     return SG_LUT[surrogate_index(h, vth, exp)]
+
+
+def carry_lut(neuron: NeuronSpec) -> np.ndarray:
+    """``leak * dv_t/dh_t`` per surrogate bin, int64 in units 2**-CARRY_BITS (the exact rule).
+
+    The reference does not detach the reset, so with a hard reset ``v_t = h_t (1 - s_t) + v_r s_t``
+    gives ``dv/dh = (1 - s) + (v_r - h) sg'(h - v_th)``; a soft reset ``v = h - v_th s`` gives
+    ``1 - v_th sg'``. In int8 ``h`` is taken at its bin's centre (``v_th + d``, ``|d| < 4``; the
+    exact ``h`` moves the term by at most ``sg'/32`` inside the table, and less than 0.02 beyond
+    it), so the whole in-layer BPTT needs nothing but the uint8 bin of every step: one table per
+    neuron type, computed in float64 from +,-,*,/ only (the same integers on every machine).
+    """
+    n = 2 * SG_RANGE << SG_RES_BITS
+    half = n // 2
+    centers = (np.arange(n) - half + 0.5) / (1 << SG_RES_BITS)
+    sg = 1.0 / (1.0 + (np.pi * centers) ** 2)  # ATan, alpha = 2, as SG_LUT
+    if neuron.v_reset is None:
+        dvdh = 1.0 - neuron.v_threshold * sg
+    else:
+        spiked = np.arange(n) >= half
+        dvdh = (~spiked) + (neuron.v_reset - neuron.v_threshold - centers) * sg
+    return np.round(neuron.leak * dvdh * (1 << CARRY_BITS)).astype(np.int64)
+
+
+def shift_round(x: np.ndarray, s: int) -> np.ndarray:
+    """``x / 2**s`` rounded half up (``s >= 1``), int64."""
+    return (x + (1 << (s - 1))) >> s
+
+
+def exact_eligibility(idx: np.ndarray, carry: np.ndarray) -> np.ndarray:
+    """The in-layer BPTT factor of the exact rule, int64 ``[T, ...]`` in units 2**-ELIG_BITS.
+
+    When the same ``g`` reaches the spikes at every step (the exact rule's feedback; the output
+    layer's ``e/T``), BPTT through the layer's own recurrence gives ``dL/dh_t = g * c_t`` with
+    ``c_t = sg'_t + leak * dv_t/dh_t * c_{t+1}`` and ``c_T = 0``. Computed backwards from the bins
+    ``idx [T, ...]`` (``surrogate_index``): ``c_t = SG_LUT[i_t] << 4 + shift_round(c_{t+1} *
+    carry[i_t], CARRY_BITS)``, saturating at ``±ELIG_LIMIT``.
+    """
+    idx = np.asarray(idx)
+    out = np.empty(idx.shape, np.int64)
+    nxt = np.zeros(idx.shape[1:], np.int64)
+    for t in range(idx.shape[0] - 1, -1, -1):
+        i = idx[t]
+        c = (SG_LUT[i] << (ELIG_BITS - SG_BITS)) + shift_round(nxt * carry[i], CARRY_BITS)
+        nxt = np.clip(c, -ELIG_LIMIT, ELIG_LIMIT)
+        out[t] = nxt
+    return out
+
+
+def exact_deltas(idx: np.ndarray, g: np.ndarray, carry: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int8 local errors of the exact rule: ``delta_t = to_int8_dynamic(g * c_t)`` per step.
+
+    ``idx [T, N, M]`` surrogate bins, ``g [N, M]`` the error reaching the spikes at every step
+    (``|g| <= G_LIMIT``: the projected or the output error), ``carry = carry_lut(neuron)``.
+    The products are in units 2**-(g's bits + ELIG_BITS). Returns (int8 [T, N, M], shifts [T]).
+    """
+    g = np.asarray(g, np.int64)
+    if g.size and int(np.abs(g).max()) > G_LIMIT:
+        raise ValueError(f"exact_deltas: |g| = {int(np.abs(g).max())} exceeds 2**22")
+    c = exact_eligibility(idx, carry)
+    deltas = np.empty(c.shape, np.int8)
+    shifts = np.zeros(c.shape[0], np.int64)
+    for t in range(c.shape[0]):
+        deltas[t], shifts[t] = to_int8_dynamic(g * c[t])
+    return deltas, shifts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,16 +272,19 @@ def update_multiplier(lr: float, batch: int, steps: int, gain: float, extra: flo
 
 
 def update_scale(lr: float, batch: int, steps: int, gain: float, exp: int,
-                 hidden_norm: float | None) -> tuple[int, int]:
+                 hidden_norm: float | None, mode: str = "online") -> tuple[int, int]:
     """(m, k) of one layer's SDFA update, the one place that scales it (every executor calls it).
 
-    The output layer (``hidden_norm`` None) accumulates ``e * sg`` in units 2**-(ERR_BITS+SG_BITS);
-    a hidden layer accumulates ``(e @ B_q) * sg`` with one more factor 2**-FB_BITS and the float
-    rule's feedback normalisation ``hidden_norm`` (``float_net.feedback_norm``).
+    As the reference: the output layer's spikes (``hidden_norm`` None) get ``e/T`` at every step
+    (its true gradient), a hidden block's output gets ``B_l e * hidden_norm`` at every step with
+    no 1/T (``steps`` only divides the output layer). ``online`` accumulates ``g * sg`` in units
+    2**-(ERR_BITS+SG_BITS), ``exact`` ``g * c_t`` (``exact_eligibility``) in 2**-(ERR_BITS+ELIG_BITS);
+    a hidden layer's ``g = e @ B_q`` has one more factor 2**-FB_BITS.
     """
+    elig = ELIG_BITS if mode == "exact" else SG_BITS
     if hidden_norm is None:
-        return update_multiplier(lr, batch, steps, gain, 1.0, exp, ERR_BITS + SG_BITS)
-    return update_multiplier(lr, batch, steps, gain, hidden_norm, exp, ERR_BITS + FB_BITS + SG_BITS)
+        return update_multiplier(lr, batch, steps, gain, 1.0, exp, ERR_BITS + elig)
+    return update_multiplier(lr, batch, 1, gain, hidden_norm, exp, ERR_BITS + FB_BITS + elig)
 
 
 def splitmix64(z: np.ndarray) -> np.ndarray:

@@ -886,3 +886,173 @@ int esd_local_deltas(const void *h, int from_index, const void *e, int e32, int6
     free(li);
     return err ? -1 : 0;
 }
+
+/* ------------------------------------------------------------------------------------------ */
+/* the exact rule's local errors (arith.exact_eligibility, arith.exact_deltas) */
+
+#define ELIG_BITS 12
+#define SG_BITS 8
+#define CARRY_BITS 12
+#define ELIG_LIMIT (((int64_t)1 << 40) - 1)
+
+/* One sample's eligibility recurrence c_t = SG[i_t] << 4 + round(c_{t+1} * carry[i_t] / 2**12),
+ * backwards over t: exact_max records max_t |g * c_t| in mx, exact_write writes the int8 deltas
+ * with the per-step shifts. Branch-free inner loops, compiled per CPU family. */
+static ESD_CLONES void exact_max(const uint8_t *restrict idx, const int64_t *restrict g, int64_t T, int64_t N,
+                                 int64_t M, int64_t n, const int32_t *restrict sg16, const int32_t *restrict carry,
+                                 int64_t *restrict c, int64_t *restrict mx)
+{
+    const int64_t *restrict gn = g + n * M;
+    for (int64_t m = 0; m < M; m++)
+        c[m] = 0;
+    for (int64_t t = T - 1; t >= 0; t--) {
+        const uint8_t *restrict it = idx + (t * N + n) * M;
+        int64_t best = 0;
+        for (int64_t m = 0; m < M; m++) {
+            int64_t i = it[m];
+            int64_t v = (int64_t)sg16[i] + ((c[m] * (int64_t)carry[i] + ((int64_t)1 << (CARRY_BITS - 1))) >> CARRY_BITS);
+            v = v > ELIG_LIMIT ? ELIG_LIMIT : (v < -ELIG_LIMIT ? -ELIG_LIMIT : v);
+            c[m] = v;
+            int64_t r = gn[m] * v;
+            int64_t a = r < 0 ? -r : r;
+            best = a > best ? a : best;
+        }
+        if (best > mx[t])
+            mx[t] = best;
+    }
+}
+
+static ESD_CLONES void exact_write(const uint8_t *restrict idx, const int64_t *restrict g, int64_t T, int64_t N,
+                                   int64_t M, int64_t n, const int32_t *restrict sg16, const int32_t *restrict carry,
+                                   int64_t *restrict c, const int64_t *restrict shifts, int8_t *restrict deltas)
+{
+    const int64_t *restrict gn = g + n * M;
+    for (int64_t m = 0; m < M; m++)
+        c[m] = 0;
+    for (int64_t t = T - 1; t >= 0; t--) {
+        int64_t off = (t * N + n) * M;
+        const uint8_t *restrict it = idx + off;
+        int8_t *restrict dt = deltas + off;
+        int64_t sh = shifts[t];
+        int64_t rnd = sh > 0 ? ((int64_t)1 << (sh - 1)) : 0; /* sh == 0: |r| <= 127, r + 0 >> 0 == r */
+        for (int64_t m = 0; m < M; m++) {
+            int64_t i = it[m];
+            int64_t v = (int64_t)sg16[i] + ((c[m] * (int64_t)carry[i] + ((int64_t)1 << (CARRY_BITS - 1))) >> CARRY_BITS);
+            v = v > ELIG_LIMIT ? ELIG_LIMIT : (v < -ELIG_LIMIT ? -ELIG_LIMIT : v);
+            c[m] = v;
+            int64_t q = (gn[m] * v + rnd) >> sh;
+            dt[m] = (int8_t)(q < -127 ? -127 : (q > 127 ? 127 : q));
+        }
+    }
+}
+
+/* idx [T, N, M] surrogate bins (uint8), g [N, M] int64 with |g| <= 2**22 (checked by the
+ * caller), sg_lut / carry: 2 * half int64 tables. Writes deltas [T, N, M] and shifts [T]. */
+int esd_exact_deltas(const uint8_t *restrict idx, const int64_t *restrict g, int64_t T, int64_t N, int64_t M,
+                     const int64_t *restrict sg_lut, const int64_t *restrict carry_lut, int64_t half,
+                     int8_t *restrict deltas, int64_t *restrict shifts)
+{
+    int err = 0;
+    int32_t sg16[256], carry[256];
+    for (int64_t i = 0; i < 256; i++) {
+        sg16[i] = i < 2 * half ? (int32_t)(sg_lut[i] << (ELIG_BITS - SG_BITS)) : 0;
+        carry[i] = i < 2 * half ? (int32_t)carry_lut[i] : 0;
+    }
+    int64_t *mx = (int64_t *)calloc((size_t)(T + 1), sizeof(int64_t));
+    if (!mx)
+        return -1;
+    for (int pass = 0; pass < 2; pass++) {
+#ifdef _OPENMP
+#pragma omp parallel reduction(| : err)
+#endif
+        {
+            int64_t *c = (int64_t *)malloc(sizeof(int64_t) * (size_t)(M + 1));
+            int64_t *mxl = (int64_t *)calloc((size_t)(T + 1), sizeof(int64_t));
+            if (!c || !mxl) {
+                err = 1;
+            } else {
+                int64_t n;
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 4)
+#endif
+                for (n = 0; n < N; n++) {
+                    if (pass == 0)
+                        exact_max(idx, g, T, N, M, n, sg16, carry, c, mxl);
+                    else
+                        exact_write(idx, g, T, N, M, n, sg16, carry, c, shifts, deltas);
+                }
+                if (pass == 0) {
+#ifdef _OPENMP
+#pragma omp critical
+#endif
+                    for (int64_t t = 0; t < T; t++)
+                        mx[t] = mxl[t] > mx[t] ? mxl[t] : mx[t];
+                }
+            }
+            free(c);
+            free(mxl);
+        }
+        if (err)
+            break;
+        if (pass == 0) {
+            for (int64_t t = 0; t < T; t++) {
+                int bits = 0;
+                while (bits < 63 && (mx[t] >> bits) > 0)
+                    bits++;
+                shifts[t] = bits - DELTA_BITS > 0 ? bits - DELTA_BITS : 0;
+            }
+        }
+    }
+    free(mx);
+    return err ? -1 : 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* the machine's int16 SIMD peak (benchmarks/step.py: the distance to the compute floor) */
+
+#define PEAK_LANES 192
+
+/* Register-resident int16 multiply-adds, 192 lanes in independent chains (12 AVX2 / 6 AVX-512 /
+ * 24 NEON registers, enough to cover the multiply latency), 2 ops per lane per iteration, with
+ * two broadcast constants. Compiled for each CPU family as the kernels. */
+ESD_CLONES
+void esd_int16_peak_one(int64_t iters, int16_t *restrict acc)
+{
+    int16_t a[PEAK_LANES];
+    const int16_t mul = (int16_t)(acc[0] | 3), add = (int16_t)(acc[1] | 1);
+    for (int j = 0; j < PEAK_LANES; j++)
+        a[j] = acc[j];
+    for (int64_t it = 0; it < iters; it++)
+        for (int j = 0; j < PEAK_LANES; j++)
+            a[j] = (int16_t)(a[j] * mul + add);
+    for (int j = 0; j < PEAK_LANES; j++)
+        acc[j] = a[j];
+}
+
+/* Every OpenMP thread runs esd_int16_peak_one(iters); returns the integer ops done. */
+int64_t esd_int16_peak(int64_t iters, int16_t *restrict out)
+{
+    int64_t threads = 1;
+#ifdef _OPENMP
+#pragma omp parallel
+    {
+#pragma omp single
+        threads = omp_get_num_threads();
+        int16_t acc[PEAK_LANES];
+        for (int j = 0; j < PEAK_LANES; j++)
+            acc[j] = (int16_t)(j + 3);
+        esd_int16_peak_one(iters, acc);
+#pragma omp critical
+        for (int j = 0; j < PEAK_LANES; j++)
+            out[j] = (int16_t)(out[j] + acc[j]);
+    }
+#else
+    int16_t acc[PEAK_LANES];
+    for (int j = 0; j < PEAK_LANES; j++)
+        acc[j] = (int16_t)(j + 3);
+    esd_int16_peak_one(iters, acc);
+    for (int j = 0; j < PEAK_LANES; j++)
+        out[j] = (int16_t)(out[j] + acc[j]);
+#endif
+    return threads * iters * PEAK_LANES * 2;
+}

@@ -110,6 +110,8 @@ def _declare(lib) -> None:
                                  P, P, P]),
         "esd_neuron_run": (I, [P, I, I64, I64, I64, I, I, I, I64, I64, I64, I, I64, I64, P, P, P]),
         "esd_local_deltas": (I, [P, I, P, I, I64, I64, P, I64, I64, I64, I64, I64, P, I64, P, P]),
+        "esd_exact_deltas": (I, [P, P, I64, I64, I64, P, P, I64, P, P]),
+        "esd_int16_peak": (I64, [I64, P]),
     }
     for fname, (res, args) in sig.items():
         fn = getattr(lib, fname)
@@ -294,6 +296,25 @@ def local_deltas(sg: np.ndarray, e: np.ndarray, b: np.ndarray | None):
     return deltas, shifts
 
 
+def exact_deltas(sg: np.ndarray, e: np.ndarray, b: np.ndarray | None, carry: np.ndarray):
+    """``reference.exact_deltas`` with the eligibility recurrence and the int8 shift in C (the
+    once-per-batch projection ``e @ b`` is the reference's exact float64 BLAS)."""
+    g = np.ascontiguousarray(e if b is None else reference.project(e, b), dtype=np.int64)
+    if g.size and int(np.abs(g).max()) > arith.G_LIMIT:
+        return reference.exact_deltas(sg, e, b, carry)  # raises: the rule is not defined there
+    sg = np.ascontiguousarray(sg, dtype=np.uint8)
+    t_n, n_n, m_n = sg.shape
+    if g.shape != (n_n, m_n):
+        raise ValueError(f"exact_deltas: errors {g.shape} do not fit {sg.shape}")
+    carry = np.ascontiguousarray(carry, dtype=np.int64)
+    deltas = np.empty(sg.shape, np.int8)
+    shifts = np.zeros(t_n, np.int64)
+    if sg.size:
+        _check(load().esd_exact_deltas(_p(sg), _p(g), t_n, n_n, m_n, _p(_SG_LUT), _p(carry), _SG_HALF,
+                                       _p(deltas), _p(shifts)), "exact_deltas")
+    return deltas, shifts
+
+
 def _int32_plan(index: SpikeIndex, shifts: np.ndarray) -> tuple[bool, int]:
     """(use32, s_min): whether the per-step sums of one input's error rows can be added in int32
     at the smallest shift without overflow (binary spikes, at most 255 samples per step)."""
@@ -340,3 +361,20 @@ def dense_update(inputs, deltas: np.ndarray, shifts: np.ndarray, master: np.ndar
                                        int(key) & ((1 << 64) - 1), UPDATE_TILE, _p(new_master), _p(new_w8),
                                        _p(sat)), "dense_update")
     return new_master, new_w8, int(sat[0]), int(sat[1])
+
+
+def int16_peak_ops_per_s(seconds: float = 0.3) -> float:
+    """The machine's measured int16 SIMD peak (ops/s over all OpenMP threads): register-resident
+    int16 multiply-adds, compiled for the CPU family like the kernels (for benchmarks)."""
+    import time
+
+    lib = load()
+    out = np.zeros(192, np.int16)
+    iters = 1 << 16
+    while True:
+        t0 = time.perf_counter()
+        ops = lib.esd_int16_peak(iters, _p(out))
+        dt = time.perf_counter() - t0
+        if dt >= seconds or iters >= 1 << 34:
+            return ops / dt
+        iters *= 2

@@ -252,9 +252,11 @@ def sdfa_update(spec: NetworkSpec, qnet: QNet, x: np.ndarray, y: np.ndarray, fee
                 mvm: MVM | None = None) -> tuple[QNet, UpdateStats]:
     """One int8 SDFA update on the batch ``x[T, N, ...]``; returns new layers (inputs untouched).
 
-    Only Dense layers train in int8. The per-step local term needs only the current step's state,
-    so a streaming executor (Lava, the RRAM simulator) can run it step by step; the kernel sets
-    run layer by layer over all steps, which gives the same integers.
+    Only Dense layers train in int8. ``online``: the per-step local term needs only the current
+    step's state, so a streaming executor (Lava, the RRAM simulator) can run it step by step.
+    ``exact`` (the reference's rule): the final-rate error, projected once, reaches every step and
+    goes back through each layer's own membrane recurrence (``arith.exact_deltas``). The kernel
+    sets run layer by layer over all steps, which gives the same integers.
     """
     mode = temporal_mode(config.mode)
     ks = kernel_sets.resolve(kernels)
@@ -266,17 +268,23 @@ def sdfa_update(spec: NetworkSpec, qnet: QNet, x: np.ndarray, y: np.ndarray, fee
         if not isinstance(spec.layers[i], Dense):
             raise UserError(f"layer {i} ({spec.layers[i].type}) cannot be trained in int8; only dense layers can")
     trace = forward(spec, qnet, x, ks, keep=set(train), mvm=mvm)
-    counts_by_step = np.cumsum(trace.out_spikes, axis=0, dtype=np.int64)
-    e = step_errors(counts_by_step, y, spec.loss, mode)
+    if mode == "exact":
+        e = arith.output_error_q(trace.counts, t_steps, y, spec.loss)
+    else:
+        e = step_errors(np.cumsum(trace.out_spikes, axis=0, dtype=np.int64), y, spec.loss, mode)
     last = spec.synaptic_layers()[-1]
     new = list(qnet)
     stats = UpdateStats(arith.loss_value(trace.counts, t_steps, y, spec.loss),
                         int(np.sum(trace.counts.argmax(1) == y)), 0, 0, {})
     for i in train:
         q = qnet[i]
-        deltas, shifts = ks.local_deltas(trace.sg_index[i], e, None if i == last else feedback[i])
+        b = None if i == last else feedback[i]
+        if mode == "exact":
+            deltas, shifts = ks.exact_deltas(trace.sg_index[i], e, b, arith.carry_lut(spec.layers[i].neuron))
+        else:
+            deltas, shifts = ks.local_deltas(trace.sg_index[i], e, b)
         m, k = arith.update_scale(config.lr, n, t_steps, spec.layers[i].neuron.input_gain, q.exp,
-                                  None if i == last else fn.feedback_norm(spec))
+                                  None if i == last else fn.feedback_norm(spec), mode)
         key = arith.rounding_key(config.seed, update_index, i)
         master, w8, sat, sat_w8 = ks.dense_update(trace.prepared[i], deltas, shifts, q.master, m, k, key)
         new[i] = replace(q, master=master, w8=w8)
@@ -284,3 +292,36 @@ def sdfa_update(spec: NetworkSpec, qnet: QNet, x: np.ndarray, y: np.ndarray, fee
         stats.saturated_w8 += sat_w8
         stats.shifts[i] = [int(s_) for s_ in shifts]
     return new, stats
+
+
+def real_gradients(spec: NetworkSpec, qnet: QNet, x: np.ndarray, y: np.ndarray, feedback: dict[int, np.ndarray],
+                   mode: str) -> dict[int, np.ndarray]:
+    """Per trainable layer, the gradient the int8 rule applies (``dw = -lr * this`` before the
+    stochastic rounding) as a float ``[out, in]`` array in real units, to compare with
+    ``float_net``'s rules. Numpy kernel set."""
+    mode = temporal_mode(mode)
+    ks = kernel_sets.resolve(None)
+    t_steps, n = x.shape[:2]
+    train = [i for i, q in enumerate(qnet) if q.trainable]
+    trace = forward(spec, qnet, x, ks, keep=set(train))
+    last = spec.synaptic_layers()[-1]
+    if mode == "exact":
+        e = arith.output_error_q(trace.counts, t_steps, y, spec.loss)
+    else:
+        e = step_errors(np.cumsum(trace.out_spikes, axis=0, dtype=np.int64), y, spec.loss, mode)
+    out = {}
+    for i in train:
+        layer = spec.layers[i]
+        b = None if i == last else feedback[i]
+        if mode == "exact":
+            deltas, shifts = ks.exact_deltas(trace.sg_index[i], e, b, arith.carry_lut(layer.neuron))
+        else:
+            deltas, shifts = ks.local_deltas(trace.sg_index[i], e, b)
+        grad = ks.gradient(np.asarray(trace.prepared[i]), deltas, shifts)
+        elig = arith.ELIG_BITS if mode == "exact" else arith.SG_BITS
+        if i == last:
+            scale = 2.0 ** -(arith.ERR_BITS + elig) / (n * t_steps)
+        else:
+            scale = 2.0 ** -(arith.ERR_BITS + arith.FB_BITS + elig) * fn.feedback_norm(spec) / n
+        out[i] = (grad.astype(np.float64) * scale * layer.neuron.input_gain).T
+    return out

@@ -15,6 +15,10 @@ Entry points (shapes: T steps, N samples, K inputs, M outputs, C classes):
   layer's weight exponent) also the surrogate LUT index of every ``h - vth``.
 - ``local_deltas(sg[T, N, M], e[T, N, C], b[C, M] | None)`` -> ``(deltas int8, shifts int64[T])``:
   ``g_t = e_t @ b`` (hidden layer) or ``e_t`` (output layer), ``to_int8_dynamic(g_t * LUT[sg_t])``.
+- ``exact_deltas(sg[T, N, M], e[N, C], b[C, M] | None, carry int64[len(SG_LUT)])`` ->
+  ``(deltas int8, shifts int64[T])``: the exact rule, ``g = e @ b`` or ``e`` once, then
+  ``arith.exact_deltas(sg, g, carry)`` (BPTT through the layer's membrane, ``carry =
+  arith.carry_lut(neuron)``).
 - ``dense_update(inputs, deltas, shifts, master int16[K, M], m, k, key)`` ->
   ``(master, w8, saturated_master, saturated_w8)``: ``grad = sum_t (x_t^T delta_t) << shift_t``,
   ``arith.apply_update`` on the rows of active inputs, ``arith.w8_from_master``.
@@ -104,6 +108,11 @@ def local_deltas(sg: np.ndarray, e: np.ndarray, b: np.ndarray | None):
     for t in range(t_n):
         deltas[t], shifts[t] = arith.to_int8_dynamic(g[t].astype(np.int64) * arith.SG_LUT[sg[t]])
     return deltas, shifts
+
+
+def exact_deltas(sg: np.ndarray, e: np.ndarray, b: np.ndarray | None, carry: np.ndarray):
+    g = np.asarray(e, np.int64) if b is None else project(e, b)
+    return arith.exact_deltas(sg, g, carry)
 
 
 def gradient(x: np.ndarray, deltas: np.ndarray, shifts: np.ndarray) -> np.ndarray:

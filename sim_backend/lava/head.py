@@ -49,7 +49,7 @@ def layout(spec: NetworkSpec, trainable: set[int]) -> HeadLayout:
 def _neuron_dict(layer: Dense) -> dict:
     n = layer.neuron
     return {"kind": n.kind, "tau": n.tau, "v_threshold": n.v_threshold, "v_reset": n.v_reset,
-            "decay_input": n.decay_input}
+            "decay_input": n.decay_input, "spike_if": n.spike_if}
 
 
 def fixed_params(spec: NetworkSpec, qnet, feedback: dict, lay: HeadLayout, lr: float, seed: int,

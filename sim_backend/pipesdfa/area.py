@@ -21,7 +21,7 @@ def design_arrays(c: LayerCost, design: str) -> int:
     return c.bp_arrays or c.arrays
 
 
-def _per_array(hw: HardwareParams) -> dict[str, float]:
+def per_array_um2(hw: HardwareParams) -> dict[str, float]:
     """um^2 per physical array, by component."""
     x, a, p = hw.crossbar, hw.area, hw.periph
     cell = x.cell_height_f * x.cell_width_f * x.feature_size_m ** 2 * 1e12
@@ -37,7 +37,7 @@ def _per_array(hw: HardwareParams) -> dict[str, float]:
 
 def layer_area_mm2(c: LayerCost, hw: HardwareParams, design: str) -> dict[str, float]:
     n = design_arrays(c, design)
-    return {k: n * v * 1e-6 for k, v in _per_array(hw).items()}
+    return {k: n * v * 1e-6 for k, v in per_array_um2(hw).items()}
 
 
 def area_mm2(layers: list[LayerCost], hw: HardwareParams, design: str) -> dict:
@@ -62,8 +62,12 @@ def converter_leakage_w(hw: HardwareParams, bits: int | None = None) -> float:
 
 def leakage_w(layers: list[LayerCost], hw: HardwareParams, design: str) -> float:
     """Static power of everything the design holds."""
+    return arrays_leakage_w(hw, sum(design_arrays(c, design) for c in layers))
+
+
+def arrays_leakage_w(hw: HardwareParams, n: float) -> float:
+    """Static power of ``n`` physical arrays with their converters, buffers, drivers and lanes."""
     x, lk, p = hw.crossbar, hw.leakage, hw.periph
-    n = sum(design_arrays(c, design) for c in layers)
     converters = n * x.cols / hw.adc.columns_per_converter() / 2.0
     return (converters * converter_leakage_w(hw) + n * p.buffer_bits_per_array * lk.buffer_w_per_bit
             + n * x.rows * lk.driver_w + n / p.arrays_per_tile * p.digital_ops_per_cycle_per_tile * lk.lane_w)

@@ -94,6 +94,7 @@ def sdfa_graph(st: Stages, n_batches: int, raw: str = "wait") -> tuple[Graph, li
         for s in range(B):
             prev_t = [None] * L
             for t in range(T):
+                cur = None                      # this step on the layer below
                 for l in range(L):
                     deps = [prev_t[l] if t else prev_sample_last[l]]
                     if l:

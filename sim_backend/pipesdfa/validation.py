@@ -11,15 +11,17 @@ where a row misses by more than 20% the ``residual`` says which term makes the d
   planes half ones, 16-bit inputs and outputs).
 - NeuroSim (V2.1 ``SarADC.cpp`` as read in rram-simulators.md section 1): a 5-bit SAR conversion
   at 32 nm LSTP costs about 0.1 pJ; NeuroSim V2.0's 1T1R cell (0.5 V, 10 ns, 100 kOhm-1 MOhm, 15 kOhm
-  access) about 7.7 fJ per read at its mean conductance (rram-simulators.md section 7). NeuroSim's
-  documented default-network (VGG-8) chip figures were not reachable, so the NeuroSim rows are
-  circuit-level.
+  access) about 7.7 fJ per read at its mean conductance (rram-simulators.md section 7).
+- NeuroSim's documented default network (``validation_neurosim.py``): the DNN+NeuroSim V1.3 manual's
+  example output for 8-bit VGG-8 on CIFAR-10 (chip area, per-image latency and energy with their
+  breakdowns, leakage, TOPS/W, TOPS), modelled with preset ``neurosim22`` (V1.3 Param.cpp).
 """
 from __future__ import annotations
 
 from . import costs as C
 from .area import converter_leakage_w
 from .params import load_preset, table_value
+from .validation_neurosim import neurosim_vgg8
 
 ISAAC_TILE_MW = {"adc": 12 * 16.0, "drivers": 12 * 4.0, "array": 12 * 2.4,
                  "digital": 12 * 0.2 + 0.05 + 12 * 0.01,       # shift-and-add + sample-and-hold
@@ -115,4 +117,4 @@ def neurosim_circuits(preset: str = "neurosim32") -> list[dict]:
 
 
 def validation() -> list[dict]:
-    return isaac_tile() + neurosim_circuits()
+    return isaac_tile() + neurosim_circuits() + neurosim_vgg8()

@@ -168,14 +168,21 @@ class PySDFALayerFixed(_LayerModelBase):
         self._accumulate(self.x, self.h, e, self.t)
 
     def learn_replay(self, e):
+        """exact: the final-rate error through B_l at every step, BPTT through the membrane."""
+        a = self.arith
+        e = np.rint(e).astype(np.int64)
+        idx = a.surrogate_index(np.stack(self.hist_h), self.const["vth"], self.exp)
+        deltas, shifts = self.ref.exact_deltas(idx, e, None if self.is_last else self.feedback,
+                                               a.carry_lut(self.neuron))
         for t in range(self.T):
-            self._accumulate(self.hist_x[t], self.hist_h[t], e, t)
+            self.shifts[t] = shifts[t]
+            self.grad += self.ref.outer_acc(self.hist_x[t], deltas[t]) << int(shifts[t])
         self.hist_x, self.hist_h = [], []
 
     def apply_update(self):
         a = self.arith
         m, k = a.update_scale(self.lr, self.n_real, self.T, self.neuron.input_gain, self.exp,
-                              None if self.is_last else self.norm)
+                              None if self.is_last else self.norm, self.mode)
         key = a.rounding_key(self.seed, self.update_index, self.layer_index)
         self.master, sat = a.apply_update(self.master, self.grad, m, k, key, np.flatnonzero(self.active))
         self.w8 = a.w8_from_master(self.master)
@@ -248,7 +255,8 @@ class PySDFALayerFloat(_LayerModelBase):
     def learn_step(self, e):
         g = self._project(e)
         sg = self.ops.atan_surrogate_grad(self.h - self.neuron.v_threshold)
-        self._add(self.x, g * sg * (self.neuron.input_gain / self.T))
+        scale = self.neuron.input_gain / self.T if self.is_last else self.neuron.input_gain
+        self._add(self.x, g * sg * scale)
 
     def learn_replay(self, e):
         g = self._project(e)
