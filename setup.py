@@ -5,7 +5,7 @@ compiler into ``edge_sdfa/int8/_c_kernels<EXT_SUFFIX>``, a plain shared library 
 ``edge_sdfa.int8.c_kernels`` loads with ctypes (no Python C API, no PyInit). ``CC``, ``CFLAGS``,
 ``LDSHARED`` and ``LDFLAGS`` are honoured as for any extension, so ``CC=aarch64-linux-gnu-gcc``
 cross-builds. Flags never include ``-march=native``; the C file picks vector code per CPU itself.
-The first flag set that builds wins (OpenMP, then without OpenMP, then without the x86 clones);
+The first flag set that builds wins (then without the x86 clones);
 if none does, or there is no compiler, the install still succeeds and the numpy kernel set runs.
 """
 from __future__ import annotations
@@ -15,11 +15,10 @@ import os
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-BASE = ["-O3", "-std=gnu99", "-fno-strict-aliasing"]
+BASE = ["-O3", "-std=gnu99", "-fno-strict-aliasing", "-pthread"]
 FLAG_SETS = (
-    (["-fopenmp"], ["-fopenmp"]),
-    ([], []),
-    (["-DESD_NO_CLONES"], []),
+    ([], ["-pthread"]),
+    (["-DESD_NO_CLONES"], ["-pthread"]),   # a libc without ifunc (x86 clones)
 )
 
 
@@ -37,7 +36,7 @@ class OptionalCKernels(build_ext):
             try:
                 super().build_extension(ext)
                 return
-            except Exception as exc:  # CompileError, LinkError, no compiler (DistutilsExecError, OSError)
+            except Exception as exc:  # noqa: BLE001 - CompileError, LinkError, no compiler: never fail the install
                 errors.append(f"{' '.join(compile_args) or 'no extra flags'}: {exc}")
         self.warn("the C int8 kernels could not be built; edge-sdfa will use the numpy kernel set ("
                   + "; ".join(errors) + ")")

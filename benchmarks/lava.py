@@ -54,7 +54,7 @@ def worker(args) -> dict:
     rng = np.random.default_rng(0)
     data = [((rng.random((args.time_steps, args.batch, 784)) < args.rate).astype(np.uint8),
              rng.integers(0, 10, args.batch)) for _ in range(args.updates + 1)]
-    options = {"kernels": args.kernels} if args.kernels else {}
+    options = {"kernels": args.kernels} if args.kernels and args.backend == "numpy" else {}
     if args.backend == "lava":
         options["capacity"] = args.batch
     t0 = time.perf_counter()
@@ -81,7 +81,7 @@ def worker(args) -> dict:
     if hasattr(be, "close"):
         be.close()
     steps = args.updates * args.time_steps
-    return {"backend": args.backend, "kernels": getattr(getattr(be, "kernels", None), "name", args.kernels or "numpy"),
+    return {"backend": args.backend, "kernels": getattr(be, "kernel_set", "numpy"),
             "setup_s": setup, "train_s": train, "updates": args.updates, "time_steps_per_s": steps / train,
             "sample_steps_per_s": steps * args.batch / train, "seconds_per_update": train / args.updates,
             "forward_time_steps_per_s": args.time_steps / fwd, "read_weights_s": read,
@@ -163,7 +163,6 @@ def main(argv=None) -> None:
     ap.add_argument("--lr", type=float, default=0.5)
     ap.add_argument("--gain", type=float, default=8.0, help="scale of the random init (spiking activity)")
     ap.add_argument("--rate", type=float, default=0.15, help="input spike probability per step")
-    ap.add_argument("--lava-kernels", default=None, help="integer kernels inside the Lava models (default numpy)")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--kernels", default=None, help=argparse.SUPPRESS)
@@ -172,7 +171,7 @@ def main(argv=None) -> None:
         args.backend = args.worker
         sys.stdout.write(json.dumps(worker(args)) + "\n")
         return
-    runs = {"numpy": ("numpy", None), "numpy_reference": ("numpy", "numpy"), "lava": ("lava", args.lava_kernels)}
+    runs = {"numpy": ("numpy", None), "numpy_reference": ("numpy", "numpy"), "lava": ("lava", None)}
     results = {}
     for key, (backend, kernels) in runs.items():
         log(f"lava bench: {key} worker ({args.updates} updates, batch {args.batch}, T={args.time_steps})")

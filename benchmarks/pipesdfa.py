@@ -1,8 +1,13 @@
-"""PipeSDFA benchmarks: accounting for every workload, the ADC-less comparison, the accuracy study
-on digits, and the speed of the functional backend against the numpy backend.
+"""PipeSDFA benchmarks: the workload table against PipeLayer, the sensitivity of its figures to
+every assumption, validation against published figures, the ADC-less comparison, the accuracy study
+on digits, the speed of the functional backend against the numpy backend, and the time the
+accounting of dvs-vgg11 takes.
 
     python benchmarks/pipesdfa.py --json                 # everything (a few minutes on 2 cores)
     python benchmarks/pipesdfa.py --only accounting --json
+    python benchmarks/pipesdfa.py --only sensitivity --json
+    python benchmarks/pipesdfa.py --only validation --json
+    python benchmarks/pipesdfa.py --only timing --repeats 5 --json
     python benchmarks/pipesdfa.py --only accuracy --seeds 4 --epochs 10 --json
     python benchmarks/pipesdfa.py --only speed --repeats 5 --json
 
@@ -36,28 +41,134 @@ def log(msg: str) -> None:
 # accounting
 
 
-def accounting(presets=("neurosim32", "isaac"), repeats: int = 5) -> dict:
+def accounting(presets=("neurosim32", "isaac")) -> dict:
     rows = []
     for preset in presets:
         for name in named_workloads():
             for mode in UPDATE_MODES:
-                r = bench(name, preset=preset, activity=Activity(update_mode=mode), with_adc_less=False)
+                r = bench(name, preset=preset, activity=Activity(update_mode=mode), with_adc_less=False,
+                          with_schedule=False)
+                s, b = r["sdfa"], r["pipelayer"]
                 rows.append({"workload": name, "preset": preset, "update_mode": mode, "speedup": r["speedup"],
-                             "energy_ratio": r["energy_ratio"], "sdfa_latency_s": r["sdfa"]["latency_s"],
-                             "sdfa_energy_j": r["sdfa"]["energy_j"], "pipelayer_latency_s": r["pipelayer"]["latency_s"],
-                             "pipelayer_energy_j": r["pipelayer"]["energy_j"],
-                             "gradient_energy_share": r["sdfa"]["breakdown"]["energy_j"]["by_phase"]["gradient"]
-                             / r["sdfa"]["energy_j"],
+                             "energy_ratio": r["energy_ratio"],
+                             "dynamic_energy_ratio": b["dynamic_energy_j"] / s["dynamic_energy_j"],
+                             "sdfa_latency_s": s["latency_s"], "sdfa_energy_j": s["energy_j"],
+                             "pipelayer_latency_s": b["latency_s"], "pipelayer_energy_j": b["energy_j"],
+                             "sdfa_leakage_share": s["leakage_j"] / s["energy_j"],
+                             "sdfa_area_mm2": s["area_mm2"]["total"], "pipelayer_area_mm2": b["area_mm2"]["total"],
+                             "sdfa_tops_per_w": s["tops_per_w"], "pipelayer_tops_per_w": b["tops_per_w"],
+                             "gradient_energy_share": s["breakdown"]["energy_j"]["by_phase"]["gradient"]
+                             / s["dynamic_energy_j"],
                              "pulses_per_cell_per_update": r["wear"]["pulses_per_cell_per_update"],
                              "lifetime_updates": r["wear"]["lifetime_updates"]})
         log(f"accounting: {preset} done")
-    times = []
+    return {"rows": rows, "paper_range": {"speedup": PAPER["speedup"], "energy_ratio": PAPER["energy_ratio"]}}
+
+
+ACTIVITY_ASSUMPTIONS = ("activity.spike_rate", "activity.update_density", "activity.level_fraction",
+                        "activity.error_bit_density")
+
+
+def sensitivity(preset: str = "neurosim32", factors=(0.5, 2.0)) -> dict:
+    """Every assumption of the preset (values without a published source) and of the analytic
+    activity, at 0.5x and 2x: speedup and energy ratio of every workload (a tornado table)."""
+    from sim_backend.pipesdfa.params import get_value, load_preset
+    from sim_backend.pipesdfa.sweep import point_inputs
+
+    hw = load_preset(preset)
+    keys = list(hw.assumptions) + list(ACTIVITY_ASSUMPTIONS)
+    base = {}
+    for name in named_workloads():
+        r = bench(name, hw=hw, with_adc_less=False, with_schedule=False)
+        base[name] = {"speedup": r["speedup"], "energy_ratio": r["energy_ratio"]}
+    rows = []
+    for key in keys:
+        value = getattr(Activity(), key.split(".", 1)[1]) if key.startswith("activity.") else get_value(hw, key)
+        for f in factors:
+            v = value * f
+            if key.startswith("activity."):
+                v = min(v, 1.0)
+            h, a, b = point_inputs(preset, {key: v}, Activity(), None)
+            for name in named_workloads():
+                r = bench(name, hw=h, activity=a, batch=b, with_adc_less=False, with_schedule=False)
+                rows.append({"assumption": key, "baseline_value": value, "factor": f, "value": v, "workload": name,
+                             "speedup": r["speedup"], "energy_ratio": r["energy_ratio"],
+                             "speedup_change": r["speedup"] / base[name]["speedup"] - 1,
+                             "energy_ratio_change": r["energy_ratio"] / base[name]["energy_ratio"] - 1})
+        log(f"sensitivity: {key} done")
+    tornado = []
+    for key in keys:
+        sel = [r for r in rows if r["assumption"] == key]
+        tornado.append({"assumption": key,
+                        "speedup_range": [min(r["speedup"] for r in sel), max(r["speedup"] for r in sel)],
+                        "energy_ratio_range": [min(r["energy_ratio"] for r in sel), max(r["energy_ratio"] for r in sel)],
+                        "max_abs_speedup_change": max(abs(r["speedup_change"]) for r in sel),
+                        "max_abs_energy_ratio_change": max(abs(r["energy_ratio_change"]) for r in sel)})
+    tornado.sort(key=lambda t: -max(t["max_abs_speedup_change"], t["max_abs_energy_ratio_change"]))
+    return {"preset": preset, "factors": list(factors), "baseline": base, "rows": rows, "tornado": tornado}
+
+
+def schedule_table(batches: int = 3, max_ops: int = 60000) -> dict:
+    """The event-driven schedule against the closed form for every workload small enough
+    (B*T*layers forward operations per batch <= max_ops), with read-after-write enforced (wait,
+    the default) and with one-batch-stale weights allowed; stalls as the schedule saw them."""
+    from sim_backend.pipesdfa import pipeline as P
+    from sim_backend.pipesdfa import schedule as S
+    from sim_backend.pipesdfa.accounting import workload_costs
+    from sim_backend.pipesdfa.params import load_preset
+
+    rows = []
+    hw = load_preset("neurosim32")
+    for name in named_workloads():
+        wl, act = load_workload(name), Activity()
+        layers = workload_costs(wl, hw, act)
+        size = wl.batch * wl.spec.time_steps * len(layers)
+        if size > max_ops:
+            rows.append({"workload": name, "skipped": f"{size} operations per batch"})
+            continue
+        st, _ = P.sdfa_stages(layers, wl, hw, act)
+        row = {"workload": name, "operations_per_batch": size}
+        for raw in ("wait", "stale"):
+            sim = S.run(st, batches, "sdfa", raw)
+            cf = P.sdfa_closed_form(st, batches, raw)
+            row[f"sdfa_{raw}_schedule_s"] = sim["latency_s"]
+            row[f"sdfa_{raw}_closed_form_s"] = cf["latency_s"]
+            row[f"sdfa_{raw}_ratio"] = sim["latency_s"] / cf["latency_s"]
+            row[f"sdfa_{raw}_stalls"] = sim["stalls"]
+        stb, _ = P.pipelayer_stages(layers, wl, hw, act)
+        sim = S.run(stb, batches, "pipelayer")
+        row["pipelayer_schedule_s"] = sim["latency_s"]
+        row["pipelayer_ratio"] = sim["latency_s"] / P.pipelayer_closed_form(stb, batches)["latency_s"]
+        row["pipelayer_stalls"] = sim["stalls"]
+        row["speedup_wait"] = sim["latency_s"] / row["sdfa_wait_schedule_s"]
+        row["speedup_stale"] = sim["latency_s"] / row["sdfa_stale_schedule_s"]
+        rows.append(row)
+        log(f"schedule: {name} done")
+    return {"batches": batches, "preset": "neurosim32", "rows": rows}
+
+
+def validation_rows() -> list[dict]:
+    from sim_backend.pipesdfa.validation import validation
+
+    return validation()
+
+
+def timing(repeats: int = 5) -> dict:
+    """Wall time of the full ``bench`` report of dvs-vgg11 (area, per-layer rows, the simulated
+    schedule, the ADC-less comparison), medians over repeats; the limit is 1 s."""
+    bench("dvs-vgg11")                                    # warm imports
+    full, core = [], []
     for _ in range(repeats):
         t = time.perf_counter()
-        bench("dvs-vgg11", with_adc_less=False)
-        times.append(time.perf_counter() - t)
-    return {"rows": rows, "paper_range": {"speedup": PAPER["speedup"], "energy_ratio": PAPER["energy_ratio"]},
-            "dvs_vgg11_accounting_s_median": statistics.median(times)}
+        r = bench("dvs-vgg11")
+        full.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        bench("dvs-vgg11", with_adc_less=False, with_schedule=False)
+        core.append(time.perf_counter() - t)
+    assert "area_mm2" in r["sdfa"] and r["layers"]
+    return {"repeats": repeats, "limit_s": 1.0, "dvs_vgg11_full_report_s_median": statistics.median(full),
+            "dvs_vgg11_accounting_only_s_median": statistics.median(core),
+            "within_limit": statistics.median(full) < 1.0}
 
 
 def adc_less_table(presets=("neurosim32", "isaac")) -> dict:
@@ -247,16 +358,29 @@ def speed(repeats: int = 3) -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=["accounting", "adc_less", "wear", "accuracy", "speed"], action="append")
+    ap.add_argument("--only", choices=["accounting", "sensitivity", "validation", "timing", "schedule", "adc_less", "wear",
+                                       "accuracy", "speed"], action="append")
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    parts = args.only or ["accounting", "adc_less", "wear", "accuracy", "speed"]
+    parts = args.only or ["accounting", "sensitivity", "validation", "timing", "schedule", "adc_less", "wear",
+                          "accuracy", "speed"]
+    if parts == ["validation"]:
+        print(json.dumps(validation_rows(), indent=1 if not args.json else None))
+        return
     report = {}
     if "accounting" in parts:
-        report["accounting"] = accounting(repeats=args.repeats)
+        report["accounting"] = accounting()
+    if "sensitivity" in parts:
+        report["sensitivity"] = sensitivity()
+    if "validation" in parts:
+        report["validation"] = validation_rows()
+    if "timing" in parts:
+        report["timing"] = timing(args.repeats)
+    if "schedule" in parts:
+        report["schedule"] = schedule_table()
     if "adc_less" in parts:
         report["adc_less"] = adc_less_table()
     if "wear" in parts:

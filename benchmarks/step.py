@@ -308,7 +308,7 @@ def _run_worker(method, shape, args, params_path, tree: str | None = None) -> di
     env = None
     if tree:
         env = dict(os.environ, PYTHONPATH=os.path.abspath(tree), EDGE_SDFA_CACHE_DIR=_baseline_cache(tree))
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if out.returncode != 0:
         raise SystemExit(f"error: worker {method} {shape} failed: {out.stderr.strip().splitlines()[-1:]}")
     return json.loads(out.stdout)
@@ -324,7 +324,7 @@ def _prepare_baseline(tree: str) -> float:
     code = ("from edge_sdfa.int8 import kernels as k\n"
             "s = k.get_kernels('c') if hasattr(k, 'get_kernels') else k.get('c')\n")
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree), EDGE_SDFA_CACHE_DIR=_baseline_cache(tree))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
     if out.returncode != 0:
         raise SystemExit(f"error: the baseline tree {tree} cannot load its C kernels: "
                          f"{out.stderr.strip().splitlines()[-1:]}")

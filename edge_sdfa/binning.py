@@ -102,7 +102,6 @@ def _numba_kernel():
         di = n // T
         t0 = t[0]
         dt = (t[n - 1] - t0) // T
-        hw = h * w
         for i in range(n):
             xi = np.int64(x[i])
             yi = np.int64(y[i])

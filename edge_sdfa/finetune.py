@@ -1,22 +1,32 @@
 """The device's main job: fine-tune the bundle's head on the user's small batch, then commit or revert.
 
-Flow: open the store (creating it from a bundle if needed) → load the active bundle → run the
-frozen part once per sample (cached) → split the user's batch into train and validation parts →
-program the backend → SDFA epochs over the user's train part mixed with the bundle's rehearsal
-samples, keeping the weights of the best validation epoch → gate → commit the candidate or
-leave the active weights untouched. Progress goes to stderr; ``on_event`` receives telemetry.
+Stages, each a public function that ``finetune()`` composes:
+
+- ``prepare``: open the store (creating it from a bundle if needed), load the active bundle and the
+  user's data, validate everything, run the frozen part once per sample (cached), split the user's
+  batch into train and validation parts;
+- ``train``: program the backend and consume ``epochs`` (a generator of SDFA epochs over the user's
+  train part mixed with the bundle's rehearsal samples), stopping on ``epoch_guard`` and keeping
+  the weights of the best validation epoch (``improves``);
+- ``gate``: the reasons not to commit the candidate;
+- ``commit``: install the candidate as the store's active weights.
+
+Telemetry is a snapshot per epoch (``EpochReport``, frozen); ``on_event`` receives a fresh dict
+each time. Progress goes to stderr.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
@@ -25,7 +35,11 @@ from edge_sdfa.backend import load_backend
 from edge_sdfa.errors import DataError, UserError
 from edge_sdfa.executors import open_executor, run_frozen
 from edge_sdfa.int8 import net as qn
+from edge_sdfa.progress import EpochProgress
 from edge_sdfa.spec import DEFAULT_TEMPORAL_MODE, temporal_mode
+
+if TYPE_CHECKING:
+    from edge_sdfa.store import Store
 
 DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_BUNDLE = DATA_DIR / "default_bundle"
@@ -44,12 +58,15 @@ class FinetuneConfig:
     epochs: int | None = None          # None: the bundle's default
     batch_size: int | None = None
     lr: float | None = None
-    mode: str = DEFAULT_TEMPORAL_MODE  # spec.TemporalMode
+    mode: str | None = None            # spec.TemporalMode; None: the bundle's default, else online
     backend: str = "numpy"
-    seed: int = 0
+    seed: int = 0                      # training only: sample order, rehearsal picks, rounding stream
+    split_seed: int = 0                # the train/validation split of the user's batch, apart from --seed
     val_fraction: float = 0.3
     margin: float = 0.02               # allowed drop of the original-task holdout accuracy
     rehearsal_ratio: float | None = None   # rehearsal samples per user sample in each epoch
+    rehearsal_max: float | None = None     # adaptive rehearsal: the ratio doubles (up to this) after an
+                                           # epoch that lost more than half the holdout margin
     max_saturation: float = 0.05       # guard: fraction of head weights at +-127
     backend_options: dict = field(default_factory=dict)
 
@@ -57,12 +74,17 @@ class FinetuneConfig:
         pick = lambda mine, key, fallback: mine if mine is not None else defaults.get(key, fallback)
         cfg = FinetuneConfig(
             epochs=int(pick(self.epochs, "epochs", 20)), batch_size=int(pick(self.batch_size, "batch_size", 16)),
-            lr=float(pick(self.lr, "lr", 0.5)), mode=self.mode, backend=self.backend, seed=self.seed,
-            val_fraction=self.val_fraction, margin=self.margin,
+            lr=float(pick(self.lr, "lr", 0.5)), mode=temporal_mode(pick(self.mode, "mode", DEFAULT_TEMPORAL_MODE)), backend=self.backend, seed=self.seed,
+            split_seed=self.split_seed, val_fraction=self.val_fraction, margin=self.margin,
             rehearsal_ratio=float(pick(self.rehearsal_ratio, "rehearsal_ratio", 1.0)),
+            rehearsal_max=float(pick(self.rehearsal_max, "rehearsal_max", 0.0)),
             max_saturation=self.max_saturation, backend_options=dict(self.backend_options))
         if cfg.epochs < 0 or cfg.batch_size < 1 or not (cfg.lr > 0 and math.isfinite(cfg.lr)):
             raise UserError("epochs must be >= 0, batch size >= 1 and lr a positive number")
+        if not (cfg.rehearsal_ratio >= 0 and math.isfinite(cfg.rehearsal_max)):
+            raise UserError("the rehearsal ratio must be >= 0")
+        if cfg.rehearsal_max < cfg.rehearsal_ratio:  # no adaptation (also the default without a bundle value)
+            cfg = replace(cfg, rehearsal_max=cfg.rehearsal_ratio)
         if not 0 < cfg.val_fraction < 1:
             raise UserError("the validation fraction must be between 0 and 1")
         temporal_mode(cfg.mode)
@@ -81,7 +103,7 @@ def load_data(spec: str | Path | None, time_steps: int, input_shape: tuple[int, 
         from edge_sdfa.userdata import load_user_data
 
         path = text[4:] if text.startswith("npz:") else text
-        data = load_user_data(path)
+        data = load_user_data(path, sample_shape=(time_steps, *input_shape))
         x = data.x if data.x is not None else bin_user_events(data, time_steps, input_shape, path)
         y = data.y
     else:
@@ -154,51 +176,324 @@ def _accuracy(backend, x: np.ndarray, y: np.ndarray, batch: int = 256) -> float:
     return correct / len(y)
 
 
-class _Progress:
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total, self.t0 = enabled and total > 0, total, time.perf_counter()
-        self.tty = sys.stderr.isatty()  # a log file gets one line per epoch, a terminal one updating line
-
-    def show(self, epoch: int, loss: float, acc: float):
-        if not self.enabled:
-            return
-        width = 24
-        done = int(width * epoch / self.total)
-        sys.stderr.write(f"{chr(13) if self.tty else ''}finetune [{'#' * done}{'.' * (width - done)}] "
-                         f"epoch {epoch}/{self.total} loss {loss:.3f} val {acc:.3f} "
-                         f"{time.perf_counter() - self.t0:.1f}s{'' if self.tty else chr(10)}")
-        sys.stderr.flush()
-
-    def close(self):
-        if self.enabled and self.tty:
-            sys.stderr.write("\n")
-
-
 # ---------------------------------------------------------------------------------------------
-# the job
+# the job, in stages: prepare -> epochs (a generator) -> train (early stopping, guards) -> gate -> commit
 
 
-def _open_store(source, store):
+def _is_store(path) -> bool:
+    return path is not None and (Path(path) / "state.json").is_file()
+
+
+def _same_model(st: "Store", bundle_path: Path, root: Path) -> None:
+    """``bundle_path`` must be the model and version the store holds (its weights may be fine-tuned)."""
+    active = bundle_mod.load_manifest(st.active_dir())
+    with bundle_mod.unpacked(bundle_path) as folder:
+        incoming = bundle_mod.load_manifest(folder)
+    if (incoming.model_id, incoming.version) != (active.model_id, active.version):
+        raise UserError(f"store {root} holds {active.model_id} v{active.version}, not the bundle's "
+                        f"{incoming.model_id} v{incoming.version}; deploy the new bundle first or use another --store")
+
+
+def locate_store(source, store) -> tuple["Store | None", Path, Path]:
+    """Where a fine-tune runs, creating nothing: ``(open store or None, store root, bundle)``.
+    ``source`` may be a store (then it is the store), else a bundle (default: the embedded one)
+    for the store ``store`` (default ``default_store_dir()``) that is created from it, once the
+    fine-tune's inputs have all been validated, if it does not exist yet."""
     from edge_sdfa.store import Store
 
-    if source is not None and (Path(source) / "state.json").exists():
-        return Store(source)
+    if _is_store(source):
+        return Store(source), Path(source), Path(source)
     root = Path(store) if store else default_store_dir()
     bundle_path = Path(source) if source is not None else DEFAULT_BUNDLE
-    if (root / "state.json").exists():
+    if not bundle_path.exists():
+        raise UserError(f"no such bundle or store: {bundle_path}")
+    if _is_store(root):
         st = Store(root)
         if source is not None:
-            active = bundle_mod.read_manifest(st.active_dir())
-            incoming = bundle_mod.read_bundle(bundle_path).manifest
-            if (incoming["model_id"], incoming["version"]) != (active["model_id"], active["version"]):
-                raise UserError(f"store {root} holds {active['model_id']} v{active['version']}; "
-                                f"deploy the new bundle first or use another --store")
-        return st
-    if bundle_path.is_file():
-        tmp = Path(tempfile.mkdtemp(prefix="edge-sdfa-unpack-"))
-        bundle_path = bundle_mod.safe_extract_tar(bundle_path, tmp)
-    bundle_mod.read_bundle(bundle_path)
-    return Store.init(root, bundle_path)
+            _same_model(st, bundle_path, root)
+        return st, root, bundle_path
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--store {root} exists and is not a directory")
+    return None, root, bundle_path
+
+
+def open_store(source, store):
+    """The store to fine-tune in, created from the bundle if it does not exist (see ``locate_store``)."""
+    from edge_sdfa.store import Store
+
+    st, root, bundle_path = locate_store(source, store)
+    return st if st is not None else Store.init(root, bundle_path)
+
+
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """Everything a fine-tune needs, loaded and validated, with the frozen part already run:
+    ``h_*`` are the frozen part's outputs (the head's inputs) ``[N, T, ...]``."""
+
+    store: "Store"
+    bundle: bundle_mod.Bundle
+    config: FinetuneConfig               # resolved against the bundle's defaults
+    h_user: np.ndarray
+    y_user: np.ndarray
+    train_idx: np.ndarray                # indices into the user's batch
+    val_idx: np.ndarray
+    h_holdout: np.ndarray
+    y_holdout: np.ndarray
+    h_test: np.ndarray | None
+    y_test: np.ndarray | None
+    rehearsal: tuple[np.ndarray, np.ndarray] | None
+    rehearsal_per_epoch: int
+    update_offset: int = 0               # the store's rounding counter: updates of earlier fine-tunes
+
+
+def prepare(source: str | Path | None = None, data: str | Path | None = None, *, store: str | Path | None = None,
+            test_data: str | Path | None = None, config: FinetuneConfig = FinetuneConfig()) -> Prepared:
+    """Open the store, load the active bundle and the user's data, validate them, and run the
+    frozen part once per sample. Raises UserError/DataError before anything is trained, and before
+    a store that does not exist yet is created (from the validated bundle, as the last step)."""
+    st, root, bundle_path = locate_store(source, store)
+    with bundle_mod.unpacked(st.active_dir() if st is not None else bundle_path) as folder:
+        prep = _prepare(bundle_mod.read_bundle(folder), st, data, test_data, source, config)
+        if st is None:
+            st = _create_store(root, folder)
+    if prep.store is None:
+        prep = dataclasses.replace(prep, store=st, bundle=bundle_mod.read_bundle(st.active_dir()))
+    return prep
+
+
+def _create_store(root: Path, factory: Path) -> "Store":
+    """``Store.init``; if it fails (disk full, read-only), a folder it created is removed again."""
+    from edge_sdfa.store import Store
+
+    existed = root.exists()
+    try:
+        return Store.init(root, factory)
+    except BaseException:
+        if not existed:
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+
+
+def _prepare(bundle, st, data, test_data, source, config) -> Prepared:
+    cfg = config.resolved(bundle.manifest.get("finetune", {}))
+    if data is None and test_data is None and source is None:
+        data, test_data = DEFAULT_USER_BATCH, DEFAULT_USER_TEST
+    if data is None:
+        raise UserError("no user data: pass --data SPEC (an npz file of the user's samples)")
+    spec = bundle.spec
+    x_user, y_user = load_data(data, spec.time_steps, spec.input_shape)
+    classes = spec.num_classes
+    if len(y_user) and (y_user.min() < 0 or y_user.max() >= classes):
+        raise DataError(f"user data: labels must be in 0..{classes - 1}")
+    if len(y_user) < 2:
+        raise DataError("the user's batch needs at least two samples (one is kept for validation)")
+    x_test = y_test = None
+    if test_data is not None:
+        x_test, y_test = load_data(test_data, spec.time_steps, spec.input_shape)
+        if len(y_test) and (y_test.min() < 0 or y_test.max() >= classes):
+            raise DataError(f"test data: labels must be in 0..{classes - 1}")
+
+    executor = open_executor(bundle)
+    h_user = run_frozen(executor, x_user)
+    x_hold, y_hold = bundle.holdout()
+    h_hold = run_frozen(executor, x_hold)
+    h_test = run_frozen(executor, x_test) if x_test is not None else None
+    reh = bundle.rehearsal()
+    rehearsal = (run_frozen(executor, reh[0]), reh[1]) if reh is not None else None
+    train_idx, val_idx = split_validation(y_user, cfg.val_fraction, cfg.split_seed)
+    n_reh = 0 if rehearsal is None else min(len(rehearsal[1]), int(round(cfg.rehearsal_ratio * len(train_idx))))
+    return Prepared(store=st, bundle=bundle, config=cfg, h_user=h_user, y_user=y_user, train_idx=train_idx,
+                    val_idx=val_idx, h_holdout=h_hold, y_holdout=y_hold, h_test=h_test, y_test=y_test,
+                    rehearsal=rehearsal, rehearsal_per_epoch=n_reh,
+                    update_offset=st.rounding_counter() if st is not None else 0)  # a new store starts at 0
+
+
+def program(backend, prep: Prepared) -> None:
+    """Load the active head and the resolved update rule into the backend."""
+    cfg, bundle = prep.config, prep.bundle
+    update_cfg = qn.UpdateConfig(lr=cfg.lr, mode=cfg.mode, seed=cfg.seed, feedback_seed=bundle.feedback_seed)
+    backend.program(bundle.head_spec(), bundle.head(), bundle.feedback_seed, update_cfg)
+
+
+@dataclass(frozen=True)
+class Scores:
+    val: float            # the user's validation part (the selection set: not an accuracy figure)
+    holdout: float        # the bundle's original-task holdout
+    user: float | None    # the user's unseen test data; None without test data
+
+
+def score(backend, prep: Prepared) -> Scores:
+    """Accuracy of the backend's current head on the validation part, holdout and test data."""
+    val = _accuracy(backend, prep.h_user[prep.val_idx], prep.y_user[prep.val_idx])
+    user = _accuracy(backend, prep.h_test, prep.y_test) if prep.h_test is not None else None
+    return Scores(val=val, holdout=_accuracy(backend, prep.h_holdout, prep.y_holdout), user=user)
+
+
+@dataclass(frozen=True)
+class CostTotals:
+    """Summed cost of the updates so far (simulated hardware). Immutable: ``add`` returns a new one."""
+
+    latency_s: float = 0.0
+    energy_j: float = 0.0
+    breakdown: tuple[tuple[str, float], ...] = ()
+
+    def add(self, cost) -> "CostTotals":
+        parts = dict(self.breakdown)
+        for k, v in cost.breakdown.items():
+            if isinstance(v, (int, float)):
+                parts[k] = parts.get(k, 0.0) + v
+        return CostTotals(self.latency_s + cost.latency_s, self.energy_j + cost.energy_j, tuple(parts.items()))
+
+    def to_dict(self) -> dict:
+        return {"latency_s": self.latency_s, "energy_j": self.energy_j, "breakdown": dict(self.breakdown)}
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """A snapshot taken after one epoch; ``to_dict`` builds a fresh telemetry event each call, so
+    an event handed to another thread never changes afterwards."""
+
+    epoch: int
+    epochs: int
+    loss: float
+    scores: Scores
+    updates: int                      # cumulative
+    seconds_per_update: float         # mean so far
+    saturation: float                 # fraction of head weights at +-127
+    cost: CostTotals | None           # cumulative; None when the backend models no hardware
+
+    def to_dict(self) -> dict:
+        event = {"event": "epoch", "epoch": self.epoch, "epochs": self.epochs, "loss": self.loss,
+                 "accuracy": self.scores.val, "holdout": self.scores.holdout, "updates": self.updates,
+                 "seconds_per_update": self.seconds_per_update, "saturation": self.saturation}
+        if self.cost is not None:
+            event["cost"] = self.cost.to_dict()
+        return event
+
+
+def epochs(backend, prep: Prepared, before: Scores | None = None) -> Iterator[EpochReport]:
+    """Run SDFA epochs over the user's train part mixed with rehearsal samples, yielding a
+    snapshot after each. The backend holds the weights; the caller may read them between epochs
+    and stop early by not asking for the next one. With ``before`` (the active weights' scores),
+    rehearsal adapts: after an epoch whose holdout fell below ``before`` by more than the margin
+    (an epoch the gate would refuse), the rehearsal ratio doubles, up to ``rehearsal_max`` (never
+    back down)."""
+    cfg = prep.config
+    rng = np.random.default_rng([cfg.seed, 11])
+    updates, update_seconds, costs = 0, 0.0, None
+    n_reh = prep.rehearsal_per_epoch
+    n_max = 0 if prep.rehearsal is None else min(len(prep.rehearsal[1]),
+                                                   int(round(cfg.rehearsal_max * len(prep.train_idx))))
+    for epoch in range(1, cfg.epochs + 1):
+        xs, ys = prep.h_user[prep.train_idx], prep.y_user[prep.train_idx]
+        if n_reh:
+            h_reh, y_reh = prep.rehearsal
+            pick = rng.choice(len(y_reh), n_reh, replace=False)
+            xs, ys = np.concatenate([xs, h_reh[pick]]), np.concatenate([ys, y_reh[pick]])
+        order = rng.permutation(len(ys))
+        losses, sat_w8 = [], 0
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            t0 = time.perf_counter()
+            stats = backend.update(np.swapaxes(xs[idx], 0, 1), ys[idx], prep.update_offset + updates)
+            update_seconds += time.perf_counter() - t0
+            updates += 1
+            losses.append(stats.loss)
+            sat_w8 = stats.saturated_w8
+            c = backend.cost()
+            if c is not None:
+                costs = (costs or CostTotals()).add(c)
+        total_w = sum(q.w8.size for q in backend.read_weights() if q.w8 is not None)
+        now = score(backend, prep)
+        if before is not None and n_reh and not improves_holdout(now, before, cfg.margin):
+            n_reh = min(2 * n_reh, n_max) if n_max > n_reh else n_reh
+        yield EpochReport(epoch=epoch, epochs=cfg.epochs, loss=float(np.mean(losses)) if losses else float("nan"),
+                          scores=now, updates=updates,
+                          seconds_per_update=update_seconds / max(updates, 1),
+                          saturation=sat_w8 / max(total_w, 1), cost=costs)
+
+
+def epoch_guard(report: EpochReport, cfg: FinetuneConfig) -> str | None:
+    """Why training must stop after this epoch (the candidate is then rejected), or None."""
+    if not math.isfinite(report.loss):
+        return f"loss is not finite at epoch {report.epoch}"
+    if report.saturation > cfg.max_saturation:
+        return f"{report.saturation:.1%} of the head's weights saturated at +-127 (limit {cfg.max_saturation:.0%})"
+    return None
+
+
+def improves_holdout(now: Scores, before: Scores, margin: float) -> bool:
+    """The holdout stays within ``margin`` of the active weights' (1e-9: float rounding of the
+    accuracies, e.g. 0.92 - 0.02)."""
+    return now.holdout >= before.holdout - margin - 1e-9
+
+
+def improves(now: Scores, best: Scores, before: Scores, margin: float) -> bool:
+    """Early stopping on the user's validation set: an epoch is kept if it improves on the active
+    weights and respects the holdout margin (ties go to the later epoch)."""
+    return now.val > before.val and now.val >= best.val and improves_holdout(now, before, margin)
+
+
+@dataclass(frozen=True, eq=False)
+class Training:
+    before: Scores                    # the active weights
+    after: Scores                     # the candidate (the best epoch; the last one if a guard fired)
+    best_epoch: int                   # 0: no epoch was kept
+    best_layers: qn.QNet
+    guard: str | None
+    history: tuple[EpochReport, ...]
+
+    @property
+    def last(self) -> EpochReport | None:
+        return self.history[-1] if self.history else None
+
+
+def train(backend, prep: Prepared, *, on_event: Callable[[dict], None] | None = None,
+          progress: bool = False) -> Training:
+    """Program the backend, score the active weights, run the epochs with the guards and early
+    stopping, and return the candidate (not yet gated or committed)."""
+    cfg = prep.config
+    program(backend, prep)
+    before = score(backend, prep)
+    best, best_layers, best_epoch, guard = before, backend.read_weights(), 0, None
+    history = []
+    with EpochProgress("finetune", cfg.epochs, progress) as bar:
+        for report in epochs(backend, prep, before):
+            history.append(report)
+            if on_event:
+                on_event(report.to_dict())
+            bar.update(report.epoch, loss=report.loss, val=report.scores.val)
+            guard = epoch_guard(report, cfg)
+            if guard:
+                break
+            if improves(report.scores, best, before, cfg.margin):
+                best, best_layers, best_epoch = report.scores, backend.read_weights(), report.epoch
+    after = best if guard is None else score(backend, prep)
+    return Training(before=before, after=after, best_epoch=best_epoch, best_layers=best_layers,
+                    guard=guard, history=tuple(history))
+
+
+def gate(training: Training, margin: float) -> list[str]:
+    """Reasons not to commit the candidate; empty means commit."""
+    before, after = training.before, training.after
+    reasons = []
+    if training.guard:
+        reasons.append(training.guard)
+    if training.best_epoch == 0 and training.guard is None:
+        reasons.append("no epoch improved on the user's validation set within the holdout margin")
+    if after.val < before.val:
+        reasons.append(f"user validation accuracy fell ({before.val:.3f} -> {after.val:.3f})")
+    if not improves_holdout(after, before, margin):
+        reasons.append(f"holdout accuracy fell more than {margin} ({before.holdout:.3f} -> {after.holdout:.3f})")
+    return reasons
+
+
+def commit(prep: Prepared, layers: qn.QNet) -> int:
+    """Install the candidate head as the store's new active weights; returns the new revision."""
+    with tempfile.TemporaryDirectory(prefix="edge-sdfa-cand-") as tmp:
+        cand = bundle_mod.with_head(prep.bundle, layers, Path(tmp) / "candidate")
+        prep.store.install_candidate(cand, allow_same_version=True, activate=True)  # one atomic state change
+    return prep.bundle.revision + 1
 
 
 def finetune(source: str | Path | None = None, data: str | Path | None = None, *, store: str | Path | None = None,
@@ -208,167 +503,69 @@ def finetune(source: str | Path | None = None, data: str | Path | None = None, *
     t_start = time.perf_counter()
     backend = load_backend(config.backend, **config.backend_options)
     try:
-        return _finetune(backend, source, data, store, test_data, config, on_event, progress, t_start)
+        prep = prepare(source, data, store=store, test_data=test_data, config=config)
+        training = train(backend, prep, on_event=on_event, progress=progress)
     finally:
         close = getattr(backend, "close", None)
         if close:
             close()
-
-
-def _finetune(backend, source, data, store, test_data, config, on_event, progress, t_start) -> dict:
-    st = _open_store(source, store)
-    bundle = bundle_mod.read_bundle(st.active_dir())
-    cfg = config.resolved(bundle.manifest.get("finetune", {}))
-    if data is None and test_data is None and source is None:
-        data, test_data = DEFAULT_USER_BATCH, DEFAULT_USER_TEST
-    if data is None:
-        raise UserError("no user data: pass --data SPEC (an npz file of the user's samples)")
-    spec = bundle.spec
-    x_user, y_user = load_data(data, spec.time_steps, spec.input_shape)
-    classes = spec.num_classes
-    for name, y in (("user data", y_user),):
-        if len(y) and (y.min() < 0 or y.max() >= classes):
-            raise DataError(f"{name}: labels must be in 0..{classes - 1}")
-    if len(y_user) < 2:
-        raise DataError("the user's batch needs at least two samples (one is kept for validation)")
-    x_test = y_test = None
-    if test_data is not None:
-        x_test, y_test = load_data(test_data, spec.time_steps, spec.input_shape)
-
-    executor = open_executor(bundle)
-    head_spec = bundle.head_spec()
-    cache = lambda x: run_frozen(executor, x)
-    h_user = cache(x_user)
-    h_hold_x, h_hold_y = bundle.holdout()
-    h_hold = cache(h_hold_x)
-    h_test = cache(x_test) if x_test is not None else None
-    reh = bundle.rehearsal()
-    h_reh = (cache(reh[0]), reh[1]) if reh is not None else None
-
-    tr_idx, val_idx = split_validation(y_user, cfg.val_fraction, cfg.seed)
-    update_cfg = qn.UpdateConfig(lr=cfg.lr, mode=cfg.mode, seed=cfg.seed, feedback_seed=bundle.feedback_seed)
-    backend.program(head_spec, bundle.head(), bundle.feedback_seed, update_cfg)
-
-    def evaluate() -> dict:
-        out = {"val": _accuracy(backend, h_user[val_idx], y_user[val_idx]),
-               "holdout": _accuracy(backend, h_hold, h_hold_y)}
-        out["user"] = _accuracy(backend, h_test, y_test) if h_test is not None else out["val"]
-        return out
-
-    before = evaluate()
-    best = dict(before)
-    best_layers, best_epoch = backend.read_weights(), 0
-    rng = np.random.default_rng([cfg.seed, 11])
-    n_reh = 0 if h_reh is None else min(len(h_reh[1]), int(round(cfg.rehearsal_ratio * len(tr_idx))))
-    updates, update_seconds, guard = 0, 0.0, None
-    costs = {"latency_s": 0.0, "energy_j": 0.0, "breakdown": {}}
-    has_cost = False
-    bar = _Progress(progress, cfg.epochs)
-    history = []
-    last_loss = float("nan")
-    for epoch in range(1, cfg.epochs + 1):
-        xs, ys = h_user[tr_idx], y_user[tr_idx]
-        if n_reh:
-            pick = rng.choice(len(h_reh[1]), n_reh, replace=False)
-            xs, ys = np.concatenate([xs, h_reh[0][pick]]), np.concatenate([ys, h_reh[1][pick]])
-        order = rng.permutation(len(ys))
-        losses, sat_w8 = [], 0
-        for start in range(0, len(order), cfg.batch_size):
-            idx = order[start:start + cfg.batch_size]
-            t0 = time.perf_counter()
-            stats = backend.update(np.swapaxes(xs[idx], 0, 1), ys[idx], updates)
-            update_seconds += time.perf_counter() - t0
-            updates += 1
-            losses.append(stats.loss)
-            sat_w8 = stats.saturated_w8
-            c = backend.cost()
-            if c is not None:
-                has_cost = True
-                costs["latency_s"] += c.latency_s
-                costs["energy_j"] += c.energy_j
-                for k, v in c.breakdown.items():
-                    if isinstance(v, (int, float)):
-                        costs["breakdown"][k] = costs["breakdown"].get(k, 0.0) + v
-        last_loss = float(np.mean(losses)) if losses else float("nan")
-        total_w = sum(q.w8.size for q in backend.read_weights() if q.w8 is not None)
-        saturation = sat_w8 / max(total_w, 1)
-        now = evaluate()
-        event = {"event": "epoch", "epoch": epoch, "epochs": cfg.epochs, "loss": last_loss,
-                 "accuracy": now["val"], "holdout": now["holdout"], "updates": updates,
-                 "seconds_per_update": update_seconds / max(updates, 1), "saturation": saturation}
-        if has_cost:
-            event["cost"] = dict(costs)
-        history.append(event)
-        if on_event:
-            on_event(event)
-        bar.show(epoch, last_loss, now["val"])
-        if not math.isfinite(last_loss):
-            guard = f"loss is not finite at epoch {epoch}"
-            break
-        if saturation > cfg.max_saturation:
-            guard = f"{saturation:.1%} of the head's weights saturated at +-127 (limit {cfg.max_saturation:.0%})"
-            break
-        # early stopping on the user's validation set: keep the best epoch that improves on the
-        # active weights and respects the holdout margin (ties go to the later epoch)
-        if (now["val"] > before["val"] and now["val"] >= best["val"]
-                and now["holdout"] >= before["holdout"] - cfg.margin):
-            best, best_layers, best_epoch = now, backend.read_weights(), epoch
-    bar.close()
-
-    after = best if guard is None else evaluate()
-    reasons = []
-    if guard:
-        reasons.append(guard)
-    if best_epoch == 0 and guard is None:
-        reasons.append("no epoch improved on the user's validation set within the holdout margin")
-    if after["val"] < before["val"]:
-        reasons.append(f"user validation accuracy fell ({before['val']:.3f} -> {after['val']:.3f})")
-    if after["holdout"] < before["holdout"] - cfg.margin:
-        reasons.append(f"holdout accuracy fell more than {cfg.margin} ({before['holdout']:.3f} -> {after['holdout']:.3f})")
+    reasons = gate(training, prep.config.margin)
     committed = not reasons
-    revision = bundle.revision
-    if committed:
-        with tempfile.TemporaryDirectory(prefix="edge-sdfa-cand-") as tmp:
-            cand = bundle_mod.with_head(bundle, best_layers,
-                                        Path(tmp) / "candidate")
-            st.install_candidate(cand, allow_same_version=True)
-            st.commit()
-        revision = bundle.revision + 1
+    revision = commit(prep, training.best_layers) if committed else prep.bundle.revision
+    if training.last is not None and training.last.updates:
+        prep.store.advance_rounding_counter(training.last.updates)  # next fine-tune draws a new stream
+    report = build_report(prep, training, reasons, revision, seconds=time.perf_counter() - t_start,
+                          kernels=getattr(backend, "kernel_set", None))
+    if on_event:
+        on_event({"event": "done", **{k: v for k, v in report.items() if k != "cost"}})
+    return report
+
+
+def build_report(prep: Prepared, training: Training, reasons: list[str], revision: int, *, seconds: float,
+                 kernels: str | None = None) -> dict:
+    """The ``finetune --json`` report."""
+    cfg, before, after, last = prep.config, training.before, training.after, training.last
+    committed = not reasons
     report = {
         "committed": committed,
-        "reasons": reasons,
-        "accuracy_before": before["user"],
-        "accuracy_after": after["user"] if committed else before["user"],
-        "accuracy_candidate": after["user"],
-        "validation_before": before["val"],
-        "validation_after": after["val"],
-        "holdout_before": before["holdout"],
-        "holdout_after": after["holdout"] if committed else before["holdout"],
-        "holdout_candidate": after["holdout"],
-        "best_epoch": best_epoch,
+        "reasons": list(reasons),
+        # accuracy_* is only ever the user's unseen test data; validation_* is the selection set
+        "accuracy_before": before.user,
+        "accuracy_after": after.user if committed else before.user,
+        "accuracy_candidate": after.user,
+        "validation_before": before.val,
+        "validation_after": after.val,
+        "holdout_before": before.holdout,
+        "holdout_after": after.holdout if committed else before.holdout,
+        "holdout_candidate": after.holdout,
+        "best_epoch": training.best_epoch,
         "epochs": cfg.epochs,
-        "updates": updates,
-        "seconds_per_update": update_seconds / max(updates, 1),
-        "seconds": time.perf_counter() - t_start,
+        "updates": last.updates if last else 0,
+        "seconds_per_update": last.seconds_per_update if last else 0.0,
+        "seconds": seconds,
         "peak_rss_mb": peak_rss_mb(),
         "peak_rss_children_mb": peak_rss_mb(resource.RUSAGE_CHILDREN),
         "backend": cfg.backend,
-        "kernels": getattr(backend, "kernel_set", None),  # the int8 kernel set that ran (numpy, c)
+        "kernels": kernels,  # the int8 kernel set that ran (numpy, c)
         "mode": cfg.mode,
         "lr": cfg.lr,
         "batch_size": cfg.batch_size,
-        "user_train_samples": int(len(tr_idx)),
-        "user_validation_samples": int(len(val_idx)),
-        "user_test_samples": int(len(y_test)) if y_test is not None else 0,
-        "rehearsal_samples_per_epoch": n_reh,
-        "model_id": bundle.model_id,
+        "user_train_samples": int(len(prep.train_idx)),
+        "user_validation_samples": int(len(prep.val_idx)),
+        "user_test_samples": int(len(prep.y_test)) if prep.y_test is not None else 0,
+        "rehearsal_samples_per_epoch": prep.rehearsal_per_epoch,
+        "split_seed": cfg.split_seed,
+        "seed": cfg.seed,
+        "rounding_offset": prep.update_offset,
+        "model_id": prep.bundle.model_id,
         "revision": revision,
-        "store": str(st.root),
+        "store": str(prep.store.root),
     }
-    if has_cost:
-        report["cost"] = costs
-    if on_event:
-        on_event({"event": "done", **{k: v for k, v in report.items() if k != "cost"}})
+    if prep.y_test is None:
+        report["accuracy_note"] = ("no test data: accuracy_* needs the user's unseen samples (--test-data); "
+                                   "validation_* is the set early stopping and the gate select on")
+    if last is not None and last.cost is not None:
+        report["cost"] = last.cost.to_dict()
     return report
 
 
@@ -385,14 +582,50 @@ def evaluate(source: str | Path | None = None, data: str | Path | None = None, *
             close()
 
 
+def eval_target(source, store) -> tuple[Path, Path | None]:
+    """``(bundle folder or .tar to evaluate, store root or None)``, creating nothing.
+
+    ``source`` a store: its active weights. ``source`` a bundle: that bundle's own weights, or with
+    ``--store S`` the weights S holds for it (S must exist and hold the bundle's model_id and
+    version, else UserError: a store's weights are never reported for another model). Neither:
+    ``--store S`` (which must exist), else the default store if there is one, else the embedded
+    default bundle."""
+    from edge_sdfa.store import Store
+
+    if _is_store(source):
+        return Store(source).active_dir(), Path(source)
+    if store is not None:
+        root = Path(store)
+        if not _is_store(root):
+            raise UserError(f"no store at {root} (eval never creates one; run finetune to create it)")
+        st = Store(root)
+        if source is not None:
+            if not Path(source).exists():
+                raise UserError(f"no such bundle or store: {source}")
+            _same_model(st, Path(source), root)
+        return st.active_dir(), root
+    if source is not None:
+        if not Path(source).exists():
+            raise UserError(f"no such bundle or store: {source}")
+        return Path(source), None
+    if _is_store(default_store_dir()):
+        return Store(default_store_dir()).active_dir(), default_store_dir()
+    return DEFAULT_BUNDLE, None
+
+
 def _evaluate(be, source, data, store) -> dict:
-    st = _open_store(source, store)
-    bundle = bundle_mod.read_bundle(st.active_dir())
+    bundle_path, root = eval_target(source, store)
+    with bundle_mod.open_bundle(bundle_path) as bundle:
+        return _evaluate_bundle(be, bundle, root, data, source)
+
+
+def _evaluate_bundle(be, bundle, root, data, source) -> dict:
     executor = open_executor(bundle)
     be.program(bundle.head_spec(), bundle.head(), bundle.feedback_seed, qn.UpdateConfig())
     hx, hy = bundle.holdout()
     report = {"model_id": bundle.model_id, "version": bundle.version, "revision": bundle.revision,
-              "holdout": _accuracy(be, run_frozen(executor, hx), hy), "store": str(st.root)}
+              "holdout": _accuracy(be, run_frozen(executor, hx), hy),
+              "store": None if root is None else str(root), "weights": "store" if root is not None else "bundle"}
     if data is None and source is None:
         data = DEFAULT_USER_TEST
     if data is not None:

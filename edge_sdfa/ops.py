@@ -164,3 +164,25 @@ def pool_backward(layer: Pool2d, x: np.ndarray, y: np.ndarray, grad_y: np.ndarra
     g = (onehot * grad_y[..., None]).reshape(b, c, hh, ww, k, k).transpose(0, 1, 2, 4, 3, 5).reshape(b, c, hh * k, ww * k)
     gx[:, :, : hh * k, : ww * k] = g
     return gx
+
+
+def pool2d_int(rows: np.ndarray, k: int, mode: str) -> np.ndarray:
+    """Integer k x k pooling of spikes/counts ``[B, C, H, W]`` (stride k, remainder dropped): max,
+    or a sum wrapped to uint8 as ``astype`` does. Strided slices combined pairwise: the same values
+    as a reduction over a reshaped 6-D view, several times faster (no multi-axis reduce)."""
+    b, c, h, w = rows.shape
+    oh, ow = h // k, w // k
+    r = rows[:, :, : oh * k, : ow * k]
+    if mode == "max":
+        out = np.array(r[:, :, 0::k, 0::k])
+        for i in range(k):
+            for j in range(k):
+                if i or j:
+                    np.maximum(out, r[:, :, i::k, j::k], out=out)
+        return out
+    out = r[:, :, 0::k, 0::k].astype(np.int64)
+    for i in range(k):
+        for j in range(k):
+            if i or j:
+                out += r[:, :, i::k, j::k]
+    return out.astype(np.uint8)

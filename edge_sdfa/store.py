@@ -8,10 +8,10 @@ On-disk layout (``docs/store.md`` has the full story)::
                         Replaced atomically: write state.json.tmp, fsync, os.replace, fsync ROOT.
       factory/          the factory bundle, read-only (a-w), written once by Store.init
       slots/gNNNNNN/    immutable bundle copies ("generations"), read-only once written
-      active    -> factory | slots/gNNNNNN     symlink views of state.json, for people and tools;
-      candidate -> slots/gNNNNNN               rebuilt from state.json on every open, never read
-      previous  -> factory | slots/gNNNNNN     by the store itself ("previous" = last good)
       .lock             advisory lock (fcntl.flock) serialising processes that share the store
+
+Which generation is active, candidate or last good is recorded in ``state.json`` only (nothing on
+disk is derived from it): ``edge-sdfa store status`` and ``Store.active_dir()`` read it there.
 
 Every change is: write new files into a temporary generation directory, fsync each file and the
 directory, rename it into ``slots/`` and fsync ``slots/``, then flip ``state.json``. A crash before
@@ -40,14 +40,15 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from edge_sdfa.errors import BundleError, UserError
+from edge_sdfa.errors import BundleError, UserError, naming
 
 STATE_FILE = "state.json"
 STATE_FORMAT = "edge-sdfa-store"
 STATE_FORMAT_VERSION = 1
 SLOTS_DIR = "slots"
 FACTORY = "factory"
-VIEWS = ("active", "candidate", "previous")
+# symlink views (derived from state.json) that earlier versions made in ROOT; removed on open
+LEGACY_VIEWS = ("active", "candidate", "previous")
 MAX_EVENTS = 64
 
 PENDING, CONFIRMED, REVERTED = "PENDING", "CONFIRMED", "REVERTED"
@@ -64,7 +65,7 @@ class FileOps:
     """Every file-system operation that changes a store. Replace it (or override ``_hook``) to
     inject faults: a subclass can raise or ``os._exit`` before operation *i*.
 
-    Reads (``open(..., "rb")``, ``listdir``, ``readlink``) are not routed through here: they
+    Reads (``open(..., "rb")``, ``listdir``) are not routed through here: they
     change nothing, so a crash during one is the same as a crash before the next write.
     """
 
@@ -74,14 +75,15 @@ class FileOps:
     def write(self, path: Path, data: bytes) -> None:
         """Create or truncate ``path`` and write ``data`` (not yet durable: see ``fsync``)."""
         self._hook("write", path, data)
-        with open(path, "wb") as f:
+        with naming(path), open(path, "wb") as f:
             f.write(data)
 
     def fsync(self, path: Path) -> None:
         self._hook("fsync", path)
         fd = os.open(path, os.O_RDONLY)
         try:
-            os.fsync(fd)
+            with naming(path):
+                os.fsync(fd)
         finally:
             os.close(fd)
 
@@ -107,13 +109,9 @@ class FileOps:
         os.rename(src, dst)
 
     def replace(self, src: Path, dst: Path) -> None:
-        """Atomically replace ``dst`` with ``src`` (a file or a symlink)."""
+        """Atomically replace the file ``dst`` with ``src``."""
         self._hook("replace", src, dst)
         os.replace(src, dst)
-
-    def symlink(self, target: str, path: Path) -> None:
-        self._hook("symlink", path, target)
-        os.symlink(target, path)
 
     def chmod(self, path: Path, mode: int) -> None:
         self._hook("chmod", path, mode)
@@ -182,7 +180,6 @@ class Store:
         self.ops = ops or FileOps()
         self._lock_depth = 0
         self._lock_fd: int | None = None
-        self._views = True
         if not _is_store(self.root):
             raise UserError(f"{self.root} is not an edge-sdfa store (no {STATE_FILE}); "
                             "create one from a factory bundle first")
@@ -204,8 +201,7 @@ class Store:
             return cls(root, ops=ops)
         if root.exists() and not root.is_dir():
             raise UserError(f"{root} exists and is not a directory")
-        ours = {FACTORY, SLOTS_DIR, ".factory.tmp", STATE_FILE + ".tmp", ".lock", *VIEWS,
-                *(f".{v}.tmp" for v in VIEWS)}
+        ours = {FACTORY, SLOTS_DIR, ".factory.tmp", STATE_FILE + ".tmp", ".lock"}
         if root.is_dir():
             foreign = sorted(p.name for p in root.iterdir() if p.name not in ours)
             if foreign:
@@ -216,7 +212,7 @@ class Store:
             bundle = bmod.read_bundle(factory_bundle, workdir=Path(work))
             root.mkdir(parents=True, exist_ok=True)
             self = cls.__new__(cls)
-            self.root, self.ops, self._lock_depth, self._lock_fd, self._views = root, ops, 0, None, True
+            self.root, self.ops, self._lock_depth, self._lock_fd = root, ops, 0, None
             with self._locked():
                 if _is_store(root):  # another process finished init while we waited
                     pass
@@ -225,9 +221,8 @@ class Store:
                     for name in (".factory.tmp", FACTORY, SLOTS_DIR):
                         if os.path.lexists(root / name):
                             ops.rmtree(root / name)
-                    for name in (STATE_FILE + ".tmp", *VIEWS, *(f".{v}.tmp" for v in VIEWS)):
-                        if os.path.lexists(root / name):
-                            ops.remove(root / name)
+                    if os.path.lexists(root / (STATE_FILE + ".tmp")):
+                        ops.remove(root / (STATE_FILE + ".tmp"))
                     tmp = root / ".factory.tmp"
                     self._copy_bundle(bundle, tmp)
                     ops.rename(tmp, root / FACTORY)
@@ -307,14 +302,16 @@ class Store:
     # ---- transitions --------------------------------------------------------------------------
 
     def install_candidate(self, bundle_dir: str | Path, *, allow_same_version: bool = False,
-                          allow_model_change: bool = False) -> Path:
+                          allow_model_change: bool = False, activate: bool = False) -> Path:
         """Copy a verified bundle (directory or .tar) into the candidate slot, crash-safely.
 
         Rejected with BundleError, nothing changed: a bundle that fails verification or needs
         another runtime ABI, a different ``model_id`` (unless ``allow_model_change``), a lower
         ``version`` than the active one (downgrade), the same version unless ``allow_same_version``
         (fine-tuned weights of one model share a version and have an increasing ``revision``).
-        Replaces an existing candidate. Returns the candidate's directory.
+        Replaces an existing candidate. Returns the candidate's directory. ``activate=True``
+        installs and commits in one state change (a fine-tune that passed its gate): on any error
+        the store is exactly as before, never left with a PENDING candidate.
         """
         bmod = _bundle_module()
         src = Path(bundle_dir)
@@ -347,9 +344,22 @@ class Store:
                     raise BundleError(f"the copied candidate failed verification: {exc}") from None
                 st["next_gen"] = gen + 1
                 replaced = st["slots"]["candidate"]
-                st["slots"]["candidate"] = _summary(bundle.manifest, f"{SLOTS_DIR}/{name}")
-                st["state"] = PENDING
-                self._commit_state(st, "install", replaced=None if replaced is None else replaced["dir"])
+                installed = _summary(bundle.manifest, f"{SLOTS_DIR}/{name}")
+                if activate:
+                    st["slots"]["previous"] = st["slots"]["active"]
+                    st["slots"]["active"] = installed
+                    st["slots"]["candidate"] = None
+                    st["state"] = CONFIRMED
+                else:
+                    st["slots"]["candidate"] = installed
+                    st["state"] = PENDING
+                try:
+                    self._commit_state(st, "install+commit" if activate else "install",
+                                       replaced=None if replaced is None else replaced["dir"])
+                except OSError:  # state.json unchanged: drop the unreferenced copy now, not at next open
+                    with contextlib.suppress(Exception):
+                        self.ops.rmtree(slots / name)
+                    raise
                 return slots / name
 
     def commit(self) -> None:
@@ -405,6 +415,17 @@ class Store:
             st["state"] = CONFIRMED
             self._commit_state(st, "reset")
 
+    def rounding_counter(self) -> int:
+        """Updates run by earlier fine-tunes in this store: the next one's stochastic-rounding
+        stream starts here, so no two fine-tunes draw the same stream."""
+        return int(self._load().get("rounding_counter", 0))
+
+    def advance_rounding_counter(self, updates: int) -> None:
+        with self._locked():
+            st = self._load()
+            st["rounding_counter"] = int(st.get("rounding_counter", 0)) + int(updates)
+            self._commit_state(st, "rounding", updates=int(updates))
+
     # ---- internals ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -457,7 +478,7 @@ class Store:
         return st
 
     def _commit_state(self, st: dict, event: str, **detail) -> None:
-        """The commit point: state.json.tmp, fsync, os.replace, fsync ROOT. Then views and gc."""
+        """The commit point: state.json.tmp, fsync, os.replace, fsync ROOT. Then gc."""
         st["seq"] = int(st.get("seq", 0)) + 1
         active = st["slots"]["active"]
         entry = {"seq": st["seq"], "time": _now(), "event": event, "state": st["state"],
@@ -466,12 +487,20 @@ class Store:
         st["events"] = (list(st.get("events", [])) + [entry])[-MAX_EVENTS:]
         data = (json.dumps(st, indent=1, sort_keys=True) + "\n").encode()
         tmp = self.root / (STATE_FILE + ".tmp")
-        self.ops.write(tmp, data)
-        self.ops.fsync(tmp)
-        self.ops.replace(tmp, self.root / STATE_FILE)
-        self.ops.fsync_dir(self.root)
-        self._sync_views(st)
-        self._collect(st)
+        try:
+            self.ops.write(tmp, data)
+            self.ops.fsync(tmp)
+            self.ops.replace(tmp, self.root / STATE_FILE)
+        except OSError:  # e.g. disk full or read-only: the old state.json stands; leave no temp file
+            if os.path.lexists(tmp):
+                with contextlib.suppress(Exception):
+                    self.ops.remove(tmp)
+            raise
+        try:  # the new state is in place: a failed directory fsync or clean-up is redone by the next open
+            self.ops.fsync_dir(self.root)
+            self._collect(st)
+        except OSError:
+            pass
 
     def _copy_bundle(self, bundle, dst: Path) -> None:
         """Copy a verified bundle's manifest and listed files into a new directory ``dst``, each
@@ -516,35 +545,6 @@ class Store:
     def _referenced(self, st: dict) -> set[str]:
         return {s["dir"] for s in st["slots"].values() if s is not None}
 
-    def _sync_views(self, st: dict) -> None:
-        """Point the active/candidate/previous symlinks at what state.json says (best effort:
-        they are conveniences; the store itself only reads state.json)."""
-        if not self._views:
-            return
-        changed = False
-        for name in VIEWS:
-            slot = st["slots"].get(name)
-            want = None if slot is None else slot["dir"]
-            link = self.root / name
-            have = os.readlink(link) if os.path.islink(link) else None
-            if have == want or (os.path.lexists(link) and have is None):
-                continue  # up to date, or a real file/dir we did not make: leave it
-            try:
-                if want is None:
-                    self.ops.remove(link)
-                else:
-                    tmp = self.root / f".{name}.tmp"
-                    if os.path.lexists(tmp):
-                        self.ops.remove(tmp)
-                    self.ops.symlink(want, tmp)
-                    self.ops.replace(tmp, link)
-                changed = True
-            except (NotImplementedError, OSError):
-                self._views = False  # no symlinks here (e.g. FAT): state.json alone is enough
-                return
-        if changed:
-            self.ops.fsync_dir(self.root)
-
     def _collect(self, st: dict) -> None:
         """Delete every directory in slots/ that state.json does not reference (temporary copies
         of a crashed install, replaced candidates, weights two commits old)."""
@@ -563,8 +563,8 @@ class Store:
             self.ops.fsync_dir(slots)
 
     def _recover(self) -> None:
-        """Make the directory match state.json again after a crash: drop temporary files, delete
-        unreferenced generations, rebuild the views. Idempotent; writes nothing if all is well."""
+        """Make the directory match state.json again after a crash: drop temporary files and
+        unreferenced generations. Idempotent; writes nothing if all is well."""
         st = self._load()
         if not (self.root / FACTORY).is_dir():
             raise UserError(f"{self.root}: the factory slot is missing; the store is damaged")
@@ -572,9 +572,12 @@ class Store:
         if not slots.is_dir():
             self.ops.mkdir(slots)
             self.ops.fsync_dir(self.root)
-        for name in (STATE_FILE + ".tmp", *(f".{v}.tmp" for v in VIEWS)):
-            if os.path.lexists(self.root / name):
-                self.ops.remove(self.root / name)
+        if os.path.lexists(self.root / (STATE_FILE + ".tmp")):
+            self.ops.remove(self.root / (STATE_FILE + ".tmp"))
+        legacy = [self.root / n for n in (*LEGACY_VIEWS, *(f".{v}.tmp" for v in LEGACY_VIEWS))]
+        for link in legacy:
+            if os.path.islink(link):
+                self.ops.remove(link)
         if os.path.lexists(self.root / ".factory.tmp"):
             self.ops.rmtree(self.root / ".factory.tmp")
         missing = [name for name, s in st["slots"].items()
@@ -593,5 +596,4 @@ class Store:
                 st["state"] = REVERTED
             self._commit_state(st, "recover", missing=",".join(missing))
             return
-        self._sync_views(st)
         self._collect(st)

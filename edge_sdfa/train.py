@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -11,6 +10,7 @@ import numpy as np
 
 from edge_sdfa import float_net as fn
 from edge_sdfa.errors import UserError
+from edge_sdfa.progress import EpochProgress
 from edge_sdfa.spec import NetworkSpec
 
 METHODS = ("bptt", "sdfa_exact", "sdfa_online")
@@ -60,30 +60,26 @@ def train(spec: NetworkSpec, params, x: np.ndarray, y: np.ndarray, config: Train
     state = fn.optimizer_init(config.optimizer, params)
     history = []
     n = len(y)
-    for epoch in range(config.epochs):
-        lr = config.lr
-        if config.cosine and config.epochs > 1:
-            lr = 0.5 * config.lr * (1 + math.cos(math.pi * epoch / config.epochs))
-        order = rng.permutation(n)
-        t0 = time.perf_counter()
-        losses, correct = [], 0
-        for start in range(0, n, config.batch_size):
-            idx = order[start:start + config.batch_size]
-            xb = np.swapaxes(x[idx], 0, 1)
-            loss, grads, rates = gradients(spec, params, xb, y[idx], config.method, feedback, trainable)
-            params, state = fn.optimizer_step(params, grads, state, lr, config.momentum,
-                                              weight_decay=config.weight_decay)
-            losses.append(loss)
-            correct += int(np.sum(rates.argmax(1) == y[idx]))
-        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
-                  "train_accuracy": correct / max(n, 1), "seconds": time.perf_counter() - t0}
-        history.append(record)
-        if progress:
-            sys.stderr.write(f"\repoch {epoch + 1}/{config.epochs} loss {record['loss']:.4f} "
-                             f"acc {record['train_accuracy']:.3f}")
-            sys.stderr.flush()
-        if on_epoch:
-            on_epoch(record)
-    if progress and config.epochs:
-        sys.stderr.write("\n")
+    with EpochProgress("train", config.epochs, progress) as bar:
+        for epoch in range(config.epochs):
+            lr = config.lr
+            if config.cosine and config.epochs > 1:
+                lr = 0.5 * config.lr * (1 + math.cos(math.pi * epoch / config.epochs))
+            order = rng.permutation(n)
+            t0 = time.perf_counter()
+            losses, correct = [], 0
+            for start in range(0, n, config.batch_size):
+                idx = order[start:start + config.batch_size]
+                xb = np.swapaxes(x[idx], 0, 1)
+                loss, grads, rates = gradients(spec, params, xb, y[idx], config.method, feedback, trainable)
+                params, state = fn.optimizer_step(params, grads, state, lr, config.momentum,
+                                                  weight_decay=config.weight_decay)
+                losses.append(loss)
+                correct += int(np.sum(rates.argmax(1) == y[idx]))
+            record = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
+                      "train_accuracy": correct / max(n, 1), "seconds": time.perf_counter() - t0}
+            history.append(record)
+            bar.update(epoch + 1, loss=record["loss"], acc=record["train_accuracy"])
+            if on_epoch:
+                on_epoch(record)
     return params, history

@@ -12,11 +12,16 @@ events
     ``offsets``  int64 [N + 1]               sample i is events[offsets[i]:offsets[i+1]]
     ``sensor``   int64 [2] (H, W) for camera events, [1] (channels) for channel events
     ``y``, ``subject`` as above
-Both may carry ``format_version`` (int, currently 1). Only numpy is needed (Python 3.11, numpy 2 ok).
-Every problem raises ``DataError`` naming the file.
+Both may carry ``format_version`` (int, currently 1; any other value is refused). Only numpy is
+needed (Python 3.11, numpy 2 ok). Every problem raises ``DataError`` naming the file.
+
+Reading is bounded: every array's dtype and shape are checked from its ``.npy`` header (and,
+given the model's sample shape, against it) before anything is decompressed, and the arrays
+together must fit ``edge_sdfa.npz.MAX_ARRAY_BYTES`` (``docs/limits.md``).
 """
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from dataclasses import dataclass
@@ -24,10 +29,12 @@ from typing import Iterator
 
 import numpy as np
 
+from edge_sdfa import npz
 from edge_sdfa.errors import DataError
 
 FORMAT_VERSION = 1
 EVENT_FIELDS = ("events_t", "events_x", "events_y", "events_p", "events_channel")
+ARRAYS = ("x", "y", "subject", "format_version", "offsets", "sensor", *EVENT_FIELDS)
 
 
 @dataclass
@@ -104,40 +111,94 @@ def _open(path: str):
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        if isinstance(exc, PermissionError):
+            raise
         raise DataError(f"{path}: not a readable .npz user-data file ({exc})") from None
 
 
-def load_user_data(path: str) -> UserData:
-    """Read and validate the whole file."""
+def check_headers(path: str, sample_shape: tuple[int, ...] | None = None, *,
+                  max_bytes: int = npz.MAX_ARRAY_BYTES) -> dict[str, npz.ArrayHeader]:
+    """The file's layout from its array headers alone (nothing decompressed): dtypes, shapes,
+    sample counts, ``sample_shape`` (``(T, *input_shape)``) for spikes, and the memory budget."""
     path = os.fspath(path)
-    with _open(path) as z:
-        names = set(z.files)
-        try:
-            if "y" not in names:
-                raise DataError(f"{path}: missing array 'y' (labels)")
-            y = z["y"]
-            subject = z["subject"] if "subject" in names else None
-            if "x" in names:
-                data = UserData(y=y, x=z["x"], subject=subject)
-            elif "offsets" in names and "events_t" in names:
-                if "events_channel" in names:
-                    ev = np.empty(len(z["events_t"]), [("t", "<i8"), ("channel", "<i2")])
-                    ev["channel"] = z["events_channel"]
-                else:
-                    ev = np.empty(len(z["events_t"]), [("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("p", "i1")])
-                    ev["x"] = z["events_x"]
-                    ev["y"] = z["events_y"]
-                    ev["p"] = z["events_p"]
-                ev["t"] = z["events_t"]
-                sensor = tuple(int(v) for v in z["sensor"]) if "sensor" in names else None
-                data = UserData(y=y, subject=subject, events=ev, offsets=z["offsets"], sensor=sensor)
-            else:
-                raise DataError(f"{path}: neither spikes ('x') nor events ('events_t' + 'offsets') inside "
-                                f"(arrays: {', '.join(sorted(names)) or 'none'})")
-        except DataError:
-            raise
-        except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError, TypeError) as exc:
-            raise DataError(f"{path}: truncated or corrupt user-data file ({exc})") from None
+    if not os.path.exists(path):
+        raise DataError(f"no such user-data file: {path}")
+    h = npz.read_headers(path, DataError, max_bytes=max_bytes)
+
+    def integer(name: str, shape: tuple[int, ...] | None = None, ndim: int | None = None) -> npz.ArrayHeader:
+        a = h[name]
+        if a.dtype.kind not in "iu" or (shape is not None and a.shape != shape) \
+                or (ndim is not None and len(a.shape) != ndim):
+            want = f"shape {shape}" if shape is not None else f"{ndim}-D"
+            raise DataError(f"{path}: {name} must be an integer array of {want}, got {a.dtype} {a.shape}")
+        return a
+
+    if "y" not in h:
+        raise DataError(f"{path}: missing array 'y' (labels)")
+    n = integer("y", ndim=1).shape[0]
+    if "format_version" in h and h["format_version"].shape not in ((), (1,)):
+        raise DataError(f"{path}: format_version must be one integer, got shape {h['format_version'].shape}")
+    if "format_version" in h:
+        integer("format_version")
+    if "subject" in h:
+        integer("subject", (n,))
+    if "x" in h:
+        x = h["x"]
+        if x.dtype != np.uint8 or len(x.shape) < 3 or x.shape[0] != n:
+            raise DataError(f"{path}: x must be uint8 spike counts [N, T, ...] with N = {n}, got {x.dtype} {x.shape}")
+        if sample_shape is not None and x.shape[1:] != tuple(sample_shape):
+            raise DataError(f"{path}: samples have shape {x.shape[1:]}, the model expects {tuple(sample_shape)}")
+    elif "offsets" in h and "events_t" in h:
+        m = integer("events_t", ndim=1).shape[0]
+        fields = ("events_channel",) if "events_channel" in h else ("events_x", "events_y", "events_p")
+        for name in fields:
+            if name not in h:
+                raise DataError(f"{path}: camera events need {', '.join(fields)}; {name} is missing")
+            integer(name, (m,))
+        integer("offsets", (n + 1,))
+        if "sensor" in h and h["sensor"].shape not in ((1,), (2,)):
+            raise DataError(f"{path}: sensor must be (H, W) or (channels,), got shape {h['sensor'].shape}")
+        if "sensor" in h:
+            integer("sensor")
+        if sample_shape is not None:
+            frames = n * math.prod(sample_shape)
+            if frames > max_bytes:
+                raise DataError(f"{path}: {n} samples bin to {frames} bytes of frames, more than the memory "
+                                f"budget of {max_bytes} bytes")
+    else:
+        raise DataError(f"{path}: neither spikes ('x') nor events ('events_t' + 'offsets') inside "
+                        f"(arrays: {', '.join(sorted(h)) or 'none'})")
+    return h
+
+
+def load_user_data(path: str, sample_shape: tuple[int, ...] | None = None) -> UserData:
+    """Read and validate the whole file; ``sample_shape`` (``(T, *input_shape)``) is checked
+    against the spikes' header before anything is decompressed."""
+    path = os.fspath(path)
+    headers = check_headers(path, sample_shape)
+    z = npz.load_arrays(path, DataError, [n for n in ARRAYS if n in headers])
+    names = set(z)
+    if "format_version" in names:
+        version = int(z["format_version"].reshape(-1)[0])
+        if version != FORMAT_VERSION:
+            raise DataError(f"{path}: user-data format_version {version} is not supported (this runtime reads "
+                            f"version {FORMAT_VERSION})")
+    y = z["y"]
+    subject = z.get("subject")
+    if "x" in names:
+        data = UserData(y=y, x=z["x"], subject=subject)
+    else:
+        if "events_channel" in names:
+            ev = np.empty(len(z["events_t"]), [("t", "<i8"), ("channel", "<i2")])
+            ev["channel"] = z["events_channel"]
+        else:
+            ev = np.empty(len(z["events_t"]), [("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("p", "i1")])
+            ev["x"] = z["events_x"]
+            ev["y"] = z["events_y"]
+            ev["p"] = z["events_p"]
+        ev["t"] = z["events_t"]
+        sensor = tuple(int(v) for v in z["sensor"]) if "sensor" in names else None
+        data = UserData(y=y, subject=subject, events=ev, offsets=z["offsets"], sensor=sensor)
     _validate(data, path)
     return data
 
@@ -167,7 +228,8 @@ def _validate(d: UserData, path: str) -> None:
 def describe(path: str) -> dict:
     """Header-level summary (reads labels/offsets, not the spikes)."""
     path = os.fspath(path)
-    shape, dtype = _member_header(path, "x")
+    headers = check_headers(path)
+    shape = headers["x"].shape if "x" in headers else None
     with _open(path) as z:
         try:
             y = z["y"]
@@ -198,22 +260,6 @@ def describe(path: str) -> dict:
     }
 
 
-def _member_header(path: str, name: str):
-    """(shape, dtype) of ``name.npy`` inside the npz without reading its data, or (None, None)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            if name + ".npy" not in zf.namelist():
-                return None, None
-            with zf.open(name + ".npy") as f:
-                version = np.lib.format.read_magic(f)
-                shape, _fortran, dtype = _read_header(f, version)
-                return shape, dtype
-    except FileNotFoundError:
-        raise DataError(f"no such user-data file: {path}") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npz user-data file ({exc})") from None
-
-
 def _read_header(f, version):
     if version == (1, 0):
         return np.lib.format.read_array_header_1_0(f)
@@ -226,6 +272,7 @@ def iter_user_batches(path: str, batch_size: int) -> Iterator[tuple[np.ndarray, 
     path = os.fspath(path)
     if batch_size < 1:
         raise DataError("batch_size must be >= 1")
+    check_headers(path)
     with _open(path) as z:
         try:
             y = z["y"]

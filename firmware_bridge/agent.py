@@ -1,12 +1,14 @@
 """The device agent: serves requests on one port, forever, whatever arrives.
 
-Protocol duties live here (replay cache, stale-request filter, NACKs, telemetry buffer, the
-fine-tune job thread); what the requests *do* lives in ``firmware_bridge.device.DeviceOps``.
-A bad frame gets a NACK, a bad request an ERROR, a failing operation an ERROR: the loop goes on.
+Protocol duties live here (authentication, the reply cache that makes retried requests
+idempotent, the telemetry buffer, fine-tune jobs); what the requests *do* lives in
+``firmware_bridge.device.DeviceOps``. A bad request or a failing operation gets an ERROR with a
+code; the loop goes on.
 """
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import threading
 import time
@@ -14,18 +16,27 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from firmware_bridge.auth import RequestGuard, Unauthorized
 from firmware_bridge.framing import PROTOCOL_VERSION, SUPPORTED_VERSIONS, ProtocolError
-from firmware_bridge.link import Link, LinkClosed, LinkStalled
-from firmware_bridge.messages import Message, MsgType, encode_message, split_chunk
+from firmware_bridge.link import Channel, LinkClosed
+from firmware_bridge.messages import (AUTHENTICATED, HEAD, REPLIES, Message, MsgType, encode_message,
+                                      parse_message, split_chunk)
 from firmware_bridge.transfer import Staging, TransferError
 
 log = logging.getLogger("edge_sdfa.agent")
 
-_REPLAY = 64                 # replies kept for retransmitted requests
-_STALE_WINDOW = 1 << 20      # a seq this far behind the newest is a late duplicate: dropped
+_REPLAY = 256                # replies kept, by request id, for retried requests
 _MAX_EVENTS = 10000
 _EVENTS_BYTES = 32 * 1024    # telemetry returned per request
-_MUTATING = {MsgType.PUT_END, MsgType.FINETUNE, MsgType.EVAL, MsgType.COMMIT, MsgType.REVERT}
+_MAX_JOBS = 64
+_MUTATING = {MsgType.PUT_END, MsgType.FINETUNE, MsgType.EVAL, MsgType.PREDICT, MsgType.COMMIT,
+             MsgType.REVERT, MsgType.RESET}
+# Replies remembered so that a retry (after a lost reply or a reconnect) is answered, not re-run.
+_CACHED = {MsgType.PUT_BUNDLE, MsgType.PUT_END, MsgType.FINETUNE, MsgType.COMMIT, MsgType.REVERT,
+           MsgType.RESET}
+CAPABILITIES = ["put_bundle", "skip_held_files", "codecs:zlib,lzma", "new_model", "finetune", "eval",
+                "predict", "status", "get_weights", "commit", "revert", "reset", "job", "telemetry",
+                "resume", "request_auth"]
 
 
 class RequestError(Exception):
@@ -45,16 +56,13 @@ class Telemetry:
 
     def add(self, event: dict[str, Any]) -> None:
         with self.lock:
-            self.events.append((self.next, {"t": round(time.time(), 3), **event}))
+            self.events.append((self.next, {"i": self.next, "t": round(time.time(), 3), **event}))
             self.next += 1
 
     def since(self, index: int) -> tuple[list[dict[str, Any]], int]:
-        import json
-
         with self.lock:
-            if index < 0:
-                return [], self.next
-            out, size, cursor = [], 0, max(index, self.events[0][0] if self.events else self.next)
+            out, size = [], 0
+            cursor = min(max(index, self.events[0][0] if self.events else self.next), self.next)
             for i, ev in self.events:
                 if i < cursor:
                     continue
@@ -67,79 +75,73 @@ class Telemetry:
 
 
 class Agent:
-    def __init__(self, link: Link, ops: Any, staging: Staging, *, insecure: bool = False):
-        self.link = link
+    def __init__(self, channel: Channel, ops: Any, staging: Staging, *, insecure: bool = False,
+                 guard: RequestGuard | None = None):
+        self.channel = channel
         self.ops = ops
         self.staging = staging
         self.insecure = insecure
+        self.guard = guard
         self.telemetry = Telemetry()
-        self._replies: collections.OrderedDict[int, bytes] = collections.OrderedDict()
-        self._newest: int | None = None
+        self._replies: collections.OrderedDict[int, tuple[MsgType, bytes]] = collections.OrderedDict()
         self._job: threading.Thread | None = None
         self._job_id = 0
-        self._job_state: dict[str, Any] = {"state": "idle"}
+        self.jobs: collections.OrderedDict[int, dict[str, Any]] = collections.OrderedDict()
 
     # ----------------------------------------------------------------- loop
     def serve(self, stop: threading.Event | None = None, *, poll: float = 0.2) -> None:
         stop = stop or threading.Event()
         if self.insecure:
-            log.warning("INSECURE: no trusted key, unsigned bundles are accepted")
+            log.warning("INSECURE: no trusted key, unsigned bundles and requests are accepted")
         log.info("serving protocol v%d", PROTOCOL_VERSION)
         while not stop.is_set():
             try:
-                item = self.link.receive(poll)
+                payload = self.channel.recv(poll)
             except LinkClosed as exc:
                 log.error("port closed: %s", exc)
                 return
-            if item is None:
+            if payload is None:
                 continue
             try:
-                self.step(item)
-            except LinkStalled as exc:
-                log.warning("reply not sent (%s); the host will ask again", exc)
+                self.step(payload)
             except LinkClosed as exc:
                 log.error("port closed: %s", exc)
                 return
 
-    def step(self, item: Message | ProtocolError) -> None:
-        if isinstance(item, ProtocolError):
-            self._on_bad_frame(item)
+    def step(self, payload: bytes) -> None:
+        try:
+            msg = parse_message(payload)
+        except ProtocolError as exc:
+            seq = HEAD.unpack_from(payload)[1] if len(payload) >= HEAD.size else 0
+            self._send(_error(seq, "bad_request", str(exc)))
             return
-        if item.type in (MsgType.OK, MsgType.ERROR, MsgType.NACK):
-            return  # replies are not requests; an echo or noise
-        cached = self._replies.get(item.seq)
-        if cached is not None:
-            self.link.send_raw(cached)  # a retransmission: answer again, never run twice
+        if msg.type in REPLIES:
+            return  # replies are not requests
+        if msg.type in AUTHENTICATED and self.guard is not None:
+            try:
+                self.guard.check(msg)
+            except Unauthorized as exc:
+                log.warning("refused %s: %s", msg.type.name, exc)
+                self._send(_error(msg.seq, exc.code, str(exc)))
+                return
+        cached = self._replies.get(msg.seq)
+        if cached is not None and cached[0] == msg.type:
+            self.channel.send(cached[1])  # a retry: the first run's answer, never a second run
             return
-        if item.type == MsgType.HELLO:
-            self._replies.clear()       # a new session (its seq is random): forget the old one
-        elif self._newest is not None:
-            behind = (self._newest - item.seq) & 0xFFFFFFFF
-            if 0 < behind < _STALE_WINDOW:
-                return  # a late copy of a request already answered and evicted
-        self._newest = item.seq
-        wire = encode_message(self.handle(item), max_payload=self.link.max_payload)
-        self._replies[item.seq] = wire
-        while len(self._replies) > _REPLAY:
-            self._replies.popitem(last=False)
-        self.link.send_raw(wire)
+        wire = encode_message(self.handle(msg))
+        if msg.type in _CACHED:
+            self._replies[msg.seq] = (msg.type, wire)
+            while len(self._replies) > _REPLAY:
+                self._replies.popitem(last=False)
+        self.channel.send(wire)
 
-    def _on_bad_frame(self, exc: ProtocolError) -> None:
-        if exc.version is not None and exc.version not in SUPPORTED_VERSIONS:
-            reason = f"unsupported protocol version {exc.version}"
-            log.warning("%s", reason)
-        elif exc.seq is not None:
-            self.link.send(Message(MsgType.ERROR, exc.seq, {"code": "bad_request", "message": str(exc)}))
-            return
-        else:
-            reason = "bad frame"
-        self.link.send(Message(MsgType.NACK, exc.seq or 0, {"reason": reason, "versions": list(SUPPORTED_VERSIONS)}))
+    def _send(self, msg: Message) -> None:
+        self.channel.send(encode_message(msg))
 
     # ------------------------------------------------------------- requests
     def handle(self, msg: Message) -> Message:
-        try:
-            handler: Callable[[Message], Any] = getattr(self, f"_h_{msg.type.name.lower()}")
-        except AttributeError:
+        handler: Callable[[Message], Any] | None = getattr(self, f"_h_{msg.type.name.lower()}", None)
+        if handler is None:
             return _error(msg.seq, "bad_request", f"{msg.type.name} is not a request")
         try:
             if msg.type in _MUTATING and self._busy():
@@ -161,21 +163,39 @@ class Agent:
 
     def _h_hello(self, msg: Message):
         info = dict(self.ops.hello())
+        nonce = self.guard.new_session().hex() if self.guard is not None else None
         info.update(protocol=PROTOCOL_VERSION, versions=list(SUPPORTED_VERSIONS), insecure=self.insecure,
-                    max_payload=self.link.max_payload,
-                    capabilities=["put_bundle", "finetune", "eval", "status", "get_weights", "commit",
-                                  "revert", "telemetry", "resume"])
+                    nonce=nonce, auth_required=sorted(t.name for t in AUTHENTICATED) if self.guard else [],
+                    capabilities=CAPABILITIES)
         return info, b""
 
     def _h_status(self, msg: Message):
         st = dict(self.ops.status())
-        st["job"] = dict(self._job_state)
-        st["uploads"] = {u.sha[:16]: {"offset": u.offset, "size": u.size, "kind": u.kind}
-                         for u in self.staging.sessions()}
+        job = self.jobs.get(self._job_id, {"state": "idle"})
+        st["job"] = {"job": self._job_id, "state": job["state"]}
+        st["uploads"] = [{"kind": u.kind, "offset": u.offset, "size": u.size} for u in self.staging.sessions()]
         return st, b""
 
     def _h_put_bundle(self, msg: Message):
-        up = self.staging.begin(msg.meta["sha"], msg.meta["size"], msg.meta["kind"])
+        m = msg.meta
+        if m["kind"] == "bundle":
+            new_model = bool(m.get("new_model", False))
+            plan = self.ops.plan_bundle(m.get("manifest"), new_model)
+            if "sha" not in m:
+                return plan, b""   # the offer: which files the device lacks
+            files = m.get("files_sent")
+            if files != plan["need"]:
+                raise RequestError("bad_request", "files_sent must list exactly the files the device needs")
+            if m.get("raw_size") != plan["need_bytes"]:
+                raise RequestError("bad_request", f"raw_size must be {plan['need_bytes']} (the needed files)")
+            info = {"manifest": m["manifest"], "new_model": new_model, "files": files}
+            key = f"bundle:{plan['model_id']}"
+        else:
+            info, key = {}, m["kind"]
+        if not isinstance(m.get("sha"), str) or not isinstance(m.get("size"), int):
+            raise RequestError("bad_request", "PUT_BUNDLE needs sha and size")
+        up = self.staging.begin(m["sha"], m["size"], m["kind"], key=key, raw_size=m.get("raw_size"),
+                                codec=m.get("codec", "none"), info=info)
         return {"offset": up.offset, "size": up.size}, b""
 
     def _h_put_chunk(self, msg: Message):
@@ -199,33 +219,44 @@ class Agent:
     def _h_finetune(self, msg: Message):
         data = msg.meta.get("data")
         config = msg.meta.get("config") or {}
-        if data is not None and not isinstance(data, str) or not isinstance(config, dict):
-            raise RequestError("bad_request", "FINETUNE takes data (a sha or null) and config (an object)")
+        path = self.ops.data_path(data)   # a bad name fails now, not in the job
         self._job_id += 1
         job = self._job_id
-        self._job_state = {"state": "running", "job": job}
+        self.jobs[job] = {"job": job, "state": "running"}
+        while len(self.jobs) > _MAX_JOBS:
+            self.jobs.popitem(last=False)
         self.telemetry.add({"event": "start", "job": job})
 
         def run() -> None:
             try:
-                report = self.ops.finetune(data, config, lambda ev: self.telemetry.add({"event": "update", "job": job, **ev}))
+                report = self.ops.finetune(path, config, lambda ev: self.telemetry.add({"event": "update", "job": job, **ev}))
+                self.jobs[job] = {"job": job, "state": "done", "report": report}
                 self.telemetry.add({"event": "done", "job": job, "report": report})
-                self._job_state = {"state": "done", "job": job}
             except Exception as exc:
                 log.warning("fine-tune %d failed: %s", job, exc)
+                self.jobs[job] = {"job": job, "state": "failed", "code": _code_for(exc), "error": str(exc)}
                 self.telemetry.add({"event": "failed", "job": job, "code": _code_for(exc), "error": str(exc)})
-                self._job_state = {"state": "failed", "job": job, "error": str(exc)}
 
         self._job = threading.Thread(target=run, name=f"finetune-{job}", daemon=True)
         self._job.start()
         return {"job": job}, b""
 
+    def _h_job(self, msg: Message):
+        job = self.jobs.get(int(msg.meta["job"]))
+        if job is None:
+            raise RequestError("no_job", f"no job {msg.meta['job']} on the device")
+        return dict(job), b""
+
     def _h_telemetry(self, msg: Message):
         events, nxt = self.telemetry.since(int(msg.meta["since"]))
-        return {"events": events, "next": nxt, "job": dict(self._job_state)}, b""
+        job = self.jobs.get(self._job_id, {"state": "idle"})
+        return {"events": events, "next": nxt, "job": {"job": self._job_id, "state": job["state"]}}, b""
 
     def _h_eval(self, msg: Message):
-        return dict(self.ops.evaluate(msg.meta.get("data"))), b""
+        return dict(self.ops.evaluate(self.ops.data_path(msg.meta.get("data")))), b""
+
+    def _h_predict(self, msg: Message):
+        return dict(self.ops.predict(msg.meta.get("data"), msg.blob, int(msg.meta.get("limit", 256)))), b""
 
     def _h_commit(self, msg: Message):
         return dict(self.ops.commit()), b""
@@ -233,13 +264,15 @@ class Agent:
     def _h_revert(self, msg: Message):
         return dict(self.ops.revert()), b""
 
+    def _h_reset(self, msg: Message):
+        return dict(self.ops.reset()), b""
+
     def _h_get_weights(self, msg: Message):
         data, sha = self.ops.weights()
         offset = int(msg.meta["offset"])
         if not 0 <= offset <= len(data):
             raise RequestError("bad_request", f"offset {offset} outside 0..{len(data)}")
-        room = self.link.max_payload - 1024
-        return {"size": len(data), "sha256": sha, "offset": offset}, data[offset:offset + room]
+        return {"size": len(data), "sha256": sha, "offset": offset}, data[offset:offset + 256 * 1024]
 
 
 def _error(seq: int, code: str, message: str, **meta: Any) -> Message:
@@ -256,7 +289,8 @@ def serve(port: str, store: str, *, trust: str | None = None, insecure: bool = F
           baudrate: int = 115200, stop: threading.Event | None = None) -> None:
     """Run the agent on ``port`` for the store at ``store`` until the port closes or ``stop`` is set.
 
-    Secure by default: without a trusted public key it refuses to start unless ``insecure``.
+    Secure by default: without a trusted public key it refuses to start unless ``insecure``. The
+    port is locked (exclusive): a second agent on it refuses to start.
     """
     from pathlib import Path
 
@@ -268,46 +302,50 @@ def serve(port: str, store: str, *, trust: str | None = None, insecure: bool = F
         raise UserError("refusing to serve without --trust KEY.pub (pass --insecure to accept unsigned bundles)")
     if trust is not None and insecure:
         raise UserError("--trust and --insecure exclude each other")
+    public_key = None
+    if trust is not None:  # a bad key path fails before anything is created
+        from firmware_bridge.signing import load_public_key
+
+        public_key = load_public_key(trust)
+    ser = open_port(port, baudrate=baudrate)  # a port in use fails before the store is touched
     if not logging.getLogger().handlers and not log.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("agent %(levelname)s %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
-    if trust is not None:  # a bad key path fails before anything is created
-        from firmware_bridge.signing import load_public_key
-
-        load_public_key(trust)
     root = Path(store).expanduser().absolute()
     ops = DeviceOps(open_store(root, log.info), trust=trust)
-    link = Link(open_port(port, baudrate=baudrate))
     log.info("store %s, active %s", root, ops.store.status()["active"])
     if ops.key_id:
-        log.info("trusting bundles signed by key %s", ops.key_id)
+        log.info("trusting bundles and requests signed by key %s", ops.key_id)
     stop = stop or threading.Event()
-    agent = Agent(link, ops, Staging(ops.staging_dir), insecure=insecure)
+    guard = RequestGuard(public_key) if public_key is not None else None
+    agent = Agent(Channel(ser, role="device", line_rate=baudrate / 10), ops, Staging(ops.staging_dir), insecure=insecure, guard=guard)
     try:
         while True:
             agent.serve(stop)
             if stop.is_set():
                 return
-            agent.link.port.close()
-            agent.link = _reopen(port, baudrate, stop)  # unplugged or hung up: wait for it again
-            if agent.link is None:
+            agent.channel.close()
+            agent.channel.port.close()
+            agent.channel = _reopen(port, baudrate, stop)  # unplugged or hung up: wait for it again
+            if agent.channel is None:
                 return
     finally:
-        if agent.link is not None:
-            agent.link.port.close()
+        if agent.channel is not None:
+            agent.channel.close()
+            agent.channel.port.close()
 
 
-def _reopen(port: str, baudrate: int, stop: threading.Event, pause: float = 1.0) -> Link | None:
+def _reopen(port: str, baudrate: int, stop: threading.Event, pause: float = 1.0) -> Channel | None:
     from edge_sdfa.errors import UserError
     from firmware_bridge.link import open_port
 
     while not stop.wait(pause):
         try:
-            link = Link(open_port(port, baudrate=baudrate))
+            ser = open_port(port, baudrate=baudrate)
         except UserError:
             continue
         log.info("port %s open again", port)
-        return link
+        return Channel(ser, role="device", line_rate=baudrate / 10)
     return None

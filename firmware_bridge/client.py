@@ -1,19 +1,22 @@
 """Host client: a library first, the CLI is a thin layer over it.
 
-    with connect("/dev/ttyUSB0") as dev:
-        deploy(dev, "bundle/", sign="me.key")
+    with connect("/dev/ttyUSB0", sign="me.key") as dev:
+        deploy(dev, "bundle/")
         report = finetune(dev, "npz:me.npz", on_event=print)
         commit(dev)
 
-Requests are stop-and-wait: one outstanding request, retransmitted on a timeout (with backoff),
-on a NACK or on a corrupt reply; the device answers a repeated sequence number from its cache,
-so nothing runs twice. Chunk size adapts to the line: halved on a failed try, doubled back after
-clean ones.
+Every request and reply travels over the reliable stream (``firmware_bridge.link``), so nothing
+is retransmitted here. Each request has an id; when the line goes silent the client opens a new
+session, says HELLO again (a fresh nonce) and re-sends the request with the *same* id, re-signed:
+the device answers a state-changing request it already ran from its cache (a FINETUNE started
+once stays started once). ``finetune`` ends with the job's outcome as the device holds it (JOB),
+whatever happened to the telemetry.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import random
 import time
@@ -22,19 +25,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from edge_sdfa.errors import UserError
-from firmware_bridge.framing import DEFAULT_MAX_PAYLOAD, PROTOCOL_VERSION, SUPPORTED_VERSIONS, ProtocolError
-from firmware_bridge.link import Link, LinkClosed, LinkStalled, open_port
-from firmware_bridge.messages import CHUNK_HEADER, META_LEN, Message, MsgType, chunk_blob
+from firmware_bridge.framing import SUPPORTED_VERSIONS, ProtocolError
+from firmware_bridge.link import Channel, LinkClosed, open_port
+from firmware_bridge.messages import (AUTHENTICATED, CHUNK_HEADER, HEAD, Message, MsgType, chunk_blob,
+                                      encode_message, parse_message)
 
 Event = Callable[[dict[str, Any]], None]
 
 
 class LinkError(UserError):
     """The device did not answer, or the port went away."""
-
-
-class DamagedLine(LinkError):
-    """Several tries of one request in a row were damaged on the line (raised on request)."""
 
 
 class RemoteError(UserError):
@@ -48,136 +48,171 @@ class RemoteError(UserError):
 
 @dataclass
 class LinkConfig:
-    timeout: float = 0.5          # first wait for a reply, until round trips have been measured
-    min_timeout: float = 0.05     # the wait adapts to 3x the smoothed round trip, within these
-    max_timeout: float = 4.0      # bounds, and doubles on each retry
-    max_attempts: int = 12        # silent timeouts per request before giving up
-    give_up_after: float = 30.0   # seconds without a reply before giving up
-    chunk_size: int = 4096
-    min_chunk: int = 64
-    max_payload: int = DEFAULT_MAX_PAYLOAD
+    give_up_after: float = 20.0   # seconds without any frame from the device: the session is dead
+    reconnects: int = 3           # new sessions tried per request before giving up
+    chunk_size: int = 32 * 1024   # PUT_CHUNK payload; the link cuts it into adaptive segments
+    pipeline: int = 4             # PUT_CHUNK requests in flight
+    seg_size: int | None = None   # fixed segment size (benchmarks); None: adaptive
+    window: int = 48 * 1024
+    baud: int | None = None       # a slow real line's baud rate: retransmission timers allow for it
 
 
 @dataclass
 class Device:
-    """An open link to an agent. ``info`` is the device's HELLO reply."""
+    """An open session with an agent. ``info`` is the device's HELLO reply."""
 
-    link: Link
+    channel: Channel
     url: str
     config: LinkConfig
+    key: Any = None                       # Ed25519 private key that signs AUTHENTICATED requests
     info: dict[str, Any] = field(default_factory=dict)
-    seq: int = field(default_factory=lambda: random.randrange(1, 1 << 31))
-    last_attempts: int = 0
-    last_damaged: bool = False    # a retry of the last request was caused by a damaged frame
-    retransmits: int = 0
-    srtt: float | None = None
+    next_id: int = field(default_factory=lambda: random.randrange(1, 1 << 31))
+    ctr: int = 0
+    sessions: int = 0
+    _replies: dict[int, Message] = field(default_factory=dict)
+    _owned: bool = False
+
+    # ---- sending
+    def submit(self, mtype: MsgType, meta: dict[str, Any] | None = None, blob: bytes = b"",
+               rid: int | None = None) -> Message:
+        if rid is None:
+            self.next_id = (self.next_id + 1) & 0xFFFFFFFF or 1
+            rid = self.next_id
+        msg = Message(mtype, rid, dict(meta or {}), blob)
+        self._transmit(msg)
+        return msg
+
+    def _transmit(self, msg: Message) -> None:
+        if msg.type in AUTHENTICATED and self.key is not None and self.info.get("nonce"):
+            from firmware_bridge.auth import sign_request
+
+            self.ctr += 1
+            msg = sign_request(msg, self.key, bytes.fromhex(self.info["nonce"]), self.ctr)
+        try:
+            self.channel.send(encode_message(msg))
+        except LinkClosed as exc:
+            raise LinkError(f"port {self.url} closed: {exc}") from None
+
+    def result(self, msg: Message, *, patience: float | None = None) -> Message:
+        """The device's reply to ``msg``; after a silent line, a new session and the same request."""
+        for attempt in range(self.config.reconnects + 1):
+            try:
+                return self._await(msg.seq, patience)
+            except LinkError:
+                if attempt == self.config.reconnects or not self._can_resync():
+                    raise
+                self.resync()
+                self._transmit(msg)
+        raise AssertionError("unreachable")
 
     def request(self, mtype: MsgType, meta: dict[str, Any] | None = None, blob: bytes = b"", *,
-                patience: float | None = None, max_damaged: int | None = None) -> Message:
-        """Send one request and return the device's OK reply; raise RemoteError or LinkError.
+                patience: float | None = None) -> Message:
+        """Send one request and return the device's OK reply; raise RemoteError or LinkError."""
+        return self.result(self.submit(mtype, meta, blob), patience=patience)
 
-        ``patience``: how long the device may take (verification, evaluation). The request is
-        still retransmitted at the adaptive interval meanwhile; the device answers repeats from
-        its cache, so a long operation runs once.
-        """
-        cfg = self.config
-        self.seq = (self.seq + 1) & 0xFFFFFFFF or 1
-        msg = Message(mtype, self.seq, meta or {}, blob)
-        wait = self._rto()
-        started = time.monotonic()
-        self.last_damaged = False
-        attempt = timeouts = damages = 0
+    def _await(self, rid: int, patience: float | None) -> Message:
+        deadline = None if patience is None else time.monotonic() + patience
+        last_ping = time.monotonic()
         while True:
-            attempt += 1
-            self.last_attempts = attempt
-            if attempt > 1:
-                self.retransmits += 1
-            sent = time.monotonic()
-            try:
-                self.link.send(msg)
-            except (LinkClosed, LinkStalled) as exc:
-                raise LinkError(f"cannot write to {self.url}: {exc}") from None
-            damaged_before = self.last_damaged
-            self.last_damaged = False
-            reply = self._await(self.seq, wait)
+            reply = self._replies.pop(rid, None)
+            if reply is None:
+                try:
+                    payload = self.channel.recv(0.2)
+                except LinkClosed as exc:
+                    raise LinkError(f"port {self.url} closed: {exc}") from None
+                if payload is not None:
+                    try:
+                        item = parse_message(payload)
+                    except ProtocolError:
+                        continue
+                    if item.seq != rid:
+                        self._replies[item.seq] = item
+                        if len(self._replies) > 256:
+                            self._replies.pop(next(iter(self._replies)))
+                        continue
+                    reply = item
             if reply is not None:
-                if attempt == 1 and patience is None:  # Karn: time only unambiguous round trips
-                    rtt = time.monotonic() - sent
-                    self.srtt = rtt if self.srtt is None else 0.875 * self.srtt + 0.125 * rtt
-                self.last_damaged = self.last_damaged or damaged_before
-                return reply
-            damaged = self.last_damaged
-            self.last_damaged = damaged or damaged_before
-            if damaged:
-                damages += 1
-                if max_damaged is not None and damages >= max_damaged:
-                    raise DamagedLine(f"{mtype.name} damaged {damages} times in a row")
-            else:  # a silent timeout: back off; a damaged frame is retried at once
-                timeouts += 1
-                wait = min(wait * 2, cfg.max_timeout)
-            elapsed = time.monotonic() - started
-            if patience is not None:
-                if elapsed > max(cfg.give_up_after, patience):
-                    break
-            elif timeouts >= cfg.max_attempts or elapsed > max(cfg.give_up_after, wait):
-                break
-        raise LinkError(f"no answer from the device on {self.url} to {mtype.name} "
-                        f"after {attempt} tries")
+                if reply.type == MsgType.ERROR:
+                    raise RemoteError(str(reply.meta.get("code")), str(reply.meta.get("message")), reply.meta)
+                if reply.type == MsgType.OK:
+                    return reply
+                continue
+            now = time.monotonic()
+            if now - self.channel.last_heard > self.config.give_up_after:
+                raise LinkError(f"no answer from the device on {self.url} for {self.config.give_up_after:g} s")
+            if deadline is not None and now > deadline:
+                raise LinkError(f"the device did not finish within {patience:g} s")
+            if now - last_ping > 1.0:   # keep the session alive while the device works
+                self.channel.ping()
+                last_ping = now
 
-    def _rto(self) -> float:
-        cfg = self.config
-        if self.srtt is None:
-            return cfg.timeout
-        return min(cfg.max_timeout, max(cfg.min_timeout, 3 * self.srtt + 0.01))
+    # ---- sessions
+    def _can_resync(self) -> bool:
+        return not self.channel.closed or isinstance(self.url, str) and self._owned
 
-    def _await(self, seq: int, wait: float) -> Message | None:
-        deadline = time.monotonic() + wait
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            try:
-                item = self.link.receive(left)
-            except LinkClosed as exc:
-                raise LinkError(f"port {self.url} closed: {exc}") from None
-            if item is None:
-                return None
-            if isinstance(item, ProtocolError) or item.type == MsgType.NACK:
-                if not isinstance(item, ProtocolError) and "version" in str(item.meta.get("reason", "")):
-                    raise LinkError(f"device speaks protocol versions {item.meta.get('versions')}, "
-                                    f"this host speaks {list(SUPPORTED_VERSIONS)}")
-                self.last_damaged = True
-                return None  # our request or its reply was damaged: it will not come, ask again
-            if item.seq != seq:
-                continue  # a late reply to an earlier try
-            if item.type == MsgType.ERROR:
-                raise RemoteError(str(item.meta.get("code")), str(item.meta.get("message")), item.meta)
-            if item.type == MsgType.OK:
-                return item
-            # anything else with our seq (e.g. our own request echoed by a loopback) is not a reply
+    def resync(self) -> None:
+        """A new session (new port if it hung up), then HELLO for a fresh nonce."""
+        if self.channel.closed:
+            if not self._owned:
+                raise LinkError(f"port {self.url} closed: {self.channel.closed}")
+            self.channel.close()
+            with contextlib.suppress(Exception):
+                self.channel.port.close()
+            self.channel = _channel(open_port(self.url), self.config)
+        self.open()
+
+    def open(self) -> None:
+        try:
+            self.channel.open_session(timeout=self.config.give_up_after)
+        except LinkClosed as exc:
+            raise LinkError(f"no answer from the device on {self.url}: {exc}") from None
+        if self.channel.refused is not None:
+            raise LinkError(f"device speaks protocol versions {self.channel.refused}, "
+                            f"this host speaks {list(SUPPORTED_VERSIONS)}")
+        self.sessions += 1
+        self.ctr = 0
+        self.info = dict(self._await(self.submit(MsgType.HELLO, {"versions": list(SUPPORTED_VERSIONS)}).seq,
+                                     None).meta)
+        if self.key is not None and self.info.get("nonce") is None and not self.info.get("insecure"):
+            pass  # a device without --trust: signatures are not needed
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def _channel(port: Any, cfg: LinkConfig) -> Channel:
+    return Channel(port, role="host", window=cfg.window, seg_size=cfg.seg_size,
+                   fixed_size=cfg.seg_size is not None, line_rate=cfg.baud / 10 if cfg.baud else None)
 
 
 @contextlib.contextmanager
 def connect(port: str | Any, *, config: LinkConfig | None = None, baudrate: int = 115200,
-            handshake: bool = True) -> Iterator[Device]:
-    """Open ``port`` (a pyserial URL, a device path, or an open port object) and say HELLO."""
+            sign: str | os.PathLike | None = None, handshake: bool = True) -> Iterator[Device]:
+    """Open ``port`` (a pyserial URL, a device path, or an open port object), lock it, open a
+    session and say HELLO. ``sign``: NAME.key that signs requests for a ``--trust`` device."""
     cfg = config or LinkConfig()
+    key = None
+    if sign is not None:
+        from firmware_bridge.signing import load_private_key
+
+        key = load_private_key(sign)
     owned = isinstance(port, str)
     ser = open_port(port, baudrate=baudrate) if owned else port
-    dev = Device(Link(ser, max_payload=cfg.max_payload), port if owned else repr(port), cfg)
+    dev = Device(_channel(ser, cfg), port if owned else repr(port), cfg, key=key, _owned=owned)
     try:
         if handshake:
-            dev.info = hello(dev)
+            dev.open()
         yield dev
     finally:
+        dev.close()
         if owned:
             with contextlib.suppress(Exception):
-                ser.close()
+                dev.channel.port.close()
 
 
 def hello(dev: Device) -> dict[str, Any]:
-    reply = dev.request(MsgType.HELLO, {"versions": list(SUPPORTED_VERSIONS), "protocol": PROTOCOL_VERSION})
-    return dict(reply.meta)
+    dev.open()
+    return dev.info
 
 
 def status(dev: Device) -> dict[str, Any]:
@@ -185,66 +220,88 @@ def status(dev: Device) -> dict[str, Any]:
 
 
 def commit(dev: Device) -> dict[str, Any]:
-    return dict(dev.request(MsgType.COMMIT, patience=60.0).meta)
+    return dict(dev.request(MsgType.COMMIT, patience=120.0).meta)
 
 
 def revert(dev: Device) -> dict[str, Any]:
-    return dict(dev.request(MsgType.REVERT, patience=60.0).meta)
+    return dict(dev.request(MsgType.REVERT, patience=120.0).meta)
 
 
-def upload(dev: Device, data: bytes, kind: str = "bundle", *,
-           on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Resumable upload of ``data``; the device's offset decides where to (re)start."""
+def reset(dev: Device) -> dict[str, Any]:
+    return dict(dev.request(MsgType.RESET, patience=120.0).meta)
+
+
+def _send_payload(dev: Device, announce: dict[str, Any], data: bytes,
+                  on_progress: Callable[[int, int], None] | None) -> tuple[int, int]:
+    """PUT_BUNDLE (announce) then pipelined PUT_CHUNKs from the device's offset; (resumed_from, chunks)."""
     cfg = dev.config
-    sha = hashlib.sha256(data).hexdigest()
-    total = len(data)
-    t0 = time.monotonic()
-    offset = int(dev.request(MsgType.PUT_BUNDLE, {"sha": sha, "size": total, "kind": kind}).meta["offset"])
-    resumed_from = offset
-    room = cfg.max_payload - META_LEN.size - 2 - CHUNK_HEADER.size
-    size = max(cfg.min_chunk, min(cfg.chunk_size, room))
-    chunks = sent = clean = 0
+    sha, total = announce["sha"], announce["size"]
+    offset = int(dev.request(MsgType.PUT_BUNDLE, announce).meta["offset"])
+    resumed_from, chunks = offset, 0
+    room = (1 << 20) - HEAD.size - 64 - CHUNK_HEADER.size
+    size = max(64, min(cfg.chunk_size, room))
     while offset < total:
-        n = min(size, total - offset)
+        pending = []
+        pos = offset
+        while pos < total and len(pending) < max(1, cfg.pipeline):
+            n = min(size, total - pos)
+            pending.append(dev.submit(MsgType.PUT_CHUNK, blob=chunk_blob(sha, pos, data[pos:pos + n])))
+            pos += n
         try:
-            reply = dev.request(MsgType.PUT_CHUNK, blob=chunk_blob(sha, offset, data[offset:offset + n]),
-                                max_damaged=3 if size > cfg.min_chunk else None)
-            new = int(reply.meta["offset"])
-        except DamagedLine:
-            size, clean = max(cfg.min_chunk, size // 2), 0
-            continue
+            for msg in pending:
+                offset = max(offset, int(dev.result(msg).meta["offset"]))
+                chunks += 1
+                if on_progress is not None:
+                    on_progress(offset, total)
         except RemoteError as exc:
             if exc.code not in ("gap", "no_upload"):
                 raise
-            # The device lost or never had the session: announce it again and go on from its offset.
-            new = int(dev.request(MsgType.PUT_BUNDLE, {"sha": sha, "size": total, "kind": kind}).meta["offset"])
-        chunks += 1
-        sent += n
-        if dev.last_damaged:  # damage grows with frame size, plain loss does not
-            size, clean = max(cfg.min_chunk, size // 2), 0
-        else:
-            clean += 1
-            if clean >= 4 and size < min(cfg.chunk_size, room):
-                size, clean = min(size * 2, cfg.chunk_size, room), 0
-        offset = new
-        if on_progress is not None:
-            on_progress(offset, total)
-    result = dict(dev.request(MsgType.PUT_END, {"sha": sha}, patience=120.0).meta)
-    seconds = time.monotonic() - t0
-    return {"sha256": sha, "size": total, "resumed_from": resumed_from, "chunks_sent": chunks,
-            "bytes_sent": sent, "seconds": round(seconds, 4), "retransmits": dev.retransmits, **result}
+            # The device lost the session (restart) or a chunk: announce again, go on from its offset.
+            for msg in pending:
+                dev._replies.pop(msg.seq, None)
+            offset = int(dev.request(MsgType.PUT_BUNDLE, announce).meta["offset"])
+    return resumed_from, chunks
 
 
-def deploy(dev: Device, bundle: str | os.PathLike | bytes, *, sign: str | os.PathLike | None = None,
+def upload(dev: Device, data: bytes, kind: str = "data", *, codec: str | None = None,
            on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Pack (and optionally sign) a bundle, upload it, and have the device install it as candidate.
+    """Resumable upload of user data (compressed when that helps); the device checks it."""
+    from firmware_bridge.packing import choose_codec
+    from firmware_bridge.transfer import compress
 
-    ``bundle`` is a bundle directory or .tar, or the bytes ``packing.pack_bundle`` made of one.
-    """
-    from firmware_bridge.packing import pack_bundle
+    t0 = time.monotonic()
+    codec, wire = choose_codec(data) if codec is None else (codec, compress(data, codec))
+    sha = hashlib.sha256(wire).hexdigest()
+    announce = {"kind": kind, "sha": sha, "size": len(wire), "raw_size": len(data), "codec": codec}
+    resumed, chunks = _send_payload(dev, announce, wire, on_progress)
+    result = dict(dev.request(MsgType.PUT_END, {"sha": sha}, patience=300.0).meta)
+    return {"sha256": sha, "size": len(data), "bytes_sent": len(wire) - resumed, "codec": codec,
+            "resumed_from": resumed, "chunks_sent": chunks, "seconds": round(time.monotonic() - t0, 4),
+            **result}
 
-    data = bundle if isinstance(bundle, bytes) else pack_bundle(Path(bundle), sign_key=sign)
-    return upload(dev, data, "bundle", on_progress=on_progress)
+
+def deploy(dev: Device, bundle: Any, *, sign: str | os.PathLike | None = None, new_model: bool = False,
+           codec: str | None = None, on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Send a bundle's manifest, then only the files the device lacks; the device verifies the
+    whole bundle and installs it as the candidate. ``new_model``: replace the device's model."""
+    from firmware_bridge.packing import PackedBundle, choose_codec, pack_bundle
+    from firmware_bridge.transfer import compress
+
+    t0 = time.monotonic()
+    packed = bundle if isinstance(bundle, PackedBundle) else pack_bundle(Path(bundle), sign_key=sign)
+    offer = {"kind": "bundle", "manifest": packed.manifest, "new_model": new_model}
+    plan = dev.request(MsgType.PUT_BUNDLE, offer, patience=60.0).meta
+    need = list(plan["need"])
+    raw = packed.payload(need)
+    codec, wire = choose_codec(raw) if codec is None else (codec, compress(raw, codec))
+    sha = hashlib.sha256(wire).hexdigest()
+    announce = {**offer, "files_sent": need, "sha": sha, "size": len(wire), "raw_size": len(raw), "codec": codec}
+    resumed, chunks = _send_payload(dev, announce, wire, on_progress)
+    result = dict(dev.request(MsgType.PUT_END, {"sha": sha}, patience=300.0).meta)
+    return {"bundle_bytes": packed.size, "files_sent": need, "files_skipped": plan["held"], "codec": codec,
+            "payload_bytes": len(raw), "bytes_sent": len(wire) - resumed, "resumed_from": resumed,
+            "chunks_sent": chunks, "seconds": round(time.monotonic() - t0, 4),
+            "retransmits": dev.channel.stats.retransmits, **result}
 
 
 def read_data_spec(spec: str) -> bytes:
@@ -262,21 +319,28 @@ def telemetry(dev: Device, since: int = 0) -> dict[str, Any]:
     return dict(dev.request(MsgType.TELEMETRY, {"since": since}).meta)
 
 
+def job(dev: Device, job_id: int) -> dict[str, Any]:
+    return dict(dev.request(MsgType.JOB, {"job": job_id}).meta)
+
+
 def watch(dev: Device, on_event: Event, *, since: int | None = None, until_done: bool = True,
-          duration: float | None = None, poll: float = 0.1, job: int | None = None) -> dict[str, Any] | None:
-    """Poll TELEMETRY and pass each event on; return the final ``done`` event's report, if any."""
-    cursor = since if since is not None else int(telemetry(dev, -1).get("next", 0))
+          duration: float | None = None, poll: float = 0.2, job_id: int | None = None) -> dict[str, Any] | None:
+    """Poll TELEMETRY and pass each event on. With ``until_done``, stop at the end of job
+    ``job_id`` (or of the job running when called) and return its ``done``/``failed`` event."""
+    cursor = since if since is not None else int(telemetry(dev, 1 << 60).get("next", 0))
     t_end = None if duration is None else time.monotonic() + duration
     while t_end is None or time.monotonic() < t_end:
         reply = telemetry(dev, cursor)
+        if job_id is None and until_done and reply.get("job", {}).get("state") == "running":
+            job_id = reply["job"]["job"]
         for ev in reply.get("events", []):
             on_event(ev)
-            if ev.get("event") in ("done", "failed") and (job is None or ev.get("job") == job):
-                if ev["event"] == "failed":
-                    raise RemoteError(str(ev.get("code", "failed")), str(ev.get("error")), ev)
-                if until_done:
-                    return ev.get("report")
+            if until_done and ev.get("event") in ("done", "failed") and (job_id is None or ev.get("job") == job_id):
+                return ev
         cursor = int(reply.get("next", cursor))
+        if until_done and not reply.get("events") and reply.get("job", {}).get("state") != "running" \
+                and (job_id is None or reply.get("job", {}).get("job") == job_id):
+            return None  # no job running (any more): nothing left to follow
         if not reply.get("events"):
             time.sleep(poll)
     return None
@@ -284,19 +348,45 @@ def watch(dev: Device, on_event: Event, *, since: int | None = None, until_done:
 
 def finetune(dev: Device, data: str | None = None, *, config: dict[str, Any] | None = None,
              on_event: Event | None = None, timeout: float = 3600.0) -> dict[str, Any]:
-    """Fine-tune on the device (with ``data`` sent from the host, or the device's own) and wait."""
-    data_sha = upload(dev, read_data_spec(data), "data")["sha256"] if data else None
-    cursor = int(telemetry(dev, -1).get("next", 0))
-    job = dev.request(MsgType.FINETUNE, {"data": data_sha, "config": config or {}}).meta
-    report = watch(dev, on_event or (lambda ev: None), since=cursor, duration=timeout, job=job.get("job"))
-    if report is None:
-        raise LinkError(f"fine-tune did not finish within {timeout} s")
-    return report
+    """Fine-tune on the device (with ``data`` sent from the host, or the device's own) and wait.
+
+    Returns the report as the device holds it (JOB), so the outcome is the real one even when
+    telemetry or the line was lost on the way; RemoteError if the job failed."""
+    data_name = upload(dev, read_data_spec(data), "data")["data"] if data else None
+    cursor = int(telemetry(dev, 1 << 60).get("next", 0))
+    job_id = int(dev.request(MsgType.FINETUNE, {"data": data_name, "config": config or {}}).meta["job"])
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end:
+        try:
+            watch(dev, on_event or (lambda ev: None), since=cursor, job_id=job_id,
+                  duration=t_end - time.monotonic())
+        except LinkError:
+            dev.resync()            # the events stay on the device; the outcome is asked for below
+        state = job(dev, job_id)
+        if state["state"] == "done":
+            return dict(state["report"])
+        if state["state"] == "failed":
+            raise RemoteError(str(state.get("code", "failed")), str(state.get("error")), state)
+        cursor = int(telemetry(dev, 1 << 60).get("next", cursor))
+    raise LinkError(f"fine-tune job {job_id} did not finish within {timeout} s")
 
 
 def evaluate(dev: Device, data: str | None = None, *, timeout: float = 600.0) -> dict[str, Any]:
-    data_sha = upload(dev, read_data_spec(data), "data")["sha256"] if data else None
-    return dict(dev.request(MsgType.EVAL, {"data": data_sha}, patience=timeout).meta)
+    data_name = upload(dev, read_data_spec(data), "data")["data"] if data else None
+    return dict(dev.request(MsgType.EVAL, {"data": data_name}, patience=timeout).meta)
+
+
+def predict(dev: Device, x=None, *, data: str | None = None, limit: int = 256) -> dict[str, Any]:
+    """Labels and output rates of the device's active model on samples ``x[N, T, ...]`` (sent
+    along) or on user data already on the device (``data``: its name)."""
+    blob = b""
+    if x is not None:
+        import numpy as np
+
+        buf = io.BytesIO()
+        np.savez_compressed(buf, x=np.asarray(x, dtype=np.uint8))
+        blob = buf.getvalue()
+    return dict(dev.request(MsgType.PREDICT, {"data": data, "limit": limit}, blob, patience=600.0).meta)
 
 
 def get_weights(dev: Device, dest: str | os.PathLike) -> dict[str, Any]:

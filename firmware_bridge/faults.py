@@ -14,9 +14,12 @@ import os
 import random
 import select
 import threading
+import time
 import tty
 from dataclasses import dataclass
 from typing import Callable
+
+import numpy as np
 
 
 @dataclass
@@ -28,6 +31,12 @@ class Faults:
     frame_drop: float = 0.0
     frame_duplicate: float = 0.0
     frame_reorder: float = 0.0
+
+    @classmethod
+    def noise(cls, rate: float) -> "Faults":
+        """Byte noise at ``rate``: each byte is hit with probability ``rate``, and a hit byte is
+        corrupted, dropped or duplicated with equal odds (the benchmark's "r% noise")."""
+        return cls(corrupt=rate / 3, drop=rate / 3, duplicate=rate / 3)
 
     @property
     def byte_level(self) -> bool:
@@ -65,6 +74,7 @@ class _Direction:
     def __init__(self, faults: Faults, rng: random.Random):
         self.f = faults
         self.rng = rng
+        self.np_rng = np.random.default_rng(rng.randrange(1 << 32))
         self.partial = bytearray()
         self.held: bytes | None = None
 
@@ -72,6 +82,13 @@ class _Direction:
         f, rng = self.f, self.rng
         if not f.byte_level:
             return data
+        if not f.reorder:  # vectorised: the relay must not be the bottleneck of a 5% benchmark
+            a = np.frombuffer(data, np.uint8).copy()
+            r = self.np_rng.random(len(a))
+            hit_c = (r >= f.drop) & (r < f.drop + f.corrupt)
+            a[hit_c] ^= self.np_rng.integers(1, 256, int(hit_c.sum()), dtype=np.uint8)
+            reps = np.where(r < f.drop, 0, np.where((r >= f.drop + f.corrupt) & (r < f.drop + f.corrupt + f.duplicate), 2, 1))
+            return np.repeat(a, reps).tobytes()
         out = bytearray()
         for b in data:
             r = rng.random()
@@ -117,8 +134,10 @@ class Relay(threading.Thread):
 
     def __init__(self, host_fd: int, device_fd: int, *, to_device: Faults | None = None,
                  to_host: Faults | None = None, seed: int = 0,
-                 tap: Callable[[bytes], str] | None = None, hang_up: Callable[[], None] | None = None):
+                 tap: Callable[[bytes], str] | None = None, hang_up: Callable[[], None] | None = None,
+                 baud: int | None = None):
         super().__init__(daemon=True, name="fault-relay")
+        self.rate = None if baud is None else baud / 10.0   # bytes per second per direction (8N1)
         self.hang_up = hang_up  # called on a cut (e.g. PtyPair.hang_up); without it, no cut
         rng = random.Random(seed)
         self.host_fd, self.device_fd = host_fd, device_fd
@@ -138,10 +157,22 @@ class Relay(threading.Thread):
         for fd in (self.host_fd, self.device_fd):
             os.set_blocking(fd, False)
         pending = {self.host_fd: bytearray(), self.device_fd: bytearray()}
+        t0 = time.monotonic()
+        sent = {self.host_fd: 0, self.device_fd: 0}
         while not self.stop_event.is_set() and not self.cut_event.is_set():
-            writers = [fd for fd, buf in pending.items() if buf]
+            if self.rate is not None:  # an idle line earns no credit: no bursts above the line rate
+                for fd, buf in pending.items():
+                    if not buf:
+                        sent[fd] = int((time.monotonic() - t0) * self.rate)
+            allow = {fd: len(buf) if self.rate is None else int((time.monotonic() - t0) * self.rate) - sent[fd]
+                     for fd, buf in pending.items()}
+            writers = [fd for fd, buf in pending.items() if buf and allow[fd] > 0]
+            wait = 0.05 if self.rate is None or not any(pending.values()) else 0.002
+            # a throttled line buffers like a UART + tty driver (4 KiB): a faster writer blocks
+            readers = [fd for fd in (self.host_fd, self.device_fd)
+                       if self.rate is None or len(pending[self.device_fd if fd == self.host_fd else self.host_fd]) < 4096]
             try:
-                ready, writable, _ = select.select([self.host_fd, self.device_fd], writers, [], 0.05)
+                ready, writable, _ = select.select(readers, writers, [], wait)
             except (OSError, ValueError):
                 return
             for fd in ready:
@@ -157,7 +188,8 @@ class Relay(threading.Thread):
                     pending[self.host_fd] += self._forward(data, self.up, "to_host")
             for fd in writable:
                 try:
-                    n = os.write(fd, pending[fd])
+                    n = os.write(fd, pending[fd][:max(allow[fd], 1)])
+                    sent[fd] += n
                 except BlockingIOError:
                     continue
                 except OSError:

@@ -1,27 +1,29 @@
-"""Messages carried in frames: a type, a JSON object of fields (``meta``) and an optional binary blob.
+"""Messages carried by the reliable stream: a type, a request id, JSON fields and a binary blob.
 
-Payload layout: ``u16 len(meta) | meta (UTF-8 JSON object) | blob``. A PUT_CHUNK blob starts with a
-binary chunk header (8-byte SHA-256 prefix of the upload, u64 offset) so a 4 KiB chunk costs
-about 2% on the wire. ``parse_message`` is total: any frame gives a Message or a ProtocolError.
+Layout: ``u8 type | u32 id | u16 len(fields) | fields (UTF-8 JSON object) | blob``. A reply
+carries its request's id. A PUT_CHUNK blob starts with a binary chunk header (8-byte prefix of
+the upload id, u64 offset). ``parse_message`` is total: any bytes give a Message or a
+ProtocolError, and every field a handler reads is type-checked here (``_SCHEMA``).
 """
 from __future__ import annotations
 
 import enum
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from firmware_bridge.framing import (DEFAULT_MAX_PAYLOAD, PROTOCOL_VERSION, Frame, ProtocolError,
-                                     encode_frame)
+from firmware_bridge.framing import ProtocolError
 
-META_LEN = struct.Struct(">H")
+HEAD = struct.Struct(">BIH")
 CHUNK_HEADER = struct.Struct(">8sQ")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")   # one name space for every file field
 
 
 class MsgType(enum.IntEnum):
     HELLO = 0x01
-    PUT_BUNDLE = 0x10     # begin (or resume) an upload: sha, size, kind -> offset held by the device
+    PUT_BUNDLE = 0x10     # begin (or resume) an upload: manifest first -> files needed, offset held
     PUT_CHUNK = 0x11      # blob: chunk header + bytes -> offset held by the device
     PUT_END = 0x12        # verify the upload, install it -> result
     FINETUNE = 0x20
@@ -30,79 +32,115 @@ class MsgType(enum.IntEnum):
     GET_WEIGHTS = 0x23
     COMMIT = 0x24
     REVERT = 0x25
+    RESET = 0x26
+    PREDICT = 0x27
+    JOB = 0x28            # the state and outcome of a fine-tune job, by id
     TELEMETRY = 0x30      # request: events since an index; reply: the events
-    NACK = 0x7D           # frame not accepted (unsupported version, bad frame); no seq to trust
-    OK = 0x7E             # reply to a request, same seq
-    ERROR = 0x7F          # request refused or failed, same seq: code + message
+    OK = 0x7E             # reply to a request, same id
+    ERROR = 0x7F          # request refused or failed, same id: code + message
 
 
-# Required fields and their types, per message type (requests only; replies are free-form).
-_SCHEMA: dict[MsgType, dict[str, type | tuple[type, ...]]] = {
-    MsgType.PUT_BUNDLE: {"sha": str, "size": int, "kind": str},
-    MsgType.PUT_END: {"sha": str},
-    MsgType.GET_WEIGHTS: {"offset": int},
-    MsgType.TELEMETRY: {"since": int},
-    MsgType.ERROR: {"code": str, "message": str},
-    MsgType.NACK: {"reason": str, "versions": list},
+REPLIES = (MsgType.OK, MsgType.ERROR)
+# Requests that change or reveal device state: signed under --trust (firmware_bridge.auth).
+AUTHENTICATED = frozenset({MsgType.PUT_BUNDLE, MsgType.PUT_END, MsgType.FINETUNE, MsgType.EVAL,
+                           MsgType.PREDICT, MsgType.GET_WEIGHTS, MsgType.COMMIT, MsgType.REVERT,
+                           MsgType.RESET})
+
+# Field -> (type, required). Unknown fields are ignored; a field of the wrong type is refused.
+_SCHEMA: dict[MsgType, dict[str, tuple[type | tuple[type, ...], bool]]] = {
+    MsgType.PUT_BUNDLE: {"kind": (str, True), "size": (int, False), "sha": (str, False),
+                         "raw_size": (int, False), "codec": (str, False), "manifest": (dict, False),
+                         "new_model": (bool, False), "files_sent": (list, False)},
+    MsgType.PUT_END: {"sha": (str, True)},
+    MsgType.FINETUNE: {"data": ((str, type(None)), False), "config": (dict, False)},
+    MsgType.EVAL: {"data": ((str, type(None)), False)},
+    MsgType.PREDICT: {"data": ((str, type(None)), False), "limit": (int, False)},
+    MsgType.GET_WEIGHTS: {"offset": (int, True)},
+    MsgType.JOB: {"job": (int, True)},
+    MsgType.TELEMETRY: {"since": (int, True)},
+    MsgType.ERROR: {"code": (str, True), "message": (str, True)},
 }
+_AUTH = {"ctr": int, "sig": str}
 
 
 @dataclass(frozen=True)
 class Message:
     type: MsgType
-    seq: int
+    seq: int                      # the request id (a reply carries its request's)
     meta: dict[str, Any] = field(default_factory=dict)
     blob: bytes = b""
 
 
-def encode_payload(meta: dict[str, Any] | None = None, blob: bytes = b"") -> bytes:
-    raw = json.dumps(meta or {}, separators=(",", ":"), sort_keys=True).encode()
+def canonical(meta: dict[str, Any]) -> bytes:
+    return json.dumps(meta, separators=(",", ":"), sort_keys=True).encode()
+
+
+def encode_message(msg: Message) -> bytes:
+    raw = canonical(msg.meta or {})
     if len(raw) > 0xFFFF:
         raise ValueError("message fields too large")
-    return META_LEN.pack(len(raw)) + raw + blob
+    return HEAD.pack(int(msg.type), msg.seq & 0xFFFFFFFF, len(raw)) + raw + msg.blob
 
 
-def encode_message(msg: Message, *, version: int = PROTOCOL_VERSION,
-                   max_payload: int = DEFAULT_MAX_PAYLOAD) -> bytes:
-    """Wire bytes (one frame) of a message."""
-    return encode_frame(int(msg.type), msg.seq, encode_payload(msg.meta, msg.blob),
-                        version=version, max_payload=max_payload)
-
-
-def parse_message(frame: Frame) -> Message:
-    """Turn a CRC-checked frame into a Message, or raise ProtocolError (with the frame's seq)."""
-    seq = frame.seq
+def parse_message(data: bytes) -> Message:
+    """Turn the bytes of one message into a Message, or raise ProtocolError."""
+    if len(data) < HEAD.size:
+        raise ProtocolError("message shorter than its header")
+    kind, seq, n = HEAD.unpack_from(data)
     try:
-        mtype = MsgType(frame.type)
+        mtype = MsgType(kind)
     except ValueError:
-        raise ProtocolError(f"unknown message type 0x{frame.type:02x}", seq=seq) from None
-    p = frame.payload
-    if len(p) < META_LEN.size:
-        raise ProtocolError("payload shorter than its field header", seq=seq)
-    (n,) = META_LEN.unpack_from(p)
-    if META_LEN.size + n > len(p):
-        raise ProtocolError(f"field block of {n} bytes runs past the payload", seq=seq)
+        raise ProtocolError(f"unknown message type 0x{kind:02x}") from None
+    if HEAD.size + n > len(data):
+        raise ProtocolError(f"field block of {n} bytes runs past the message")
     try:
-        meta = json.loads(p[META_LEN.size:META_LEN.size + n].decode("utf-8")) if n else {}
+        meta = json.loads(data[HEAD.size:HEAD.size + n].decode("utf-8")) if n else {}
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ProtocolError(f"bad message fields: {type(exc).__name__}", seq=seq) from None
+        raise ProtocolError(f"bad message fields: {type(exc).__name__}") from None
     if not isinstance(meta, dict):
-        raise ProtocolError("message fields are not a JSON object", seq=seq)
-    for name, kind in _SCHEMA.get(mtype, {}).items():
-        value = meta.get(name)
-        if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
-            raise ProtocolError(f"{mtype.name} needs field '{name}'", seq=seq)
-    blob = p[META_LEN.size + n:]
+        raise ProtocolError("message fields are not a JSON object")
+    check_fields(mtype, meta)
+    blob = data[HEAD.size + n:]
     if mtype == MsgType.PUT_CHUNK and len(blob) < CHUNK_HEADER.size:
-        raise ProtocolError("PUT_CHUNK shorter than its chunk header", seq=seq)
+        raise ProtocolError("PUT_CHUNK shorter than its chunk header")
     return Message(mtype, seq, meta, blob)
 
 
-def chunk_blob(sha_hex: str, offset: int, data: bytes) -> bytes:
-    return CHUNK_HEADER.pack(bytes.fromhex(sha_hex[:16]), offset) + data
+def _is(value: Any, kind) -> bool:
+    if isinstance(value, bool) and kind is not bool and (kind is int or kind == (int,)):
+        return False
+    return isinstance(value, kind)
+
+
+def check_fields(mtype: MsgType, meta: dict[str, Any]) -> None:
+    for name, (kind, required) in _SCHEMA.get(mtype, {}).items():
+        if name not in meta:
+            if required:
+                raise ProtocolError(f"{mtype.name} needs field '{name}'")
+            continue
+        if not _is(meta[name], kind):
+            raise ProtocolError(f"{mtype.name} field '{name}' has the wrong type")
+    for name in ("size", "raw_size", "offset", "since", "job", "limit"):
+        if name in meta and _is(meta[name], int) and not 0 <= meta[name] < 1 << 62:
+            raise ProtocolError(f"{mtype.name} field '{name}' out of range")
+    auth = meta.get("auth")
+    if auth is not None:
+        if not isinstance(auth, dict) or any(not _is(auth.get(k), t) for k, t in _AUTH.items()):
+            raise ProtocolError("auth must be {ctr: int, sig: str}")
+        if not 0 <= auth["ctr"] < 1 << 62 or len(auth["sig"]) > 200:
+            raise ProtocolError("auth field out of range")
+
+
+def valid_name(value: Any) -> bool:
+    """A file name in the device's name space: no separators, no leading dot, at most 64 chars."""
+    return isinstance(value, str) and bool(NAME.match(value)) and ".." not in value
+
+
+def chunk_blob(upload_id: str, offset: int, data: bytes) -> bytes:
+    return CHUNK_HEADER.pack(bytes.fromhex(upload_id[:16]), offset) + data
 
 
 def split_chunk(blob: bytes) -> tuple[str, int, bytes]:
-    """(sha prefix as 16 hex digits, offset, data) of a PUT_CHUNK blob."""
+    """(upload id prefix as 16 hex digits, offset, data) of a PUT_CHUNK blob."""
     prefix, offset = CHUNK_HEADER.unpack_from(blob)
     return prefix.hex(), offset, blob[CHUNK_HEADER.size:]

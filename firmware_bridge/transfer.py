@@ -1,22 +1,37 @@
-"""Device side of the resumable upload: a staging area keyed by the upload's SHA-256.
+"""Device side of the resumable upload: a bounded staging area.
 
-The device is the source of truth for the offset: ``begin`` and every ``write`` return the
-number of contiguous bytes it holds. Writes are positional, so the same chunk written twice (a
-duplicate or a retransmission) changes nothing. ``finish`` checks size and SHA-256 before the
-upload is handed on; nothing outside the staging area is touched until then.
+An upload is announced before any byte of it is accepted: its id (SHA-256 of the bytes sent),
+its size on the wire, its size once decompressed and, for a bundle, the signed manifest (checked
+by the caller first). Every bound is enforced here:
+
+* ``too_large``: the declared size is above the limit for its kind, the wire size is more than a
+  codec can need for the declared raw size, or a chunk runs past the declared size;
+* ``no_space``: the upload and its unpacked copy would not fit the free disk (with a reserve);
+* one partial upload per *key* (per model for bundles, one for user data): a new announcement
+  under the same key replaces the old partial file.
+
+The device holds the true offset: ``begin`` and every ``write`` return the number of contiguous
+bytes held. Writes are positional, so a duplicated chunk changes nothing. ``finish`` checks size
+and SHA-256; ``unpack`` decompresses with the declared raw size as a hard bound.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 import os
 import re
 import shutil
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
-_KINDS = ("bundle", "data")
+KINDS = ("bundle", "data")
+CODECS = ("none", "zlib", "lzma")
+LIMITS = {"bundle": 256 * 1024 * 1024, "data": 64 * 1024 * 1024}
+RESERVE = 16 * 1024 * 1024      # free disk the device keeps for its store and logs
 
 
 class TransferError(Exception):
@@ -27,12 +42,21 @@ class TransferError(Exception):
         self.code = code
 
 
+def codec_bound(raw_size: int) -> int:
+    """The most bytes any accepted codec may need for ``raw_size`` bytes (zlib/lzma worst case)."""
+    return raw_size + raw_size // 64 + 4096
+
+
 @dataclass
 class Upload:
     sha: str
     size: int
     kind: str
     path: Path
+    key: str = ""
+    raw_size: int = 0
+    codec: str = "none"
+    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def offset(self) -> int:
@@ -43,59 +67,76 @@ class Upload:
 
 
 class Staging:
-    """Partial uploads under ``root``: ``<sha>.part`` plus ``<sha>.json`` (size and kind)."""
+    """Partial uploads under ``root``: ``<sha>.part`` plus ``<sha>.json`` (what was announced)."""
 
-    def __init__(self, root: Path, *, max_size: int = 512 * 1024 * 1024):
+    def __init__(self, root: Path, *, limits: dict[str, int] | None = None, reserve: int = RESERVE):
         self.root = Path(root)
-        self.max_size = max_size
+        self.limits = dict(LIMITS, **(limits or {}))
+        self.reserve = reserve
         self.root.mkdir(parents=True, exist_ok=True)
         self._uploads: dict[str, Upload] = {}
 
-    def begin(self, sha: str, size: int, kind: str) -> Upload:
-        if not _SHA.match(sha):
+    def begin(self, sha: str, size: int, kind: str, *, key: str | None = None, raw_size: int | None = None,
+              codec: str = "none", info: dict[str, Any] | None = None) -> Upload:
+        if not isinstance(sha, str) or not _SHA.match(sha):
             raise TransferError("bad_request", "sha must be 64 lower-case hex digits")
-        if kind not in _KINDS:
-            raise TransferError("bad_request", f"kind must be one of {_KINDS}")
-        if not 0 < size <= self.max_size:
-            raise TransferError("too_large", f"upload size {size} not in 1..{self.max_size}")
-        free = shutil.disk_usage(self.root).free
-        if size > free:
-            raise TransferError("no_space", f"upload of {size} bytes exceeds free disk ({free})")
-        up = Upload(sha, size, kind, self.root / f"{sha}.part")
+        if kind not in KINDS:
+            raise TransferError("bad_request", f"kind must be one of {KINDS}")
+        if codec not in CODECS:
+            raise TransferError("bad_request", f"codec must be one of {CODECS}")
+        raw = size if raw_size is None else raw_size
+        limit = self.limits[kind]
+        if not isinstance(size, int) or not isinstance(raw, int) or not (0 < raw or kind == "bundle" and raw == 0) \
+                or raw > limit:
+            raise TransferError("too_large", f"{kind} of {raw} bytes is above the device's limit of {limit}")
+        if not (0 < size or raw == 0) or size > (raw if codec == "none" else codec_bound(raw)):
+            raise TransferError("too_large", f"{size} bytes on the wire for {raw} bytes with codec {codec}")
+        key = key or kind
         meta = self.root / f"{sha}.json"
+        announced = {"size": size, "kind": kind, "key": key, "raw_size": raw, "codec": codec, "info": info or {}}
         try:
             saved = json.loads(meta.read_text())
         except (OSError, ValueError):
             saved = {}
-        if saved.get("size") != size or saved.get("kind") != kind:
+        up = Upload(sha, size, kind, self.root / f"{sha}.part", key, raw, codec, info or {})
+        need = size - up.offset + raw
+        free = shutil.disk_usage(self.root).free
+        if need + self.reserve > free:
+            raise TransferError("no_space", f"upload needs {need} bytes, the device has {free} free "
+                                f"(keeping {self.reserve} in reserve)")
+        for other in self._on_disk():    # one partial upload per key
+            if other.get("key") == key and other["sha"] != sha:
+                self.discard(other["sha"])
+        if saved != announced:
             up.path.unlink(missing_ok=True)  # a stale or foreign partial file: start over
-            meta.write_text(json.dumps({"size": size, "kind": kind}))
+            meta.write_text(json.dumps(announced))
+        if size == 0:
+            up.path.touch()
         self._uploads[sha] = up
-        self._prune(keep=sha)
         return up
 
-    def held(self, sha_prefix: str) -> int:
-        """Contiguous bytes held for the upload whose SHA-256 starts with ``sha_prefix``."""
-        return self._find(sha_prefix).offset
+    def _on_disk(self) -> list[dict[str, Any]]:
+        out = []
+        for p in self.root.glob("*.json"):
+            try:
+                out.append({"sha": p.stem, **json.loads(p.read_text())})
+            except (OSError, ValueError):
+                p.unlink(missing_ok=True)
+        return out
+
+    def held(self, prefix: str) -> int:
+        return self._find(prefix).offset
 
     def sessions(self) -> list[Upload]:
         return list(self._uploads.values())
 
-    def _prune(self, keep: str, max_partial: int = 4) -> None:
-        """Abandoned uploads do not pile up: only the newest ``max_partial`` are kept."""
-        parts = sorted(self.root.glob("*.part"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for p in parts[max_partial:]:
-            if p.stem != keep:
-                self.discard(p.stem)
-
-    def write(self, sha_prefix: str, offset: int, data: bytes) -> Upload:
-        up = self._find(sha_prefix)
+    def write(self, prefix: str, offset: int, data: bytes) -> Upload:
+        up = self._find(prefix)
         held = up.offset
         if offset > held:
-            # A gap: refuse, and say where to resume (the reply carries the offset held).
             raise TransferError("gap", f"chunk at {offset} but the device holds {held} bytes")
         if offset + len(data) > up.size:
-            raise TransferError("bad_request", "chunk runs past the announced size")
+            raise TransferError("too_large", f"chunk runs past the declared size of {up.size} bytes")
         if offset + len(data) > held:
             with open(up.path, "r+b" if up.path.exists() else "wb") as fh:
                 fh.seek(offset)
@@ -123,8 +164,34 @@ class Staging:
         (self.root / f"{sha}.part").unlink(missing_ok=True)
         (self.root / f"{sha}.json").unlink(missing_ok=True)
 
-    def _find(self, sha_prefix: str) -> Upload:
+    def _find(self, prefix: str) -> Upload:
         for sha, up in self._uploads.items():
-            if sha.startswith(sha_prefix):
+            if sha.startswith(prefix):
                 return up
-        raise TransferError("no_upload", "no upload in progress for that sha (send PUT_BUNDLE first)")
+        raise TransferError("no_upload", "no upload in progress for that id (send PUT_BUNDLE first)")
+
+
+def unpack(up: Upload) -> bytes:
+    """The upload's bytes, decompressed; never more than the declared raw size."""
+    data = up.path.read_bytes()
+    if up.codec == "none":
+        out, done = data, True
+    else:
+        dec = zlib.decompressobj() if up.codec == "zlib" else lzma.LZMADecompressor()
+        try:
+            out = dec.decompress(data, up.raw_size + 1)
+        except (zlib.error, lzma.LZMAError) as exc:
+            raise TransferError("bad_payload", f"{up.codec} stream is damaged: {exc}") from None
+        done = dec.eof and not getattr(dec, "unused_data", b"")
+    if len(out) != up.raw_size or not done:
+        raise TransferError("too_large" if len(out) > up.raw_size else "bad_payload",
+                            f"payload unpacks to a size other than the declared {up.raw_size} bytes")
+    return out
+
+
+def compress(data: bytes, codec: str) -> bytes:
+    if codec == "zlib":
+        return zlib.compress(data, 6)
+    if codec == "lzma":
+        return lzma.compress(data, preset=6)
+    return data

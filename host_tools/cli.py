@@ -65,7 +65,7 @@ def partition(
     approximate: bool = typer.Option(False, "--approximate", help="accept documented approximations (CubaLIF, LI)"),
     time_steps: Optional[int] = typer.Option(None, "--time-steps", "-T", help="default: graph metadata, else 10"),
     runtime_overhead: Optional[str] = typer.Option(None, "--runtime-overhead",
-                                                   help="planner's fixed runtime bytes (default 92MiB: numba kernels)"),
+                                                   help="planner's fixed runtime bytes (default 40MiB: the runtime with the C kernels)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (the full plan, calibration, rules)"),
     quiet: bool = typer.Option(False, "--quiet"),
 ):

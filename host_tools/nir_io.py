@@ -40,12 +40,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_sdfa import nir_graph
 from edge_sdfa.errors import UserError
 from edge_sdfa.spec import Conv2d, Dense, Flatten, NetworkSpec, NeuronSpec, Pool2d, has_synapses
 
-DEFAULT_DT = 1e-4  # snnTorch's and SpikingJelly's export default
-SUPPORTED = ("Input", "Output", "Affine", "Linear", "Flatten", "Conv2d", "SumPool2d", "AvgPool2d",
-             "Threshold", "LIF", "IF", "CubaLIF", "LI")
+DEFAULT_DT = nir_graph.DEFAULT_DT
+SUPPORTED = nir_graph.SUPPORTED
 
 
 def _nir():
@@ -194,132 +194,13 @@ def read_graph(source):
         raise UserError(f"{path}: not a readable NIR file ({type(exc).__name__}: {exc})") from None
 
 
-def _chain(graph) -> list[str]:
-    """Node names from the Input to the Output of a feed-forward chain; cycles and branches fail."""
-    names = list(graph.nodes)
-    for name, node in graph.nodes.items():
-        if type(node).__name__ == "NIRGraph":
-            raise UserError(f"NIR node {name!r} is a sub-graph (e.g. a recurrent layer); only feed-forward "
-                            "chains of single nodes are supported")
-    succ = {n: [] for n in names}
-    pred = {n: [] for n in names}
-    for a, b in graph.edges:
-        a, b = str(a), str(b)
-        for end in (a, b):
-            if end not in succ:
-                raise UserError(f"NIR edge ({a!r}, {b!r}) names a node {end!r} that is not in the graph "
-                                "(sub-graph ports are not supported)")
-        succ[a].append(b)
-        pred[b].append(a)
-    indeg = {n: len(pred[n]) for n in names}
-    queue = [n for n in names if indeg[n] == 0]
-    seen = []
-    while queue:
-        n = queue.pop(0)
-        seen.append(n)
-        for m in succ[n]:
-            indeg[m] -= 1
-            if indeg[m] == 0:
-                queue.append(m)
-    if len(seen) != len(names):
-        cyc = sorted(n for n in names if n not in seen)
-        raise UserError(f"NIR graph is cyclic at node {cyc[0]!r} (nodes in or after the cycle: {', '.join(cyc)}); "
-                        "recurrent graphs are not supported")
-    inputs = [n for n in names if type(graph.nodes[n]).__name__ == "Input"]
-    if len(inputs) != 1:
-        raise UserError(f"NIR graph must have exactly one Input node, found {len(inputs)}")
-    for n in names:
-        if len(succ[n]) > 1:
-            raise UserError(f"NIR node {n!r} fans out to {', '.join(succ[n])}; only a single chain is supported")
-        if len(pred[n]) > 1:
-            raise UserError(f"NIR node {n!r} has several inputs ({', '.join(pred[n])}); only a single chain is supported")
-    order = [inputs[0]]
-    while succ[order[-1]]:
-        order.append(succ[order[-1]][0])
-    unreached = [n for n in names if n not in order]
-    if unreached:
-        raise UserError(f"NIR node {unreached[0]!r} is not connected to the input chain")
-    if type(graph.nodes[order[-1]]).__name__ != "Output":
-        raise UserError(f"NIR chain ends at node {order[-1]!r}, not at an Output node")
-    return order
-
-
-def _arr(node, attr) -> np.ndarray | None:
-    v = getattr(node, attr, None)
-    return None if v is None else np.asarray(v, np.float64)
-
-
-def _uniform(name: str, kind: str, attr: str, value, allow_none=False, default=None) -> float | None:
-    if value is None:
-        if allow_none:
-            return default
-        raise UserError(f"NIR node {name!r} ({kind}) has no {attr}")
-    v = np.asarray(value, np.float64).ravel()
-    if v.size == 0:
-        return default
-    if not np.all(np.isfinite(v)):
-        raise UserError(f"NIR node {name!r} ({kind}): {attr} is not finite")
-    if np.max(np.abs(v - v[0])) > 1e-6 * max(1.0, abs(v[0])):
-        raise UserError(f"NIR node {name!r} ({kind}): per-neuron {attr} (from {v.min():g} to {v.max():g}) has no "
-                        f"equivalent here: NeuronSpec has one {attr} per layer")
-    return float(v[0])
-
-
-def _snap(x: float) -> float:
-    """Undo the float noise of tau = steps * dt round trips (2e-4 / 1e-4 = 2.0000000000000004)."""
-    short = float(f"{x:.6g}")
-    if abs(x - short) <= 1e-6 * abs(x):
-        return short
-    return float(x)
-
-
-def _per_out(name: str, kind: str, attr: str, value, out_shape) -> np.ndarray:
-    """A per-neuron value as one number per output row (Dense) or channel (Conv2d)."""
-    v = np.broadcast_to(np.asarray(value, np.float64), ()) if np.ndim(value) == 0 else np.asarray(value, np.float64)
-    n_out = int(out_shape[0])
-    if v.ndim == 0 or v.size == 1:
-        return np.full(n_out, float(v.ravel()[0]))
-    try:
-        full = np.broadcast_to(v.reshape(v.shape), out_shape) if v.shape != tuple(out_shape) else v
-    except ValueError:
-        if v.size == int(np.prod(out_shape)):
-            full = v.reshape(out_shape)
-        else:
-            raise UserError(f"NIR node {name!r} ({kind}): {attr} has shape {v.shape}, the layer has {tuple(out_shape)} "
-                            "neurons") from None
-    if len(out_shape) == 1:
-        return full.astype(np.float64)
-    flat = full.reshape(n_out, -1)
-    if np.max(np.abs(flat - flat[:, :1])) > 1e-6 * max(1.0, float(np.abs(flat).max())):
-        raise UserError(f"NIR node {name!r} ({kind}): {attr} differs within a channel; a convolution can fold "
-                        "only one value per output channel")
-    return flat[:, 0].astype(np.float64)
-
-
 def import_graph(source, *, dt: float | None = None, reset: str = "auto", approximate: bool = False,
                  time_steps: int | None = None, loss: str | None = None) -> Imported:
     """Map a NIR graph (or .nir path) onto a NetworkSpec and float parameters. See the module doc."""
     graph = read_graph(source)
-    if reset not in ("auto", "hard", "subtract"):
-        raise UserError(f"reset mode {reset!r} must be auto, hard or subtract")
-    gmeta = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in dict(graph.metadata or {}).items()}
-    ours = {}
-    if isinstance(gmeta.get("edge_sdfa"), (str, bytes)):
-        try:
-            ours = json.loads(gmeta["edge_sdfa"])
-        except ValueError:
-            ours = {}
-    gmeta["edge_sdfa"] = ours
+    gmeta = nir_graph.graph_metadata(graph)
     notes: list[str] = []
-    if dt is None:
-        if "dt" in gmeta:
-            dt = float(gmeta["dt"])
-        else:
-            dt = DEFAULT_DT
-            notes.append(f"the graph has no dt in its metadata; assumed dt={DEFAULT_DT:g} s "
-                         "(snnTorch/SpikingJelly export default; pass --dt for Norse/Rockpool graphs)")
-    if not dt > 0:
-        raise UserError(f"dt must be > 0, got {dt}")
+    dt = nir_graph.resolve_dt(graph, dt, notes)
     if time_steps is None:
         if "time_steps" in gmeta:
             time_steps = int(gmeta["time_steps"])
@@ -329,257 +210,89 @@ def import_graph(source, *, dt: float | None = None, reset: str = "auto", approx
     loss = loss or str(gmeta.get("loss", "ce"))
     if loss not in ("ce", "mse"):
         loss = "ce"
-
-    order = _chain(graph)
+    walked = nir_graph.walk(graph, dt=dt, reset=reset, notes=notes)
     layers: list = []
     params: list = []
-    shape: tuple[int, ...] | None = None
-    in_shape: tuple[int, ...] = ()
-    pending = None          # synaptic node waiting for its neuron: dict
-    scale = 1.0             # sum-pool factor to fold into the next synaptic layer
-    last_pool = None        # (name, kind, k, previous scale) of the last pooling layer
-    for name in order:
-        node = graph.nodes[name]
-        kind = type(node).__name__
-        if kind not in SUPPORTED:
-            raise UserError(f"NIR node {name!r} has type {kind}, which is not supported "
-                            f"(supported: {', '.join(SUPPORTED)})")
-        if kind == "Input":
-            it = node.input_type.get("input") if isinstance(node.input_type, dict) else node.input_type
-            shape = tuple(int(d) for d in np.asarray(it).ravel()) if it is not None else None
-            if not shape or min(shape) < 1:
-                raise UserError(f"NIR node {name!r} (Input) has no usable input shape ({it})")
-            in_shape = shape
-            continue
-        if kind == "Output":
-            if pending is not None:
-                raise UserError(f"NIR node {pending['name']!r} ({pending['kind']}) reaches the Output without a "
-                                "spiking neuron; the network's output must be spikes")
-            break
-        if kind in ("Affine", "Linear"):
-            if pending is not None:
-                raise UserError(f"NIR node {name!r} ({kind}) follows {pending['name']!r} without a neuron between "
-                                "them; fold the two linear maps into one before export")
-            w = np.asarray(node.weight, np.float64)
-            if w.ndim != 2:
-                raise UserError(f"NIR node {name!r} ({kind}): weight must be 2-D [out, in], got shape {w.shape}")
-            if len(shape) > 1 and all(d == 1 for d in shape[:-1]) and shape[-1] == w.shape[1]:
-                notes.append(f"dropped the leading size-1 dimensions of the input {shape} before {name!r}")
-                shape = (shape[-1],)
-                if not layers:
-                    in_shape = shape
-            if len(shape) != 1:
-                if int(np.prod(shape)) != w.shape[1]:
-                    raise UserError(f"NIR node {name!r} ({kind}) takes {w.shape[1]} inputs, the input is {shape}")
-                layers.append(Flatten())
-                params.append({})
-                notes.append(f"inserted a Flatten before {name!r} (input {shape})")
-                shape = (int(np.prod(shape)),)
-            if w.shape[1] != shape[0]:
-                raise UserError(f"NIR node {name!r} ({kind}) takes {w.shape[1]} inputs, the previous node gives {shape[0]}")
-            b = np.asarray(node.bias, np.float64) if kind == "Affine" else np.zeros(w.shape[0])
-            if b.shape != (w.shape[0],):
-                raise UserError(f"NIR node {name!r} (Affine): bias shape {b.shape} does not match {w.shape[0]} outputs")
-            pending = {"name": name, "kind": kind, "type": "dense", "w": w * scale, "b": b,
-                       "out_shape": (w.shape[0],)}
-            scale, last_pool = 1.0, None
-            continue
-        if kind == "Conv2d":
-            if pending is not None:
-                raise UserError(f"NIR node {name!r} (Conv2d) follows {pending['name']!r} without a neuron between them")
-            pending, shape = _conv(node, name, shape, scale)
-            if not layers:
-                in_shape = shape
-            scale, last_pool = 1.0, None
-            continue
-        if kind in ("LIF", "IF", "CubaLIF", "LI"):
-            if pending is None:
-                raise UserError(f"NIR node {name!r} ({kind}) has no Affine/Linear/Conv2d before it; every neuron "
-                                "layer needs its own synapses here")
-            neuron, gain, offset = _neuron(node, name, kind, dt, reset, approximate, notes, pending["out_shape"])
-            w, b = pending["w"], pending["b"]
-            g = gain.reshape((-1,) + (1,) * (w.ndim - 1))
-            w = w * g
-            b = b * gain + offset
-            has_bias = bool(np.any(b != 0))
-            if pending["type"] == "dense":
-                layer = Dense(w.shape[1], w.shape[0], bias=has_bias, neuron=neuron)
-            else:
-                layer = Conv2d(w.shape[1], w.shape[0], pending["k"], pending["stride"], pending["padding"],
-                               bias=has_bias, neuron=neuron)
-            p = {"weight": w.astype(np.float32)}
-            if has_bias:
-                p["bias"] = b.astype(np.float32)
-            layers.append(layer)
-            params.append(p)
-            try:
-                shape = layer.output_shape(shape)
-            except UserError as exc:
-                raise UserError(f"NIR node {pending['name']!r}: {exc}") from None
-            pending = None
-            continue
-        if pending is not None:
-            raise UserError(f"NIR node {name!r} ({kind}) sits between the synapses {pending['name']!r} and their "
-                            "neuron; only Affine/Linear/Conv2d -> neuron pairs are supported")
-        if kind == "Flatten":
-            layers.append(Flatten())
-            params.append({})
-            shape = (int(np.prod(shape)),)
-            continue
-        if kind in ("SumPool2d", "AvgPool2d"):
-            k = _pool_kernel(node, name, kind)
-            if len(shape) != 3:
-                raise UserError(f"NIR node {name!r} ({kind}) needs a (C, H, W) input, got {shape}")
-            layer = Pool2d(k, "avg")
-            try:
-                shape = layer.output_shape(shape)
-            except UserError as exc:
-                raise UserError(f"NIR node {name!r}: {exc}") from None
-            layers.append(layer)
-            params.append({})
-            last_pool = (name, kind, k, scale)
-            if kind == "SumPool2d":
-                scale *= k * k
-            continue
-        if kind == "Threshold":
-            thr = _arr(node, "threshold")
-            lo, hi = float(np.min(thr)), float(np.max(thr))
-            if last_pool is None or not (layers and isinstance(layers[-1], Pool2d)):
-                raise UserError(f"NIR node {name!r} (Threshold) is supported only right after a SumPool2d/AvgPool2d "
-                                "(where it makes a max-pool of binary spikes)")
-            pname, pkind, k, prev_scale = last_pool
-            limit = 1.0 if pkind == "SumPool2d" else 1.0 / (k * k)
-            if not (0.0 < lo and hi < limit):
-                raise UserError(f"NIR node {name!r} (Threshold {lo:g}..{hi:g}) after {pname!r} is not a max-pool of "
-                                f"binary spikes (needs 0 < threshold < {limit:g})")
-            layers[-1] = Pool2d(k, "max")
-            scale, last_pool = prev_scale, None
-            continue
-    if pending is not None:
-        raise UserError(f"NIR node {pending['name']!r} ({pending['kind']}) is not followed by a neuron")
-    if not layers:
-        raise UserError("NIR graph has no layers between its Input and Output")
-    if scale != 1.0:
-        raise UserError("NIR graph ends with a SumPool2d; the output must be the spikes of a neuron layer")
+    for stage in walked.stages:
+        if isinstance(stage, nir_graph.FlattenStage):
+            layer, p = Flatten(), {}
+        elif isinstance(stage, nir_graph.PoolStage):
+            layer, p = Pool2d(stage.kernel, stage.mode), {}
+        else:
+            layer, p = _spiking_layer(stage, dt, approximate, notes)
+        layers.append(layer)
+        params.append(p)
     try:
-        spec = NetworkSpec(in_shape, tuple(layers), int(time_steps), loss)
+        spec = NetworkSpec(walked.input_shape, tuple(layers), int(time_steps), loss)
     except UserError as exc:
         raise UserError(f"NIR graph does not form a network this runtime can run: {exc}") from None
-    return Imported(spec, params, float(dt), gmeta, notes, order)
+    return Imported(spec, params, float(dt), gmeta, notes, walked.order)
 
 
-def _pair(v, what: str, name: str) -> int:
-    a = np.asarray(v).ravel()
-    if a.size == 0:
-        raise UserError(f"NIR node {name!r}: empty {what}")
-    if np.any(a != a[0]):
-        raise UserError(f"NIR node {name!r}: non-square {what} {tuple(a.tolist())} is not supported")
-    return int(a[0])
-
-
-def _pool_kernel(node, name: str, kind: str) -> int:
-    k = _pair(node.kernel_size, "kernel", name)
-    s = _pair(node.stride, "stride", name) if node.stride is not None else k
-    p = _pair(node.padding, "padding", name) if node.padding is not None else 0
-    if s != k or p != 0:
-        raise UserError(f"NIR node {name!r} ({kind}): only non-overlapping pooling (stride = kernel, no padding) "
-                        f"is supported, got kernel {k}, stride {s}, padding {p}")
-    return k
-
-
-def _conv(node, name: str, shape, scale: float):
-    w = np.asarray(node.weight, np.float64)
-    if w.ndim != 4:
-        raise UserError(f"NIR node {name!r} (Conv2d): weight must be [out, in, kh, kw], got {w.shape}")
-    if int(node.groups) != 1:
-        raise UserError(f"NIR node {name!r} (Conv2d): groups={node.groups} is not supported")
-    if _pair(node.dilation, "dilation", name) != 1:
-        raise UserError(f"NIR node {name!r} (Conv2d): dilation is not supported")
-    if w.shape[2] != w.shape[3]:
-        raise UserError(f"NIR node {name!r} (Conv2d): non-square kernel {w.shape[2:]} is not supported")
-    k = int(w.shape[2])
-    stride = _pair(node.stride, "stride", name)
-    pad = node.padding
-    if isinstance(pad, str):
-        if pad == "valid":
-            padding = 0
-        elif pad == "same" and stride == 1 and k % 2 == 1:
-            padding = k // 2
-        else:
-            raise UserError(f"NIR node {name!r} (Conv2d): padding {pad!r} with kernel {k}, stride {stride} is not supported")
+def _spiking_layer(stage: nir_graph.SpikingLayer, dt: float, approximate: bool, notes: list):
+    """A Dense/Conv2d layer with its NeuronSpec and float parameters: the neuron's gain per output
+    row folded into the weights and bias, its offset added to the bias."""
+    syn = stage.synapse
+    neuron, gain, offset = _neuron_spec(stage.neuron, dt, approximate, notes)
+    w = syn.weight * gain.reshape((-1,) + (1,) * (syn.weight.ndim - 1))
+    b = syn.bias * gain + offset
+    has_bias = bool(np.any(b != 0))
+    if syn.is_conv:
+        layer = Conv2d(w.shape[1], w.shape[0], syn.kernel, syn.stride, syn.padding, bias=has_bias, neuron=neuron)
     else:
-        padding = _pair(pad, "padding", name)
-    cin = int(w.shape[1])
-    if shape is None or len(shape) != 3:
-        n = int(np.prod(shape)) if shape else 0
-        ishape = getattr(node, "input_shape", None)
-        if ishape is not None and len(np.asarray(ishape).ravel()) == 2 and n == cin * int(np.prod(ishape)):
-            shape = (cin, *(int(d) for d in np.asarray(ishape).ravel()))
-        else:
-            raise UserError(f"NIR node {name!r} (Conv2d) needs a (C, H, W) input, got {shape}")
-    if shape[0] != cin:
-        raise UserError(f"NIR node {name!r} (Conv2d) expects {cin} input channels, got {shape[0]}")
-    b = np.asarray(node.bias, np.float64) if node.bias is not None else np.zeros(w.shape[0])
-    if np.ndim(b) == 0:
-        b = np.full(w.shape[0], float(b))
-    probe = Conv2d(cin, int(w.shape[0]), k, stride, padding)
+        layer = Dense(w.shape[1], w.shape[0], bias=has_bias, neuron=neuron)
+    p = {"weight": w.astype(np.float32)}
+    if has_bias:
+        p["bias"] = b.astype(np.float32)
     try:
-        out_shape = probe.output_shape(shape)
+        layer.output_shape(stage.in_shape)
     except UserError as exc:
-        raise UserError(f"NIR node {name!r}: {exc}") from None
-    return ({"name": name, "kind": "Conv2d", "type": "conv", "w": w * scale, "b": b.reshape(-1), "k": k,
-             "stride": stride, "padding": padding, "out_shape": out_shape}, shape)
+        raise UserError(f"NIR node {syn.name!r}: {exc}") from None
+    return layer, p
 
 
-def _neuron(node, name: str, kind: str, dt: float, reset: str, approximate: bool, notes: list, out_shape):
-    """(NeuronSpec, gain per output row, offset per output row) for a NIR neuron node."""
-    meta = dict(getattr(node, "metadata", {}) or {})
-    mode = reset
-    if mode == "auto":
-        mode = str(meta.get("reset_mode", "hard"))
-        if mode not in ("hard", "subtract"):
-            mode = "hard"
-    v_th = _uniform(name, kind, "v_threshold", _arr(node, "v_threshold"), allow_none=kind == "LI", default=1.0)
-    v_reset = _uniform(name, kind, "v_reset", _arr(node, "v_reset"), allow_none=True, default=0.0)
-    if mode == "subtract":
-        if v_reset:
-            notes.append(f"{name}: reset by subtraction ignores v_reset={v_reset:g}")
+def _neuron_spec(n: nir_graph.Neuron, dt: float, approximate: bool, notes: list):
+    """(NeuronSpec, gain per output row, offset per output row) for a NIR neuron."""
+    name, kind = n.name, n.kind
+    if n.reset == "subtract":
+        if n.v_reset:
+            notes.append(f"{name}: reset by subtraction ignores v_reset={n.v_reset:g}")
         v_rest, spec_reset = 0.0, None
     else:
-        v_rest, spec_reset = v_reset, v_reset
+        v_rest, spec_reset = n.v_reset, n.v_reset
     try:
         if kind == "IF":
-            r = _per_out(name, kind, "r", _arr(node, "r"), out_shape)
-            return NeuronSpec("if", 2.0, v_th, spec_reset), _snap_arr(r * dt), np.zeros_like(r)
+            return NeuronSpec("if", 2.0, n.v_threshold, spec_reset), _snap_arr(n.r * dt), np.zeros_like(n.r)
         if kind == "CubaLIF":
-            tau_syn = _uniform(name, kind, "tau_syn", _arr(node, "tau_syn"))
-            if abs(dt / tau_syn - 1.0) > 1e-6:
-                msg = (f"NIR node {name!r} (CubaLIF): a synaptic current with tau_syn={tau_syn:g} s (dt={dt:g} s, "
-                       f"{tau_syn / dt:.4g} steps) has no equivalent in NeuronSpec (one state per neuron)")
+            if abs(dt / n.tau_syn - 1.0) > 1e-6:
+                msg = (f"NIR node {name!r} (CubaLIF): a synaptic current with tau_syn={n.tau_syn:g} s (dt={dt:g} s, "
+                       f"{n.tau_syn / dt:.4g} steps) has no equivalent in NeuronSpec (one state per neuron)")
                 if not approximate:
                     raise UserError(msg + "; exact only when tau_syn == dt; pass --approximate to drop the "
                                     "synaptic filter (keeping its DC gain)")
                 notes.append(msg + "; approximated by its DC gain (filter dropped)")
-            w_in = _per_out(name, kind, "w_in", _arr(node, "w_in") if node.w_in is not None else 1.0, out_shape)
-            tau_mem = _uniform(name, kind, "tau_mem", _arr(node, "tau_mem"))
-            r = _per_out(name, kind, "r", _arr(node, "r"), out_shape) * w_in
-            v_leak = _per_out(name, kind, "v_leak", _arr(node, "v_leak"), out_shape)
-            return _lif_spec(name, kind, tau_mem, dt, v_th, spec_reset, r, v_leak - v_rest, meta)
-        tau = _uniform(name, kind, "tau", _arr(node, "tau"))
-        r = _per_out(name, kind, "r", _arr(node, "r"), out_shape)
-        v_leak = _per_out(name, kind, "v_leak", _arr(node, "v_leak"), out_shape)
+            return _lif_spec(name, kind, n.tau, dt, n.v_threshold, spec_reset, n.r * n.w_in, n.v_leak - v_rest,
+                             n.metadata)
         if kind == "LI":
             msg = (f"NIR node {name!r} (LI) is a non-spiking leaky integrator (a membrane readout); the runtime's "
                    "output is the spike rate of the last layer")
             if not approximate:
                 raise UserError(msg + "; pass --approximate to replace it by a LIF with threshold 1 and hard reset 0")
             notes.append(msg + "; approximated by a LIF (threshold 1, hard reset 0): spike counts replace the membrane")
-            return _lif_spec(name, kind, tau, dt, 1.0, 0.0, r, v_leak, meta)
-        return _lif_spec(name, kind, tau, dt, v_th, spec_reset, r, v_leak - v_rest, meta)
+            return _lif_spec(name, kind, n.tau, dt, 1.0, 0.0, n.r, n.v_leak, n.metadata)
+        return _lif_spec(name, kind, n.tau, dt, n.v_threshold, spec_reset, n.r, n.v_leak - v_rest, n.metadata)
     except UserError:
         raise
     except ValueError as exc:
         raise UserError(f"NIR node {name!r} ({kind}): {exc}") from None
+
+
+def _snap(x: float) -> float:
+    """Undo the float noise of tau = steps * dt round trips (2e-4 / 1e-4 = 2.0000000000000004)."""
+    short = float(f"{x:.6g}")
+    if abs(x - short) <= 1e-6 * abs(x):
+        return short
+    return float(x)
 
 
 def _snap_arr(a: np.ndarray) -> np.ndarray:

@@ -25,10 +25,12 @@ from edge_sdfa.errors import UserError
 from edge_sdfa.spec import Dense, NetworkSpec, Pool2d, has_synapses
 
 FROZEN_BATCH = 256                 # edge_sdfa.executors.run_frozen batch
-RUNTIME_OVERHEAD = 92 * 2 ** 20    # peak RSS of Python + numpy + edge_sdfa with the numba kernels loaded, before
-                                   # any data (91.1 MiB measured; 34.7 MiB with the numpy kernels only, see docs)
+RUNTIME_OVERHEAD = 40 * 2 ** 20    # peak RSS of Python + numpy + edge_sdfa with the C kernels loaded, before
+                                   # any data (36.0 MiB measured, docs/host.md), rounded up
 SATURATION_LIMIT = 0.01            # int8_ranges: at most 1 % of a layer's weights clipped at +-127
-FINETUNE_DEFAULTS = {"epochs": 30, "batch_size": 16, "lr": 1.0, "rehearsal_ratio": 1.0, "mode": "online"}
+# the personalisation recipe (docs/personalisation.md): every dense layer trains, int8 exact rule,
+# 30 epochs, batch 8, lr 0.6
+FINETUNE_DEFAULTS = {"epochs": 30, "batch_size": 8, "lr": 0.6, "rehearsal_ratio": 1.0, "mode": "exact"}
 EXPORTERS = {"onnx": "host_tools.export_onnx", "tflite": "host_tools.export_tflite"}
 
 
@@ -124,8 +126,14 @@ def plan_all(spec: NetworkSpec, config: PlanConfig = PlanConfig()) -> list[dict]
 
 
 def choose_cut(spec: NetworkSpec, plans: list[dict], trainable_layers: int | None, budget: int | None) -> int:
-    """The partition point: K trainable synaptic layers, or the largest dense-only suffix within budget."""
+    """The partition point: K trainable synaptic layers, or the largest dense-only suffix within
+    budget; with neither, the largest dense-only suffix (the int8 rule trains dense layers only)."""
     syn = spec.synaptic_layers()
+    if trainable_layers is None and budget is None:
+        dense = [p["cut"] for p in plans if p["trainable_kinds"] == ["dense"]]
+        if not dense:
+            raise UserError("no suffix of the network is dense-only; pass --trainable-layers or --memory-budget")
+        return min(dense)
     if trainable_layers is not None:
         if not 1 <= trainable_layers <= len(syn):
             raise UserError(f"--trainable-layers must be between 1 and {len(syn)} (the network has {len(syn)} "
@@ -181,7 +189,6 @@ def calibrate(spec: NetworkSpec, params, x: np.ndarray, cut: int, headroom: floa
     Returns (qnet, report) with per-layer exponent, spike mismatch, clipped weights, the largest
     input value and the float32-exactness bound of its integer sums.
     """
-    from edge_sdfa import float_net as fn
     from edge_sdfa.int8 import arith
     from edge_sdfa.int8 import net as qn
     from edge_sdfa.int8.net import QLayer
@@ -353,8 +360,8 @@ def partition(model: str | Path, out: str | Path, *, calib: str, trainable_layer
     from host_tools.pretrain import holdout_split, split_specs
 
     t0 = time.perf_counter()
-    if (trainable_layers is None) == (memory_budget is None):
-        raise UserError("give exactly one of --trainable-layers K or --memory-budget SIZE")
+    if trainable_layers is not None and memory_budget is not None:
+        raise UserError("give at most one of --trainable-layers K or --memory-budget SIZE")
     if frozen_format not in ("npz", "onnx", "tflite"):
         raise UserError(f"--frozen-format {frozen_format!r} must be npz, onnx or tflite")
     out = Path(out)
@@ -365,6 +372,11 @@ def partition(model: str | Path, out: str | Path, *, calib: str, trainable_layer
 
     imp = nir_io.import_graph(model, dt=dt, reset=reset, approximate=approximate, time_steps=time_steps)
     spec, params = imp.spec, imp.params
+    ours = imp.metadata.get("edge_sdfa") if isinstance(imp.metadata.get("edge_sdfa"), dict) else {}
+    if feedback_seed is None and str(ours.get("method", "")).startswith("sdfa") and "seed" in ours:
+        # pretrained with SDFA: the device must use the same feedback matrices, or its hidden-layer
+        # updates are not aligned with the forward weights (docs/personalisation.md)
+        feedback_seed = int(ours["seed"])
     log(f"partition: imported {len(spec.layers)} layers from {model}")
     ft = dict(FINETUNE_DEFAULTS)
     if batch is not None:

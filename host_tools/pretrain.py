@@ -9,13 +9,13 @@ loss, data spec, training record).
 from __future__ import annotations
 
 import math
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from edge_sdfa.errors import UserError
+from edge_sdfa.progress import EpochProgress
 
 METHODS = {"bptt": "bptt", "sdfa": "sdfa_exact", "sdfa_exact": "sdfa_exact", "sdfa_online": "sdfa_online"}
 HOLDOUT_FRACTION = 0.2
@@ -78,28 +78,6 @@ def load_train_test(text: str, time_steps: int | None = None, limit: int | None 
     return x, y, xt, yt, {"test_split": how}
 
 
-class EpochBar:
-    """A one-line progress bar on stderr, redrawn once per epoch."""
-
-    def __init__(self, total: int, enabled: bool = True, label: str = "pretrain"):
-        self.total, self.enabled, self.label, self.t0 = total, enabled and total > 0, label, time.perf_counter()
-
-    def show(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        width = 24
-        done = int(width * record["epoch"] / self.total)
-        sys.stderr.write(f"\r{self.label} [{'#' * done}{'.' * (width - done)}] epoch {record['epoch']}/{self.total} "
-                         f"loss {record['loss']:.4f} train {record['train_accuracy']:.3f} "
-                         f"{time.perf_counter() - self.t0:.1f}s")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
 def pretrain(data: str, arch: str, out: str | Path, *, method: str = "bptt", epochs: int = 10,
              lr: float | None = None, batch_size: int = 64, seed: int = 0, time_steps: int | None = None,
              limit: int | None = None, test_data: str | None = None, loss: str = "ce", optimizer: str = "adam",
@@ -138,13 +116,11 @@ def pretrain(data: str, arch: str, out: str | Path, *, method: str = "bptt", epo
     config = TrainConfig(method=METHODS[method], epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                          feedback_seed=seed, optimizer=optimizer)
     params = fn.init_params(spec, seed)
-    bar = EpochBar(epochs, progress)
     load_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
-    try:
-        params, history = train(spec, params, x, y, config, on_epoch=bar.show)
-    finally:
-        bar.close()
+    with EpochProgress("pretrain", epochs, progress, digits=4) as bar:
+        params, history = train(spec, params, x, y, config,
+                                on_epoch=lambda r: bar.update(r["epoch"], loss=r["loss"], train=r["train_accuracy"]))
     train_seconds = time.perf_counter() - t1
     train_acc = accuracy(spec, params, x, y)
     test_acc = accuracy(spec, params, xt, yt) if len(yt) else float("nan")

@@ -12,10 +12,10 @@ from typing import Any, Iterator
 from firmware_bridge.agent import Agent
 from firmware_bridge.client import LinkConfig
 from firmware_bridge.faults import Faults, PtyPair, Relay
-from firmware_bridge.link import Link, open_port
+from firmware_bridge.link import Channel, open_port
 from firmware_bridge.transfer import Staging
 
-FAST = LinkConfig(timeout=0.15, max_timeout=0.6, max_attempts=40, give_up_after=8.0)
+FAST = LinkConfig(give_up_after=4.0, reconnects=0)
 
 
 @dataclass
@@ -37,9 +37,11 @@ class RecordingOps:
         return {"commits": self.commits}
 
     def accept_upload(self, up) -> dict[str, Any]:
-        data = up.path.read_bytes()
+        from firmware_bridge.transfer import unpack
+
+        data = unpack(up)
         self.accepted.append(data)
-        return {"accepted_sha256": hashlib.sha256(data).hexdigest()}
+        return {"accepted_sha256": hashlib.sha256(data).hexdigest(), "data": up.sha}
 
 
 @dataclass
@@ -70,14 +72,15 @@ class Harness:
 @contextlib.contextmanager
 def agent_harness(tmp: Path, ops: Any = None, *, to_device: Faults | None = None,
                   to_host: Faults | None = None, seed: int = 0, tap=None,
-                  insecure: bool = True) -> Iterator[Harness]:
+                  insecure: bool = True, guard=None) -> Iterator[Harness]:
     ops = ops if ops is not None else RecordingOps()
     dev, host = PtyPair(), PtyPair()
     relay = Relay(host.master, dev.master, to_device=to_device, to_host=to_host, seed=seed, tap=tap,
                   hang_up=host.hang_up)
     relay.start()
     ser = open_port(dev.path)
-    agent = Agent(Link(ser), ops, Staging(Path(tmp) / "staging"), insecure=insecure)
+    agent = Agent(Channel(ser, role="device"), ops, Staging(Path(tmp) / "staging"), insecure=insecure,
+                  guard=guard)
     stop = threading.Event()
     thread = threading.Thread(target=agent.serve, args=(stop,), kwargs={"poll": 0.05}, daemon=True)
     thread.start()
@@ -87,6 +90,7 @@ def agent_harness(tmp: Path, ops: Any = None, *, to_device: Faults | None = None
     finally:
         stop.set()
         thread.join(timeout=2)
+        agent.channel.close()
         h.relay.stop()
         ser.close()
         h.host_pty.close()
@@ -106,7 +110,8 @@ CLI = [sys.executable, "-c", "import sys; from edge_sdfa.cli import main; main(s
 MODEL_ID = "bridge-test"
 
 
-def make_bundle(out: Path, *, version: int = 1, seed: int = 0, pad_bytes: int = 0) -> Path:
+def make_bundle(out: Path, *, version: int = 1, seed: int = 0, pad_bytes: int = 0,
+                model_id: str = MODEL_ID) -> Path:
     """A real, tiny bundle (8-6-4 MLP, T=2, cut after layer 0); ``pad_bytes`` of extra holdout
     samples make it bigger (for transfer tests)."""
     from edge_sdfa.bundle import write_bundle
@@ -121,7 +126,7 @@ def make_bundle(out: Path, *, version: int = 1, seed: int = 0, pad_bytes: int = 
     n = 12 + pad_bytes // 16
     x = rng.integers(0, 2, size=(n, 2, 8), dtype=np.uint8)
     y = rng.integers(0, 4, size=n)
-    return write_bundle(out, spec, qnet, 1, model_id=MODEL_ID, version=version, holdout=(x, y),
+    return write_bundle(out, spec, qnet, 1, model_id=model_id, version=version, holdout=(x, y),
                         finetune_defaults={"epochs": 2, "batch_size": 4})
 
 
@@ -164,6 +169,7 @@ class AgentProcess:
     device_pty: PtyPair | None = None
     relay: Relay | None = None
     log: Path | None = None
+    faults: Faults | None = None
 
     @property
     def url(self) -> str:
@@ -171,7 +177,8 @@ class AgentProcess:
 
     def start(self) -> "AgentProcess":
         self.host_pty, self.device_pty = PtyPair(), PtyPair()
-        self.relay = Relay(self.host_pty.master, self.device_pty.master)
+        self.relay = Relay(self.host_pty.master, self.device_pty.master, to_device=self.faults,
+                           to_host=self.faults, seed=5)
         self.relay.start()
         cmd = self.launcher or CLI
         self.log = self.store.parent / f"agent-{time.monotonic_ns()}.log"
@@ -205,7 +212,7 @@ class AgentProcess:
         self.stop()
 
 
-SLOW_LINK = LinkConfig(timeout=3.0, max_timeout=6.0, max_attempts=6, give_up_after=30.0)
+SLOW_LINK = LinkConfig(give_up_after=30.0)
 
 
 def cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:

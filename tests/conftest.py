@@ -1,5 +1,7 @@
 import os
+import subprocess
 
+import numpy.testing  # noqa: F401  (imported here: its first import runs lscpu, a process)
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -8,10 +10,39 @@ settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True
 settings.register_profile("dev", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
+# Tiers (pyproject.toml [tool.pytest.ini_options] markers; docs/architecture.md "Tests"):
+#   unit         in process, numpy level: no compiler, subprocess, pty or Lava; the tier runs in < 60 s
+#   integration  CLI runs in a subprocess, other subprocesses, ptys, C builds, crash-at-every-step loops
+#   lava         needs lava-nc; slow: accuracy runs and venv builds
+pytest_plugins = ["pytester"]
+TIERS = {"unit", "integration", "lava", "slow"}
+
 
 def pytest_collection_modifyitems(config, items):
     # tests without a tier marker are unit tests
-    tiers = {"unit", "integration", "lava", "slow"}
     for item in items:
-        if not tiers & {m.name for m in item.iter_markers()}:
+        if not TIERS & {m.name for m in item.iter_markers()}:
             item.add_marker(pytest.mark.unit)
+
+
+class _ProcessInUnitTest(RuntimeError):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(request, monkeypatch):
+    """A unit test that starts a process or opens a pty is mislabelled: it fails and says so."""
+    marks = {m.name for m in request.node.iter_markers()}
+    if "unit" not in marks or marks & {"integration", "lava", "slow"}:
+        yield
+        return
+
+    def refuse(*args, **kwargs):
+        raise _ProcessInUnitTest(f"{request.node.nodeid} is marked unit but starts a process or opens a pty; "
+                                 "mark it integration")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    for name in ("fork", "forkpty", "openpty", "posix_spawn", "posix_spawnp"):
+        if hasattr(os, name):
+            monkeypatch.setattr(os, name, refuse)
+    yield

@@ -10,7 +10,7 @@ import pytest
 
 from bridge_fixtures import REPO, SLOW_LINK, AgentProcess, make_bundle, make_store, tree_bytes
 from firmware_bridge.client import connect, status
-from firmware_bridge.messages import Message, MsgType
+from firmware_bridge.messages import MsgType, parse_message
 
 pytestmark = pytest.mark.integration
 
@@ -36,8 +36,8 @@ def test_sigkill_at_every_commit_step(tmp_path):
     template = tmp_path / "template"
     store = make_store(template, make_bundle(tmp_path / "v1", version=1, seed=0))
     store.install_candidate(make_bundle(tmp_path / "v2", version=2, seed=1))
-    old = tree_bytes(template / "active")
-    new = tree_bytes(template / "candidate")
+    old = tree_bytes(store.active_dir())
+    new = tree_bytes(store.candidate_dir())
     assert old != new
     probe = tmp_path / "probe"
     shutil.copytree(template, probe, symlinks=True)
@@ -62,7 +62,7 @@ def test_sigkill_at_every_commit_step(tmp_path):
         if k in (0, n_ops // 2, n_ops - 1):  # and the real agent comes back and serves
             with AgentProcess(root, ["--insecure"]) as again, connect(again.url, config=SLOW_LINK) as dev:
                 assert status(dev)["active"]["version"] == version
-        active = tree_bytes(root / "active")
+        active = tree_bytes(Store(root).active_dir())
         assert active in (old, new), k
         assert version == (1 if active == old else 2)
         if k == n_ops:
@@ -72,14 +72,14 @@ def test_sigkill_at_every_commit_step(tmp_path):
 
 def _commit_or_death(dev, agent, timeout: float = 30.0) -> str:
     """Send one COMMIT and watch both the line and the process: 'done' or 'killed'."""
-    dev.seq += 1
-    dev.link.send(Message(MsgType.COMMIT, dev.seq))
+    msg = dev.submit(MsgType.COMMIT)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if agent.proc.poll() is not None:
             return "killed"
-        item = dev.link.receive(0.05)
-        if isinstance(item, Message) and item.seq == dev.seq:
+        payload = dev.channel.recv(0.05)
+        item = None if payload is None else parse_message(payload)
+        if item is not None and item.seq == msg.seq:
             assert item.type == MsgType.OK, item.meta
             return "done"
     raise AssertionError("the agent neither answered nor died")

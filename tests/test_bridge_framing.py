@@ -1,90 +1,67 @@
-"""COBS, frames and messages: round trips, and total parsers under Hypothesis fuzzing (G3)."""
+"""Frames, messages, request signatures and the error-rate estimate: round trips, and total
+parsers under Hypothesis fuzzing, including the v2 message fields (G3)."""
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from firmware_bridge import cobs
-from firmware_bridge.framing import (HEADER, Frame, FrameDecoder, ProtocolError, encode_frame,
+from firmware_bridge.framing import (ACK, DATA, KINDS, Frame, FrameDecoder, ProtocolError, encode_frame,
                                      max_wire_frame, parse_frame)
-from firmware_bridge.messages import (Message, MsgType, chunk_blob, encode_message, encode_payload,
-                                      parse_message, split_chunk)
+from firmware_bridge.link import estimate_error_rate
+from firmware_bridge.messages import (AUTHENTICATED, HEAD, Message, MsgType, check_fields, chunk_blob,
+                                      encode_message, parse_message, split_chunk, valid_name)
 
 pytestmark = pytest.mark.unit
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ
-@given(st.binary(max_size=3000))
-def test_cobs_round_trip_has_no_zero(data):
-    enc = cobs.encode(data)
-    assert 0 not in enc
-    assert len(enc) <= cobs.max_encoded_len(len(data))
-    assert cobs.decode(enc) == data
-
-
-@pytest.mark.parametrize("data", [b"", b"\x00", b"\x00\x00", b"\x01" * 254, b"\x01" * 255,
-                                  b"\x01" * 253 + b"\x00", bytes(range(256)) * 3])
-def test_cobs_edges(data):
-    assert cobs.decode(cobs.encode(data)) == data
-
-
-@FUZZ
-@given(st.binary(max_size=600))
-def test_cobs_decode_is_total(data):
-    try:
-        cobs.decode(data)
-    except cobs.CobsError:
-        pass
-
-
-@FUZZ
-@given(st.integers(0, 255), st.integers(0, 2**32 - 1), st.binary(max_size=5000))
-def test_frame_round_trip(type_, seq, payload):
-    wire = encode_frame(type_, seq, payload)
+@given(st.sampled_from(KINDS), st.binary(max_size=5000))
+def test_frame_round_trip(kind, body):
+    wire = encode_frame(kind, body)
     assert wire.endswith(b"\x00") and 0 not in wire[:-1]
     assert len(wire) - 1 <= max_wire_frame()
-    assert FrameDecoder().feed(wire) == [Frame(1, type_, seq, payload)]
+    assert FrameDecoder().feed(wire) == [Frame(kind, body)]
 
 
 @FUZZ
 @given(st.lists(st.binary(max_size=300), max_size=8), st.data())
-def test_decoder_is_split_invariant(payloads, data):
-    wire = b"".join(encode_frame(1, i, p) for i, p in enumerate(payloads))
+def test_decoder_is_split_invariant(bodies, data):
+    wire = b"".join(encode_frame(DATA, b) for b in bodies)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=10)))
     dec, out, last = FrameDecoder(), [], 0
     for c in cuts + [len(wire)]:
         out += dec.feed(wire[last:c])
         last = c
-    assert [f.payload for f in out] == payloads
+    assert [f.body for f in out] == bodies
 
 
 @FUZZ
 @given(st.binary(max_size=4000), st.integers(16, 600))
-def test_decoder_any_bytes_gives_frames_or_errors_with_bounded_memory(data, max_payload):
-    dec = FrameDecoder(max_payload)
+def test_decoder_any_bytes_gives_frames_or_errors_with_bounded_memory(data, max_body):
+    dec = FrameDecoder(max_body)
     for i in range(0, len(data), 97):
         for item in dec.feed(data[i:i + 97]):
             assert isinstance(item, (Frame, ProtocolError))
-            if isinstance(item, Frame):
-                assert len(item.payload) <= max_payload
-        assert dec.buffered <= max_wire_frame(max_payload)
+        assert dec.buffered <= max_wire_frame(max_body)
 
 
 def test_oversize_frame_dropped_until_next_delimiter():
-    dec = FrameDecoder(max_payload=64)
-    good = encode_frame(1, 7, b"ok")
+    dec = FrameDecoder(max_body=64)
+    good = encode_frame(ACK, b"ok")
     items = dec.feed(b"\x05" * 10_000 + b"\x00" + good)
     assert isinstance(items[0], ProtocolError) and "longer" in str(items[0])
-    assert items[-1] == Frame(1, 1, 7, b"ok")
+    assert items[-1] == Frame(ACK, b"ok")
     assert dec.buffered == 0
 
 
 def test_every_single_bit_flip_is_detected():
-    wire = encode_frame(int(MsgType.PUT_CHUNK), 42, chunk_blob("ab" * 32, 4096, bytes(range(200))))
+    wire = encode_frame(DATA, struct.pack(">BI", 7, 4096) + bytes(range(200)))
     for i in range(len(wire) - 1):
         for bit in range(8):
             bad = bytearray(wire)
@@ -92,20 +69,12 @@ def test_every_single_bit_flip_is_detected():
             assert not any(isinstance(x, Frame) for x in FrameDecoder().feed(bytes(bad))), (i, bit)
 
 
-def test_unknown_version_is_reported_with_its_seq():
-    wire = encode_frame(1, 99, b"", version=7)
-    (err,) = FrameDecoder().feed(wire)
-    assert isinstance(err, ProtocolError) and err.version == 7 and err.seq == 99
+def test_unknown_kind_is_refused():
+    from cobs import cobs
 
-
-def test_length_field_must_match():
-    import struct
-    import zlib
-
-    body = HEADER.pack(1, 1, 5, 10) + b"abc"
-    block = cobs.encode(body + struct.pack(">I", zlib.crc32(body)))
-    with pytest.raises(ProtocolError, match="length"):
-        parse_frame(block)
+    raw = b"\x55abc"
+    with pytest.raises(ProtocolError, match="unknown frame kind"):
+        parse_frame(cobs.encode(raw + struct.pack(">I", zlib.crc32(raw))))
 
 
 # ----------------------------------------------------------------------------- messages
@@ -116,34 +85,65 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40
 
 
 @FUZZ
-@given(st.sampled_from([MsgType.HELLO, MsgType.STATUS, MsgType.OK, MsgType.COMMIT, MsgType.FINETUNE]),
+@given(st.sampled_from([MsgType.HELLO, MsgType.STATUS, MsgType.OK, MsgType.COMMIT]),
        st.integers(0, 2**32 - 1), st.dictionaries(st.text(max_size=10), json_values, max_size=6),
        st.binary(max_size=2000))
 def test_message_round_trip(mtype, seq, meta, blob):
-    (frame,) = FrameDecoder().feed(encode_message(Message(mtype, seq, meta, blob)))
-    msg = parse_message(frame)
+    meta.pop("auth", None)
+    msg = parse_message(encode_message(Message(mtype, seq, meta, blob)))
     assert (msg.type, msg.seq, msg.meta, msg.blob) == (mtype, seq, json.loads(json.dumps(meta)), blob)
 
 
 @FUZZ
-@given(st.integers(0, 255), st.integers(0, 2**32 - 1), st.binary(max_size=400))
-def test_message_parser_is_total(type_, seq, payload):
+@given(st.binary(max_size=400))
+def test_message_parser_is_total(data):
     try:
-        msg = parse_message(Frame(1, type_, seq, payload))
-    except ProtocolError as exc:
-        assert exc.seq == seq
+        msg = parse_message(data)
+    except ProtocolError:
+        pass
     else:
         assert isinstance(msg, Message) and isinstance(msg.meta, dict)
 
 
+# the v2 fields: every one of them, with values of any JSON type
+V2_FIELDS = ["kind", "size", "sha", "raw_size", "codec", "manifest", "new_model", "files_sent", "data",
+             "config", "limit", "offset", "job", "since", "auth"]
+
+
 @FUZZ
-@given(st.sampled_from(list(MsgType)), st.dictionaries(st.text(max_size=6), json_values, max_size=4))
-def test_schema_fields_are_checked(mtype, meta):
-    frame = Frame(1, int(mtype), 3, encode_payload(meta, b"\x00" * 16))
+@given(st.sampled_from(list(MsgType)),
+       st.dictionaries(st.sampled_from(V2_FIELDS), json_values | st.fixed_dictionaries(
+           {"ctr": st.integers(-5, 2**63), "sig": st.text(max_size=300)}), max_size=6))
+def test_new_fields_are_type_checked_or_refused(mtype, meta):
+    """Any value in any field: a ProtocolError, or a message whose checked fields have their types."""
+    payload = HEAD.pack(int(mtype), 3, len(json.dumps(meta).encode())) + json.dumps(meta).encode() + b"\x00" * 16
     try:
-        parse_message(frame)
+        msg = parse_message(payload)
     except ProtocolError:
-        pass
+        return
+    for name in ("size", "raw_size", "offset", "since", "job", "limit"):
+        v = msg.meta.get(name)
+        if isinstance(v, int) and not isinstance(v, bool):
+            assert 0 <= v < 1 << 62
+    if msg.meta.get("auth") is not None:
+        assert isinstance(msg.meta["auth"]["ctr"], int) and 0 <= msg.meta["auth"]["ctr"] < 1 << 62
+    if mtype == MsgType.PUT_BUNDLE and "new_model" in msg.meta:
+        assert isinstance(msg.meta["new_model"], bool)
+    if mtype in (MsgType.FINETUNE, MsgType.EVAL, MsgType.PREDICT) and "data" in msg.meta:
+        assert msg.meta["data"] is None or isinstance(msg.meta["data"], str)
+
+
+@FUZZ
+@given(st.text(max_size=80))
+def test_names_never_hold_a_path(name):
+    if valid_name(name):
+        assert "/" not in name and "\\" not in name and ".." not in name and not name.startswith(".")
+        assert len(name) <= 64
+
+
+@pytest.mark.parametrize("name", ["../../../../tmp/x", "/etc/passwd", "a/b", ".hidden", "..", "x" * 65, "", "a\\b"])
+def test_path_like_names_are_not_names(name):
+    assert not valid_name(name)
 
 
 def test_chunk_header_round_trip():
@@ -154,6 +154,61 @@ def test_chunk_header_round_trip():
 
 def test_required_fields():
     with pytest.raises(ProtocolError, match="size"):
-        parse_message(Frame(1, int(MsgType.PUT_BUNDLE), 1, encode_payload({"sha": "a", "size": True, "kind": "x"})))
+        check_fields(MsgType.PUT_BUNDLE, {"sha": "a", "size": True, "kind": "x"})
     with pytest.raises(ProtocolError, match="chunk header"):
-        parse_message(Frame(1, int(MsgType.PUT_CHUNK), 1, encode_payload({}, b"1234")))
+        parse_message(encode_message(Message(MsgType.PUT_CHUNK, 1, {}, b"1234")))
+    with pytest.raises(ProtocolError, match="auth"):
+        check_fields(MsgType.COMMIT, {"auth": {"ctr": "1", "sig": "x"}})
+
+
+def test_authenticated_set_is_what_the_issue_lists():
+    assert {"COMMIT", "REVERT", "RESET", "FINETUNE", "EVAL", "GET_WEIGHTS", "PUT_BUNDLE"} <= {t.name for t in AUTHENTICATED}
+    assert not {"HELLO", "STATUS", "TELEMETRY", "JOB"} & {t.name for t in AUTHENTICATED}
+
+
+# ----------------------------------------------------------------------------- request signatures
+
+def test_signed_request_is_single_use_and_bound_to_its_fields():
+    pytest.importorskip("cryptography")
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from firmware_bridge.auth import RequestGuard, Unauthorized, sign_request
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    guard = RequestGuard(key.public_key())
+    nonce = guard.new_session()
+    msg = Message(MsgType.FINETUNE, 9, {"data": None, "config": {"epochs": 1}})
+    first = sign_request(msg, key, nonce, 1)
+    guard.check(first)
+    with pytest.raises(Unauthorized):
+        guard.check(first)                                   # replay
+    with pytest.raises(Unauthorized):
+        guard.check(sign_request(msg, key, nonce, 1))         # same counter again
+    later, earlier = sign_request(msg, key, nonce, 5), sign_request(msg, key, nonce, 3)
+    guard.check(later)
+    with pytest.raises(Unauthorized):
+        guard.check(earlier)                                  # reordered
+    tampered = Message(msg.type, msg.seq, {**sign_request(msg, key, nonce, 6).meta, "config": {"epochs": 99}})
+    with pytest.raises(Unauthorized):
+        guard.check(tampered)                                 # fields changed after signing
+    with pytest.raises(Unauthorized):
+        guard.check(sign_request(msg, ed25519.Ed25519PrivateKey.generate(), nonce, 7))   # other key
+    old = sign_request(msg, key, nonce, 8)
+    guard.new_session()                                       # a new HELLO: captures are stale
+    with pytest.raises(Unauthorized):
+        guard.check(old)
+
+
+# ----------------------------------------------------------------------------- adaptive size
+
+@pytest.mark.parametrize("p", [0.0, 0.01, 0.05])
+def test_error_rate_estimate_recovers_the_byte_error_rate(p):
+    import random
+
+    rng = random.Random(1)
+    outcomes = []
+    for _ in range(4000):
+        w = rng.choice([20, 40, 100, 300])
+        outcomes.append((w, rng.random() < (1 - p) ** w))
+    est = estimate_error_rate(outcomes)
+    assert abs(est - p) <= max(0.2 * p, 1e-4)

@@ -157,3 +157,53 @@ def test_signing_payload_ignores_the_signature(small_bundle):
     m = bm.read_manifest(small_bundle[0])
     assert bm.signing_payload(m) == bm.signing_payload({**m, "signature": {"value": "x"}})
     assert bm.signing_payload(m) != bm.signing_payload({**m, "version": 4})
+
+
+def test_tar_with_one_top_folder_is_accepted(small_bundle, tmp_path):
+    path = small_bundle[0]
+    tar = tmp_path / "top.tar"
+    with tarfile.open(tar, "w") as tf:
+        tf.add(path, arcname="mybundle")
+    with bm.open_bundle(tar) as b:
+        assert b.model_id == "m" and b.path.exists()
+        folder = b.path
+    assert not folder.exists()
+
+
+def test_open_bundle_removes_its_folder_when_reading_fails(small_bundle, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "t"))
+    (tmp_path / "t").mkdir()
+    path = small_bundle[0]
+    m = json.loads((path / "manifest.json").read_text())
+    m["files"]["head.npz"]["sha256"] = "0" * 64
+    (path / "manifest.json").write_text(json.dumps(m))
+    tar = bm.pack_tar(path, tmp_path / "bad.tar")
+    for read in (lambda: bm.read_bundle(tar), lambda: bm.open_bundle(tar).__enter__(), lambda: bm.info(tar)):
+        with pytest.raises(BundleError, match="checksum"):
+            read()
+        assert list((tmp_path / "t").iterdir()) == []
+
+
+def test_manifest_errors_name_the_field(small_bundle):
+    path = small_bundle[0]
+    original = (path / "manifest.json").read_text()
+    for key, value, field in (("version", "3", "'version'"), ("quant", {"exps": {"1": 99}}, "'quant.exps.1'"),
+                              ("files", {"head.npz": {"sha256": "0" * 64}}, "'files.head.npz.bytes'")):
+        _edit_manifest(path, **{key: value})
+        with pytest.raises(BundleError, match=field):
+            bm.read_bundle(path)
+        (path / "manifest.json").write_text(original)
+
+
+def test_arrays_the_network_has_no_place_for_are_refused(small_bundle):
+    path = small_bundle[0]
+    arrays = bm.load_npz(path / "head.npz")
+    arrays["l9.w8"] = np.zeros((2, 2), np.int8)
+    bm._save_npz(path / "head.npz", arrays)
+    m = json.loads((path / "manifest.json").read_text())
+    m["files"]["head.npz"] = {"sha256": bm.sha256_file(path / "head.npz"), "bytes": (path / "head.npz").stat().st_size}
+    (path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="unexpected array 'l9.w8'"):
+        bm.read_bundle(path)

@@ -29,7 +29,8 @@ def flow(tmp_path_factory):
     d = tmp_path_factory.mktemp("hostflow")
     pre = _cli("pretrain", "--data", "digits", "--arch", "mlp:64-128-128-10", "--method", "bptt", "--epochs", "12",
                "--lr", "3e-3", "--batch", "32", "--out", "model.nir", "--json", cwd=d)
-    _cli("data", "export", "digits?split=test&user=3", "user.npz", "-T", "10", "--json", cwd=d)
+    _cli("data", "export", "digits?split=test&user=3", "user.npz", "-T", "10", "--per-class", "14",
+         "--test-out", "user_test.npz", "--json", cwd=d)
     return d, pre
 
 
@@ -72,8 +73,8 @@ def test_partition_then_finetune(flow, fmt):
     assert [p["cut"] for p in part["plans"]] == [0, 1, 2]
     assert all(r["status"] != "fail" for r in part["design_rules"])
     assert {"holdout.npz", "rehearsal.npz", "head.npz", "manifest.json", f"frozen.{fmt}"} <= set(part["files"])
-    ft = _cli("finetune", f"bundle_{fmt}", "--data", "npz:user.npz", "--store", f"store_{fmt}", "--epochs", "8",
-              "--json", "--quiet", cwd=d)
+    ft = _cli("finetune", f"bundle_{fmt}", "--data", "npz:user.npz", "--test-data", "npz:user_test.npz",
+              "--store", f"store_{fmt}", "--epochs", "8", "--rehearsal-max", "4", "--json", "--quiet", cwd=d)
     assert ft["committed"] and ft["accuracy_after"] > ft["accuracy_before"]
     assert ft["holdout_after"] >= ft["holdout_before"] - 0.02
     extra = [] if fmt == "npz" else ["--frozen-from", "model.nir"]
@@ -108,7 +109,10 @@ def test_partition_memory_budget_and_errors(flow):
                cwd=d, expect=2)
     last = err.strip().splitlines()[-1]  # stderr may hold progress lines before the one error line
     assert last.startswith("error: design rule memory_budget failed") and "error" not in err.replace(last, "")
-    err = _cli("partition", "model.nir", "--out", "bundle_x", "--calib", "digits", cwd=d, expect=2)
-    assert "exactly one of --trainable-layers" in err
+    default = _cli("partition", "model.nir", "--out", "bundle_default", "--calib", "digits", "--json", cwd=d)
+    assert default["trainable_layers"] == 3  # default: every dense layer trains (docs/personalisation.md)
+    err = _cli("partition", "model.nir", "--out", "bundle_x", "--trainable-layers", "1", "--memory-budget", "1GB",
+               "--calib", "digits", cwd=d, expect=2)
+    assert "at most one of --trainable-layers" in err
     err = _cli("pretrain", "--data", "digits", "--arch", "mlp:784-10", "--out", "x.nir", cwd=d, expect=2)
     assert err.startswith("error:") and "does not match" in err

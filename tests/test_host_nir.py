@@ -7,9 +7,10 @@ import pytest
 nir = pytest.importorskip("nir")
 
 from edge_sdfa import float_net as fn  # noqa: E402
+from edge_sdfa import nir_graph  # noqa: E402
 from edge_sdfa.errors import UserError  # noqa: E402
 from edge_sdfa.int8 import net as qn  # noqa: E402
-from edge_sdfa.spec import Dense, NeuronSpec, mlp  # noqa: E402
+from edge_sdfa.spec import NeuronSpec, mlp  # noqa: E402
 from host_tools import nir_io  # noqa: E402
 from host_tools.archs import parse_arch  # noqa: E402
 
@@ -138,7 +139,7 @@ def test_unsupported_node_and_cycle_and_per_neuron_tau_name_the_node():
 
 def _nir_reference(graph, x, dt):
     """Forward-Euler NIR semantics written from the node equations (hard reset, spike v > v_th)."""
-    order = nir_io._chain(graph)
+    order = nir_graph.chain(graph)
     out = []
     for b in range(x.shape[1]):
         state, seq = {}, []

@@ -201,7 +201,7 @@ def test_dense_update_saturation_and_silent_rows(ks):
     x[0, :, :2] = 1
     d = np.full((1, 4, 5), -127, np.int8)
     master = np.full((3, 5), 32700, np.int16)
-    new, w8, sat, sat8 = ks.dense_update(ks.prepare_inputs(x), d, np.zeros(1, np.int64), master, 1 << 10, 0, 7)
+    new, _, sat, sat8 = ks.dense_update(ks.prepare_inputs(x), d, np.zeros(1, np.int64), master, 1 << 10, 0, 7)
     assert sat == 10 and (new[:2] == 32767).all() and (new[2] == 32700).all() and sat8 == 15
     assert (master == 32700).all()
 
@@ -248,3 +248,62 @@ def test_auto_falls_back_to_numpy_without_the_c_library(monkeypatch):
     assert kernels.get("auto") is reference
     with pytest.raises(UserError, match="not built when edge-sdfa was installed"):
         kernels.get("c")
+
+
+# ---------------------------------------------------------------------------------------------
+# the C set's thread pool
+
+
+@pytest.fixture()
+def c_set():
+    try:
+        return kernels.get("c")
+    except UserError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_c_kernels_from_several_python_threads_and_after_fork(c_set):
+    """ctypes releases the GIL: concurrent calls share one pool (one loop at a time); a forked
+    child (Lava forks) starts its own workers instead of waiting for its parent's."""
+    import os
+    import threading
+
+    rng = np.random.default_rng(9)
+    x = _spikes(rng, (4, 64, 300), 0.2, False)
+    w = _int8(rng, (300, 200), True)
+    want = reference.dense_current(x, w, None)
+    c_set.dense_current(c_set.prepare_inputs(x), w, None)  # the pool is running before the fork
+    errors = []
+
+    def run():
+        for _ in range(20):
+            if not np.array_equal(c_set.dense_current(c_set.prepare_inputs(x), w, None), want):
+                errors.append("mismatch")
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and not any(t.is_alive() for t in threads)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit code
+        ok = np.array_equal(c_set.dense_current(c_set.prepare_inputs(x), w, None), want)
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+@pytest.mark.integration
+def test_c_kernels_change_no_environment(c_set):
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os; before = dict(os.environ); from edge_sdfa.int8 import kernels; "
+            "kernels.get('c').info(); assert dict(os.environ) == before, set(os.environ) ^ set(before)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr

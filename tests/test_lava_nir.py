@@ -6,6 +6,7 @@ import pytest
 
 nir = pytest.importorskip("nir")
 
+from edge_sdfa import nir_graph  # noqa: E402
 from edge_sdfa.errors import UserError  # noqa: E402
 from sim_backend.lava import nir_lava  # noqa: E402
 
@@ -14,7 +15,7 @@ DT = 1e-3
 
 def _numpy_nir(graph, x, dt=DT):
     """Forward-Euler simulation of a NIR chain, written from the NIR node equations."""
-    order = nir_lava._chain(graph)
+    order = nir_graph.chain(graph)
     t_steps, n = x.shape[:2]
     outs = []
     for b in range(n):
@@ -92,6 +93,7 @@ def test_nir_graph_runs_spike_exact_in_lava(tmp_path):
     np.testing.assert_array_equal(nir_lava.run(path, x[:, :2]), ref[:, :2])
 
 
+@pytest.mark.unit
 def test_plan_maps_lif_units():
     graph = _graph()
     p = nir_lava.plan(graph)
@@ -103,6 +105,7 @@ def test_plan_maps_lif_units():
     assert p.layers[1].dv == 0.0 and p.layers[2].du == pytest.approx(DT / 0.004)
 
 
+@pytest.mark.unit
 def test_plan_rejects_what_lava_cannot_express():
     g = _graph()
     g.nodes["lif1"] = nir.LIF(tau=np.linspace(0.01, 0.02, 24), r=np.ones(24), v_leak=np.zeros(24),
@@ -117,4 +120,22 @@ def test_plan_rejects_what_lava_cannot_express():
     g.nodes["lif1"] = nir.LIF(tau=np.full(24, 0.02), r=np.ones(24), v_leak=np.zeros(24),
                               v_threshold=np.ones(24), v_reset=np.full(24, -0.5))
     with pytest.raises(UserError, match="v_reset must be 0"):
+        nir_lava.plan(g)
+
+
+@pytest.mark.unit
+def test_plan_reads_dt_and_reset_as_nir_import_does():
+    """One walker for both: the same dt default and the same reset mode, so a graph that imports
+    with reset by subtraction is refused by Lava (it resets to 0) instead of running another way."""
+    from host_tools import nir_io
+
+    nodes = dict(_graph().nodes)
+    del nodes["cuba"], nodes["output"]          # NIR import has no CubaLIF with tau_syn != dt
+    nodes.update(lif3=_lif(6, tau=0.02), output=nir.Output(output_type=np.array([6])))
+    chain = list(nodes)
+    g = nir.NIRGraph(nodes=nodes, edges=list(zip(chain[:-1], chain[1:])), metadata={})
+    assert nir_lava.plan(g).dt == nir_io.import_graph(g).dt == nir_graph.DEFAULT_DT
+    g.nodes["lif3"].metadata = {"reset_mode": "subtract"}
+    assert nir_io.import_graph(g).spec.layers[-1].neuron.v_reset is None
+    with pytest.raises(UserError, match="subtraction"):
         nir_lava.plan(g)

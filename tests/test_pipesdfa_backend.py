@@ -80,7 +80,7 @@ def test_cost_report_per_update():
     run(sim, spec, qnet, x, y, cfg, updates=2)
     c = sim.cost()
     assert c.latency_s > 0 and c.energy_j > 0
-    phases = sum(c.breakdown[f"energy_j.{p}"] for p in ("forward", "error", "gradient", "write"))
+    phases = sum(c.breakdown[f"energy_j.{p}"] for p in ("forward", "error", "gradient", "write", "leakage"))
     assert phases == pytest.approx(c.energy_j)
     assert all(isinstance(v, float) for v in c.breakdown.values())
     assert sim.wear()["pulses_total"] == pytest.approx(
@@ -121,3 +121,15 @@ def test_finetune_reports_accumulated_cost(tmp_path):
     cost = r["cost"]
     assert cost["latency_s"] > 0 and cost["energy_j"] > 0
     assert cost["breakdown"]["energy_j.write"] > 0 and cost["breakdown"]["write_pulses"] > 0
+
+
+def test_adc_bits_reach_the_cost_model():
+    """One readout model: the bits the functional crossbars convert with are the bits costed
+    (1 bit: a sense amplifier per column)."""
+    spec, qnet, x, y, cfg = small_problem()
+    adc = {}
+    for bits in (1, 8):
+        sim = PipeSDFABackend(nonidealities=NonIdealities(adc_bits=bits))
+        run(sim, spec, qnet, x, y, cfg, updates=1)
+        adc[bits] = sim.cost().breakdown["energy_j.adc"]
+    assert adc[8] > 4 * adc[1]

@@ -41,3 +41,40 @@ def test_bench_user_errors(args, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_bench_json_has_area_layers_and_schedule(capsys):
+    main(["bench", "--workload", "braille-mlpb", "--json"])
+    r = json.loads(capsys.readouterr().out)
+    for side in ("sdfa", "pipelayer"):
+        assert r[side]["area_mm2"]["total"] > 0 and r[side]["leakage_w"] > 0 and r[side]["tops_per_w"] > 0
+    assert [row["layer"] for row in r["layers"]] == [m["layer"] for m in r["mapping"]]
+    assert {"latency_s", "energy_j", "area_mm2"} <= set(r["layers"][0]["sdfa"])
+    assert r["schedule"]["sdfa"]["ratio"] == pytest.approx(1.0, abs=0.02)
+
+
+def test_bench_sweep_grid_csv_and_json(tmp_path, capsys):
+    out = tmp_path / "grid.csv"
+    main(["bench", "--workload", "braille-mlpb", "--sweep", "write.parallel_arrays=8,64",
+          "--sweep", "activity.spike_rate=0.05,0.2", "--csv", str(out), "--json"])
+    r = json.loads(capsys.readouterr().out)
+    rows = r["rows"]
+    assert [(x["write.parallel_arrays"], x["activity.spike_rate"]) for x in rows] == [
+        (8.0, 0.05), (8.0, 0.2), (64.0, 0.05), (64.0, 0.2)]
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("write.parallel_arrays,activity.spike_rate,speedup") and len(lines) == 5
+    # more write engines can only shorten the update, for both designs
+    assert rows[2]["sdfa_latency_s"] <= rows[0]["sdfa_latency_s"]
+    assert rows[2]["pipelayer_latency_s"] <= rows[0]["pipelayer_latency_s"]
+
+
+@pytest.mark.parametrize("args", [["--sweep", "write.nope=1"], ["--sweep", "write.parallel_arrays"],
+                                  ["--sweep", "write.parallel_arrays=a,b"], ["--csv", "x.csv"],
+                                  ["--sweep", "batch=1", "--csv", "/does/not/exist/x.csv"],
+                                  ["--raw", "sometimes"]])
+def test_bench_sweep_user_errors(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--workload", "braille-mlpb", *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err

@@ -96,3 +96,48 @@ def test_read_noise_is_seeded_and_zero_mean():
     a.program(w)
     out = a.mvm(x)
     assert abs(out.mean() - 1280) < 5 and out.std() > 0
+
+
+@pytest.mark.parametrize("polarity,expected", [(0, 5 + 3 * 32), (1, 5 - 3 * 32)])
+def test_stuck_msb_cell_reads_within_the_msb_slice_range(polarity, expected):
+    """32-level cells: an int8 magnitude is (MSB digit 0..3, LSB digit 0..31). A stuck-on MSB cell
+    reads as the MSB slice's top digit 3 (weight 5 -> 5 +- 96), not as level 31 (5 + 992 = 997)."""
+    xb = layer((1, 1), NonIdealities(stuck_at=True, seed=0))
+    assert xb.slice_top.tolist() == [31, 3]
+    xb.stuck[:] = 0
+    xb.stuck[polarity, 1, 0, 0] = 2
+    xb.program(np.array([[5]], np.int8))
+    assert xb.read_back()[0, 0] == expected
+    assert abs(float(xb.effective_weights()[0, 0])) <= 127
+    # a stuck-on LSB cell reads as 31, the top of its own slice
+    lsb = layer((1, 1), NonIdealities(stuck_at=True, seed=0))
+    lsb.stuck[:] = 0
+    lsb.stuck[0, 0, 0, 0] = 2
+    lsb.program(np.array([[5]], np.int8))
+    assert lsb.read_back()[0, 0] == 31
+
+
+def test_isaac_msb_slice_uses_its_own_range():
+    xb = layer((1, 1), preset="isaac")
+    assert xb.slice_top.tolist() == [3, 3, 3, 1]          # 127 = 1|3|3|3 in base 4
+    t = xb.program(np.array([[64]], np.int8))              # MSB digit 1: a full-range step, 3 level pulses
+    assert t.pulses.sum() == pytest.approx(3)
+
+
+def test_adc_converts_each_slice_on_its_own():
+    """The functional ADC converts each slice's differential current separately (one conversion
+    per column and slice, as the cost model charges), then shifts and adds."""
+    rng = np.random.default_rng(3)
+    w = rng.integers(-127, 128, size=(40, 6)).astype(np.int8)
+    xb = layer(w.shape, NonIdealities(adc_bits=4, seed=0))
+    xb.program(w)
+    x = (rng.random((9, 40)) < 0.3).astype(np.uint8)
+    got = xb.mvm(x)
+    diff = xb.g[0] - xb.g[1]
+    scales = xb._adc_scales(xb.hw.crossbar.rows)[0]
+    want = sum(xb.place[s] * quantize_adc(x.astype(np.float32) @ diff[s], 4, scales[s]) for s in range(2))
+    assert np.array_equal(got, np.rint(want).astype(np.int64))
+    combined = quantize_adc(x.astype(np.float32) @ xb.effective_weights(), 4,
+                            4.0 * np.sqrt(0.25 * (xb.effective_weights() ** 2).sum(0)))
+    assert not np.array_equal(got, np.rint(combined).astype(np.int64))
+

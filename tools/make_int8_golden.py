@@ -22,9 +22,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from edge_sdfa import float_net as fn  # noqa: E402
-from edge_sdfa.int8 import net as qn  # noqa: E402
-from edge_sdfa.spec import Conv2d, Dense, Flatten, NetworkSpec, NeuronSpec, Pool2d, mlp  # noqa: E402
+from edge_sdfa import float_net as fn
+from edge_sdfa.int8 import net as qn
+from edge_sdfa.spec import Conv2d, Dense, Flatten, NetworkSpec, NeuronSpec, Pool2d, mlp
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "golden", "int8")
 UPDATES = 3

@@ -13,9 +13,9 @@ import sys
 import typer
 
 from edge_sdfa import plugins
-from edge_sdfa.errors import UserError
+from edge_sdfa.errors import UserError, os_error_message
 
-COMMAND_MODULES = ("runtime", "data")
+COMMAND_MODULES = ("runtime", "data", "predict")
 
 
 def build_app() -> typer.Typer:
@@ -26,6 +26,12 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
+
+    @app.callback()
+    def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                           help="print the version, bundle format and runtime ABI, then exit")):
+        """On-device SNN personalisation with int8 Spiking Direct Feedback Alignment."""
+
     for name in COMMAND_MODULES:
         importlib.import_module(f"edge_sdfa.cli.{name}").register(app)
     for name, ep in sorted(plugins.entry_points(plugins.COMMANDS).items()):
@@ -38,6 +44,16 @@ def build_app() -> typer.Typer:
     return app
 
 
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from edge_sdfa import __version__
+    from edge_sdfa.manifest import FORMAT_VERSION, RUNTIME_ABI
+
+    print(f"edge-sdfa {__version__} (bundle format {FORMAT_VERSION}, runtime ABI {RUNTIME_ABI})")
+    raise typer.Exit(0)
+
+
 def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(build_app())
     try:
@@ -45,7 +61,11 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         _fail(str(exc))
     except FileNotFoundError as exc:
-        _fail(f"no such file: {exc.filename}")
+        _fail(f"no such file: {exc.filename}" if exc.filename else os_error_message(exc))
+    except OSError as exc:  # read-only or full disk, permissions, a vanished port: the user's to fix
+        _fail(os_error_message(exc))
+    except MemoryError:
+        _fail("out of memory; use smaller inputs (see docs/limits.md) or free memory")
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
@@ -65,5 +85,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
     sys.exit(2)

@@ -26,8 +26,28 @@ def info(spec: str) -> dict:
     return source.describe(spec)
 
 
-def export(spec: str, out: str, time_steps: int | None = None, limit: int | None = None) -> dict:
-    """Bin a data set spec to dense spikes and write them as a user-data ``.npz``."""
+def split_batch_test(y, per_class: int, seed: int = 0):
+    """Positions of the user's batch (``per_class`` samples of each class, a seeded draw) and of
+    the user's test part (every other sample): disjoint, with their own seed."""
+    import numpy as np
+
+    rng = np.random.default_rng([seed, 4242])
+    batch = []
+    for c in np.unique(y):
+        batch.extend(rng.permutation(np.flatnonzero(y == c))[:per_class])
+    batch = np.sort(np.asarray(batch, np.int64))
+    return batch, np.setdiff1d(np.arange(len(y)), batch)
+
+
+def export(spec: str, out: str, time_steps: int | None = None, limit: int | None = None, *,
+           test_out: str | None = None, per_class: int | None = None, split_seed: int = 0) -> dict:
+    """Bin a data set spec to dense spikes and write them as a user-data ``.npz``. With
+    ``test_out``, ``out`` gets ``per_class`` samples of each class (the batch the device trains and
+    selects on) and ``test_out`` all the others (the user's unseen test part)."""
+    if (test_out is None) != (per_class is None):
+        raise UserError("--test-out and --per-class go together")
+    if per_class is not None and per_class < 2:
+        raise UserError("--per-class must be >= 2 (the device keeps some of each class for validation)")
     from edge_sdfa import userdata
 
     source = plugins.data_source()
@@ -38,9 +58,20 @@ def export(spec: str, out: str, time_steps: int | None = None, limit: int | None
         from edge_sdfa.errors import DataError
 
         raise DataError(f"{spec}: analog (non-spike) data cannot be exported as user data")
-    userdata.save_user_data(out, y=y, x=x, subject=subject)
-    return {"out": out, "samples": int(len(y)), "time_steps": int(x.shape[1]),
-            "input_shape": list(x.shape[2:]), "subjects": None if subject is None else int(len(set(subject.tolist())))}
+    report = {"out": out, "samples": int(len(y)), "time_steps": int(x.shape[1]), "input_shape": list(x.shape[2:]),
+              "subjects": None if subject is None else int(len(set(subject.tolist())))}
+    if test_out is None:
+        userdata.save_user_data(out, y=y, x=x, subject=subject)
+        return report
+    batch, test = split_batch_test(y, per_class, split_seed)
+    if len(test) == 0:
+        raise UserError(f"{spec}: no samples left for the test part with --per-class {per_class}")
+    pick = lambda a, idx: None if a is None else a[idx]
+    userdata.save_user_data(out, y=y[batch], x=x[batch], subject=pick(subject, batch))
+    userdata.save_user_data(test_out, y=y[test], x=x[test], subject=pick(subject, test))
+    report.update({"samples": int(len(batch)), "test_out": test_out, "test_samples": int(len(test)),
+                   "split_seed": split_seed})
+    return report
 
 
 def register(app: typer.Typer) -> None:
@@ -58,9 +89,14 @@ def register(app: typer.Typer) -> None:
                    out: str = typer.Argument(..., help="output .npz (user-data format)"),
                    frames: int = typer.Option(None, "--frames", "-T", help="time steps (default: the data set's)"),
                    limit: int = typer.Option(None, "--limit", help="first N samples only"),
+                   test_out: str = typer.Option(None, "--test-out",
+                                                help="also write the user's unseen test part here (needs --per-class)"),
+                   per_class: int = typer.Option(None, "--per-class",
+                                                 help="samples per class in OUT (the batch); the rest go to --test-out"),
+                   split_seed: int = typer.Option(0, "--split-seed", help="seed of the batch/test split"),
                    as_json: bool = typer.Option(False, "--json", help="print JSON on stdout")) -> None:
         """Bin a data set to spikes and write it in the device's npz user-data format."""
         print(f"exporting {spec} ...", file=sys.stderr)
-        emit(export(spec, out, frames, limit), as_json)
+        emit(export(spec, out, frames, limit, test_out=test_out, per_class=per_class, split_seed=split_seed), as_json)
 
     app.add_typer(data_app, name="data")

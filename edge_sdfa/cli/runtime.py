@@ -1,13 +1,12 @@
 """Device commands: finetune, eval, info, store status|revert|reset, backends."""
 from __future__ import annotations
 
-import json
 from typing import Optional
 
 import typer
 
 from edge_sdfa.cli.output import emit
-from edge_sdfa.spec import DEFAULT_TEMPORAL_MODE, TEMPORAL_MODES
+from edge_sdfa.spec import TEMPORAL_MODES
 
 
 def register(app: typer.Typer) -> None:
@@ -30,33 +29,43 @@ def finetune(
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     batch: Optional[int] = typer.Option(None, "--batch"),
     lr: Optional[float] = typer.Option(None, "--lr"),
-    mode: str = typer.Option(DEFAULT_TEMPORAL_MODE, "--mode", help=" | ".join(TEMPORAL_MODES)),
+    mode: Optional[str] = typer.Option(None, "--mode", help=" | ".join(TEMPORAL_MODES) + " (default: the bundle's)"),
     store: Optional[str] = typer.Option(None, "--store", help="store dir (default: the user's data dir)"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="seeds training only (order, rehearsal, rounding stream)"),
+    split_seed: int = typer.Option(0, "--split-seed", help="seed of the user's train/validation split"),
     margin: float = typer.Option(0.02, "--margin", help="allowed holdout accuracy drop"),
     rehearsal: Optional[float] = typer.Option(None, "--rehearsal-ratio",
                                               help="rehearsal samples per user sample each epoch (bundle default)"),
+    rehearsal_max: Optional[float] = typer.Option(None, "--rehearsal-max",
+                                                  help="adaptive rehearsal: the ratio doubles up to this when the "
+                                                       "holdout falls (bundle default)"),
     backend_opt: list[str] = typer.Option([], "--backend-opt", help="KEY=VALUE passed to the backend"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ):
     """Fine-tune the head on the user's batch with SDFA; commit only if it does no harm."""
+    from edge_sdfa.cli import options
     from edge_sdfa.finetune import FinetuneConfig, finetune as run
 
+    options.finetune_options(epochs=epochs, batch=batch, lr=lr, mode=mode, seed=seed, margin=margin,
+                             rehearsal=rehearsal)
     cfg = FinetuneConfig(epochs=epochs, batch_size=batch, lr=lr, mode=mode, backend=backend, seed=seed,
-                         margin=margin, rehearsal_ratio=rehearsal, backend_options=_parse_opts(backend_opt))
+                         split_seed=split_seed, margin=margin, rehearsal_ratio=rehearsal, rehearsal_max=rehearsal_max,
+                         backend_options=options.backend_options(backend, backend_opt))
     report = run(source, data, store=store, test_data=test_data, config=cfg, progress=not quiet)
     emit(report, as_json)
 
 
 def eval_(
-    source: Optional[str] = typer.Argument(None, help="bundle or store dir; default: the default store"),
+    source: Optional[str] = typer.Argument(None, help="store dir (its active weights) or bundle (its own weights); "
+                                                      "default: the default store, else the embedded bundle"),
     data: Optional[str] = typer.Option(None, "--data"),
-    store: Optional[str] = typer.Option(None, "--store"),
+    store: Optional[str] = typer.Option(None, "--store", help="an existing store; with a bundle, the store's "
+                                                              "weights for that bundle's model and version"),
     backend: str = typer.Option("numpy", "--backend"),
     as_json: bool = typer.Option(False, "--json"),
 ):
-    """Accuracy of the active weights on user data and on the bundle's holdout."""
+    """Accuracy of the active weights on user data and on the bundle's holdout. Writes nothing."""
     from edge_sdfa.finetune import evaluate
 
     emit(evaluate(source, data, store=store, backend=backend), as_json)
@@ -101,18 +110,3 @@ def store_reset(store: Optional[str] = typer.Option(None, "--store"), as_json: b
     st = _store(store)
     st.reset()
     emit(st.status(), as_json)
-
-
-def _parse_opts(items: list[str]) -> dict:
-    from edge_sdfa.errors import UserError
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UserError(f"--backend-opt expects KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
-    return out

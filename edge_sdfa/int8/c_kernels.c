@@ -1,4 +1,4 @@
-/* The C int8 kernel set (C99, optional OpenMP), compiled at install time by setup.py and loaded
+/* The C int8 kernel set (C99 + POSIX threads), compiled at install time by setup.py and loaded
  * with ctypes by edge_sdfa/int8/c_kernels.py; bit-exact with the numpy set
  * (edge_sdfa/int8/reference.py, arith.py). No intrinsics: the inner loops are written so that
  * gcc/clang auto-vectorise them on any target. Never built with -march=native: on x86-64 (GCC,
@@ -8,16 +8,18 @@
  *
  * Conventions: all arrays C-contiguous; sizes int64; spikes uint8; weights/errors int8.
  * Signed right shifts of negative values are arithmetic (gcc and clang guarantee it).
- * Work is handed out in dynamic chunks: on a shared device a descheduled thread must not hold
- * half of the work while the others wait at the barrier.
+ * Work is handed out in dynamic chunks by a small pool of POSIX threads whose idle workers sleep
+ * on a condition variable (never spin): on a shared device a spinning or descheduled thread must
+ * not hold the others up, and the pool needs no process-wide setting (OpenMP's libgomp spins at
+ * its barriers unless OMP_WAIT_POLICY is set in the environment, which a library must not do).
  * The Python side only calls a kernel where its integer bounds hold (see c_kernels.py).
  */
+#include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include <unistd.h>
 
 #if defined(__GNUC__) || defined(__clang__)
 #define ALWAYS_INLINE inline __attribute__((always_inline))
@@ -39,61 +41,240 @@
 
 int esd_abi_version(void) { return 7; }
 
+/* ------------------------------------------------------------------------------------------ */
+/* the thread pool: parallel_for(total, chunk, body, ctx) runs body(ctx, begin, end, tid) over
+ * chunks of [0, total) on the caller (tid 0) and the pool's workers (tid 1 ..); one loop at a
+ * time (ctypes releases the GIL, so two Python threads may call in at once). */
+
+#define ESD_MAX_THREADS 64
+
+typedef void (*esd_body)(void *ctx, int64_t begin, int64_t end, int tid);
+
+static struct {
+    pthread_mutex_t run; /* one parallel loop at a time */
+    pthread_mutex_t mu;
+    pthread_cond_t wake, idle;
+    int wanted;  /* threads including the caller; 0: the CPUs online */
+    int started; /* workers running (threads - 1) */
+    unsigned long gen, start_gen;
+    int busy;
+    esd_body body;
+    void *ctx;
+    int64_t total, chunk, next;
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
+          PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, NULL, NULL, 0, 0, 0};
+
+static void run_chunks(int tid)
+{
+    for (;;) {
+        int64_t b = __atomic_fetch_add(&pool.next, pool.chunk, __ATOMIC_RELAXED);
+        if (b >= pool.total)
+            break;
+        int64_t e = b + pool.chunk < pool.total ? b + pool.chunk : pool.total;
+        pool.body(pool.ctx, b, e, tid);
+    }
+}
+
+static void *pool_worker(void *arg)
+{
+    int tid = (int)(intptr_t)arg;
+    pthread_mutex_lock(&pool.mu);
+    unsigned long seen = pool.start_gen;
+    for (;;) {
+        while (pool.gen == seen)
+            pthread_cond_wait(&pool.wake, &pool.mu);
+        seen = pool.gen;
+        pthread_mutex_unlock(&pool.mu);
+        run_chunks(tid);
+        pthread_mutex_lock(&pool.mu);
+        if (--pool.busy == 0)
+            pthread_cond_signal(&pool.idle);
+    }
+    return NULL;
+}
+
+static void pool_after_fork(void)
+{
+    /* the child has only the forking thread: forget the workers, start anew on first use */
+    pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t c = PTHREAD_COND_INITIALIZER;
+    pool.run = m;
+    pool.mu = m;
+    pool.wake = c;
+    pool.idle = c;
+    pool.started = 0;
+    pool.busy = 0;
+}
+
+static int pool_size(void)
+{
+    int n = pool.wanted;
+    if (n <= 0) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        n = cpus > 0 ? (int)cpus : 1;
+    }
+    return n < 1 ? 1 : (n > ESD_MAX_THREADS ? ESD_MAX_THREADS : n);
+}
+
+/* Start the workers once (called with pool.run held); returns the threads including the caller. */
+static int pool_start(void)
+{
+    static int atfork = 0;
+    int n = pool_size();
+    if (pool.started + 1 >= n)
+        return pool.started + 1;
+    if (!atfork) {
+        pthread_atfork(NULL, NULL, pool_after_fork);
+        atfork = 1;
+    }
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old); /* signals go to Python's threads, not the workers */
+    pthread_mutex_lock(&pool.mu);
+    pool.start_gen = pool.gen;
+    while (pool.started + 1 < n) {
+        pthread_t th;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int rc = pthread_create(&th, &attr, pool_worker, (void *)(intptr_t)(pool.started + 1));
+        pthread_attr_destroy(&attr);
+        if (rc != 0)
+            break; /* fewer threads: still correct */
+        pool.started++;
+    }
+    pthread_mutex_unlock(&pool.mu);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return pool.started + 1;
+}
+
+static void parallel_for(int64_t total, int64_t chunk, esd_body body, void *ctx)
+{
+    if (total <= 0)
+        return;
+    if (chunk < 1)
+        chunk = 1;
+    pthread_mutex_lock(&pool.run);
+    int nt = total > chunk ? pool_start() : 1;
+    if (nt <= 1) {
+        body(ctx, 0, total, 0);
+        pthread_mutex_unlock(&pool.run);
+        return;
+    }
+    pthread_mutex_lock(&pool.mu);
+    pool.body = body;
+    pool.ctx = ctx;
+    pool.total = total;
+    pool.chunk = chunk;
+    pool.next = 0;
+    pool.busy = nt - 1;
+    pool.gen++;
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.mu);
+    run_chunks(0);
+    pthread_mutex_lock(&pool.mu);
+    while (pool.busy > 0)
+        pthread_cond_wait(&pool.idle, &pool.mu);
+    pthread_mutex_unlock(&pool.mu);
+    pthread_mutex_unlock(&pool.run);
+}
+
+/* Threads a parallel loop uses (the caller included). */
 int esd_num_threads(void)
 {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
+    pthread_mutex_lock(&pool.run);
+    int n = pool.started > 0 ? pool.started + 1 : pool_size();
+    pthread_mutex_unlock(&pool.run);
+    return n;
+}
+
+/* Ask for n threads (0: one per CPU online); takes effect before the first parallel loop. */
+void esd_set_num_threads(int n)
+{
+    pthread_mutex_lock(&pool.run);
+    if (pool.started == 0)
+        pool.wanted = n;
+    pthread_mutex_unlock(&pool.run);
+}
+
+/* The most threads a parallel loop can use (every tid is below it): size per-thread scratch by it. */
+static int max_threads(void)
+{
+    pthread_mutex_lock(&pool.run);
+    int n = pool_size();
+    if (pool.started + 1 > n)
+        n = pool.started + 1;
+    pthread_mutex_unlock(&pool.run);
+    return n;
 }
 
 /* ------------------------------------------------------------------------------------------ */
 /* sparse structure of the spikes */
 
 /* Per row of x[R, K]: the number of nonzeros; returns the largest value (1: binary). */
-int64_t esd_row_counts(const uint8_t *restrict x, int64_t R, int64_t K, int64_t *restrict counts)
+typedef struct {
+    const uint8_t *x;
+    int64_t K;
+    int64_t *counts;
+    int64_t *vmax; /* per thread */
+} row_counts_args;
+
+static void row_counts_body(void *ctx, int64_t r0, int64_t r1, int tid)
 {
-    int64_t vmax = 0;
-    int64_t r;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 32) reduction(max : vmax)
-#endif
-    for (r = 0; r < R; r++) {
-        const uint8_t *row = x + r * K;
+    row_counts_args *A = (row_counts_args *)ctx;
+    int64_t vmax = A->vmax[tid];
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = A->x + r * A->K;
         int64_t c = 0;
         unsigned mx = 0;
-        for (int64_t k = 0; k < K; k++) {
+        for (int64_t k = 0; k < A->K; k++) {
             unsigned v = row[k];
             c += v != 0;
             mx = v > mx ? v : mx;
         }
-        counts[r] = c;
+        A->counts[r] = c;
         if ((int64_t)mx > vmax)
             vmax = mx;
     }
-    return vmax;
+    A->vmax[tid] = vmax;
 }
 
-/* Padded CSR fill: row r's nonzeros go to idx[starts[r] ...] (one spare slot per row, so the
- * branchless fill never writes into the next row); values into val unless binary. */
-void esd_csr_fill(const uint8_t *restrict x, int64_t R, int64_t K, const int64_t *restrict starts,
-                  int32_t *restrict idx, uint8_t *restrict val, int binary)
+int64_t esd_row_counts(const uint8_t *restrict x, int64_t R, int64_t K, int64_t *restrict counts)
 {
-    int64_t r;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 32)
-#endif
-    for (r = 0; r < R; r++) {
-        const uint8_t *row = x + r * K;
-        int64_t p = starts[r];
-        if (binary) {
-            for (int64_t k = 0; k < K; k++) {
+    int64_t vmax[ESD_MAX_THREADS] = {0};
+    row_counts_args A = {x, K, counts, vmax};
+    parallel_for(R, 32, row_counts_body, &A);
+    int64_t m = 0;
+    for (int i = 0; i < ESD_MAX_THREADS; i++)
+        m = vmax[i] > m ? vmax[i] : m;
+    return m;
+}
+
+typedef struct {
+    const uint8_t *x;
+    int64_t K;
+    const int64_t *starts;
+    int32_t *idx;
+    uint8_t *val;
+    int binary;
+} csr_fill_args;
+
+static void csr_fill_body(void *ctx, int64_t r0, int64_t r1, int tid)
+{
+    csr_fill_args *A = (csr_fill_args *)ctx;
+    (void)tid;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = A->x + r * A->K;
+        int64_t p = A->starts[r];
+        int32_t *restrict idx = A->idx;
+        if (A->binary) {
+            for (int64_t k = 0; k < A->K; k++) {
                 idx[p] = (int32_t)k;
                 p += row[k] != 0;
             }
         } else {
-            for (int64_t k = 0; k < K; k++) {
+            uint8_t *restrict val = A->val;
+            for (int64_t k = 0; k < A->K; k++) {
                 uint8_t v = row[k];
                 idx[p] = (int32_t)k;
                 val[p] = v;
@@ -101,6 +282,15 @@ void esd_csr_fill(const uint8_t *restrict x, int64_t R, int64_t K, const int64_t
             }
         }
     }
+}
+
+/* Padded CSR fill: row r's nonzeros go to idx[starts[r] ...] (one spare slot per row, so the
+ * branchless fill never writes into the next row); values into val unless binary. */
+void esd_csr_fill(const uint8_t *restrict x, int64_t R, int64_t K, const int64_t *restrict starts,
+                  int32_t *restrict idx, uint8_t *restrict val, int binary)
+{
+    csr_fill_args A = {x, K, starts, idx, val, binary};
+    parallel_for(R, 32, csr_fill_body, &A);
 }
 
 /* Per input k and step t the rows r = t * N + n with a spike, input-major so that all steps of
@@ -205,34 +395,43 @@ static ESD_CLONES void sum_rows32(const int8_t *restrict w, int64_t ld, const in
 
 /* out[r, :] = sum_p val[p] * w[idx[p], :] over row r's nonzeros, int32 (the caller checked
  * K * 255 * 128 < 2**31). Rows split between threads; columns in tiles of width tile. */
+typedef struct {
+    const int64_t *starts, *ends;
+    const int32_t *idx;
+    const uint8_t *val;
+    int binary;
+    const int8_t *w;
+    int64_t M, tile;
+    int32_t *out;
+    int16_t *acc16; /* per thread: tile + 1 */
+} gather_args;
+
+static void gather_body(void *ctx, int64_t r0, int64_t r1, int tid)
+{
+    gather_args *A = (gather_args *)ctx;
+    int16_t *acc16 = A->acc16 + (size_t)tid * (size_t)(A->tile + 1);
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t c0 = 0; c0 < A->M; c0 += A->tile) {
+            int64_t tw = A->M - c0 < A->tile ? A->M - c0 : A->tile;
+            sum_rows32(A->w + c0, A->M, A->idx, A->val, A->starts[r], A->ends[r], A->binary, acc16,
+                       A->out + r * A->M + c0, tw);
+        }
+}
+
 int esd_gather(const int64_t *restrict starts, const int64_t *restrict ends, const int32_t *restrict idx,
                const uint8_t *restrict val, int binary, const int8_t *restrict w, int64_t R, int64_t M,
                int64_t tile, int32_t *restrict out)
 {
-    int err = 0;
     if (tile <= 0 || tile > M)
         tile = M;
-#ifdef _OPENMP
-#pragma omp parallel reduction(| : err)
-#endif
-    {
-        int16_t *acc16 = (int16_t *)malloc(sizeof(int16_t) * (size_t)(tile + 1));
-        if (!acc16) {
-            err = 1;
-        } else {
-            for (int64_t c0 = 0; c0 < M; c0 += tile) {
-                int64_t tw = M - c0 < tile ? M - c0 : tile;
-                int64_t r;
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 8) nowait
-#endif
-                for (r = 0; r < R; r++)
-                    sum_rows32(w + c0, M, idx, val, starts[r], ends[r], binary, acc16, out + r * M + c0, tw);
-            }
-            free(acc16);
-        }
-    }
-    return err ? -1 : 0;
+    int nt = max_threads();
+    int16_t *acc16 = (int16_t *)malloc(sizeof(int16_t) * (size_t)(tile + 1) * (size_t)nt);
+    if (!acc16)
+        return -1;
+    gather_args A = {starts, ends, idx, val, binary, w, M, tile, out, acc16};
+    parallel_for(R, 8, gather_body, &A);
+    free(acc16);
+    return 0;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -378,43 +577,59 @@ static ESD_CLONES void update_row(const grad_args *A, int64_t k, int64_t c0, int
  * +-32767; other rows copied unchanged; new_w8 = arith.w8_from_master(new_master) on every row.
  * sat[0] = saturated master values, sat[1] = |w8| == 127 values. The caller checked that
  * grad * m + r fits int64 and 0 <= kbits <= 62. */
+typedef struct {
+    const grad_args *G;
+    const int16_t *master;
+    int64_t m, kbits;
+    uint64_t key;
+    int64_t tile;
+    int16_t *new_master;
+    int8_t *new_w8;
+    int16_t *acc16; /* per thread: tile + 1 each */
+    int32_t *acc32;
+    int64_t *g;
+    int64_t *n_sat, *n_127; /* per thread */
+} update_args;
+
+static void update_body(void *ctx, int64_t k0, int64_t k1, int tid)
+{
+    update_args *U = (update_args *)ctx;
+    size_t off = (size_t)tid * (size_t)(U->tile + 1);
+    const int64_t M = U->G->M;
+    for (int64_t k = k0; k < k1; k++)
+        for (int64_t c0 = 0; c0 < M; c0 += U->tile) {
+            int64_t tw = M - c0 < U->tile ? M - c0 : U->tile;
+            update_row(U->G, k, c0, tw, U->master, U->m, U->kbits, U->key, U->new_master, U->new_w8, U->g + off,
+                       U->acc16 + off, U->acc32 + off, &U->n_sat[tid], &U->n_127[tid]);
+        }
+}
+
 int esd_dense_update(const int64_t *ptr, const int32_t *smp, const uint8_t *sval, int binary, const int8_t *d,
                      int64_t T, int64_t N, int64_t K, int64_t M, const int64_t *shifts, int use32, int64_t s_min,
                      const int16_t *restrict master, int64_t m, int64_t kbits, uint64_t key, int64_t tile,
                      int16_t *restrict new_master, int8_t *restrict new_w8, int64_t *sat)
 {
     grad_args A = {ptr, smp, sval, binary, d, T, N, K, M, shifts, use32, s_min};
-    int err = 0;
-    int64_t n_sat = 0, n_127 = 0;
+    int64_t n_sat[ESD_MAX_THREADS] = {0}, n_127[ESD_MAX_THREADS] = {0};
     if (tile <= 0 || tile > M)
         tile = M;
-#ifdef _OPENMP
-#pragma omp parallel reduction(| : err) reduction(+ : n_sat, n_127)
-#endif
-    {
-        int16_t *acc16 = (int16_t *)malloc(sizeof(int16_t) * (size_t)(tile + 1));
-        int32_t *acc32 = (int32_t *)malloc(sizeof(int32_t) * (size_t)(tile + 1));
-        int64_t *g = (int64_t *)malloc(sizeof(int64_t) * (size_t)(tile + 1));
-        if (!acc16 || !acc32 || !g) {
-            err = 1;
-        } else {
-            for (int64_t c0 = 0; c0 < M; c0 += tile) {
-                int64_t tw = M - c0 < tile ? M - c0 : tile;
-                int64_t k;
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 16) nowait
-#endif
-                for (k = 0; k < K; k++)
-                    update_row(&A, k, c0, tw, master, m, kbits, key, new_master, new_w8, g, acc16, acc32,
-                               &n_sat, &n_127);
-            }
-        }
-        free(acc16);
-        free(acc32);
-        free(g);
+    size_t each = (size_t)(tile + 1) * (size_t)max_threads();
+    int16_t *acc16 = (int16_t *)malloc(sizeof(int16_t) * each);
+    int32_t *acc32 = (int32_t *)malloc(sizeof(int32_t) * each);
+    int64_t *g = (int64_t *)malloc(sizeof(int64_t) * each);
+    int err = !acc16 || !acc32 || !g;
+    if (!err) {
+        update_args U = {&A, master, m, kbits, key, tile, new_master, new_w8, acc16, acc32, g, n_sat, n_127};
+        parallel_for(K, 16, update_body, &U);
     }
-    sat[0] = n_sat;
-    sat[1] = n_127;
+    free(acc16);
+    free(acc32);
+    free(g);
+    sat[0] = sat[1] = 0;
+    for (int i = 0; i < ESD_MAX_THREADS; i++) {
+        sat[0] += n_sat[i];
+        sat[1] += n_127[i];
+    }
     return err ? -1 : 0;
 }
 
@@ -493,35 +708,41 @@ static ESD_CLONES void neuron_one(const void *cur, int cur32, int64_t T, int64_t
 
 /* kind 0 = LIF, 1 = IF; v starts at vr; want: 0 nothing, 1 h into hs (int64), 2 the surrogate
  * LUT index of h - vth into sgi (uint8). cur is int32 (cur32 != 0) or int64 [T, N, M]. */
+typedef struct {
+    const void *cur;
+    int cur32;
+    int64_t T, N, M;
+    int kind, decay_input, soft;
+    int64_t vth, vr, decay;
+    int want;
+    int64_t sg_shift, half;
+    uint8_t *spikes;
+    int64_t *hs;
+    uint8_t *sgi;
+    int64_t *v; /* per thread: M + 1 */
+} neuron_args;
+
+static void neuron_body(void *ctx, int64_t n0, int64_t n1, int tid)
+{
+    neuron_args *A = (neuron_args *)ctx;
+    int64_t *v = A->v + (size_t)tid * (size_t)(A->M + 1);
+    for (int64_t n = n0; n < n1; n++)
+        neuron_one(A->cur, A->cur32, A->T, A->N, A->M, n, A->kind, A->decay_input, A->soft, A->vth, A->vr, A->decay,
+                   A->want, A->sg_shift, A->half, A->spikes, A->hs, A->sgi, v);
+}
+
 int esd_neuron_run(const void *cur, int cur32, int64_t T, int64_t N, int64_t M, int kind, int decay_input,
                    int soft, int64_t vth, int64_t vr, int64_t decay, int want, int64_t sg_shift, int64_t half,
                    uint8_t *restrict spikes, int64_t *restrict hs, uint8_t *restrict sgi)
 {
-    int err = 0;
-    cur32 = cur32 != 0;
-    decay_input = decay_input != 0;
-    soft = soft != 0;
-    if (kind != 0)
-        decay_input = 0;
-#ifdef _OPENMP
-#pragma omp parallel reduction(| : err)
-#endif
-    {
-        int64_t *v = (int64_t *)malloc(sizeof(int64_t) * (size_t)(M + 1));
-        if (!v) {
-            err = 1;
-        } else {
-            int64_t n;
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 4)
-#endif
-            for (n = 0; n < N; n++)
-                neuron_one(cur, cur32, T, N, M, n, kind, decay_input, soft, vth, vr, decay, want, sg_shift, half,
-                           spikes, hs, sgi, v);
-            free(v);
-        }
-    }
-    return err ? -1 : 0;
+    int64_t *v = (int64_t *)malloc(sizeof(int64_t) * (size_t)(M + 1) * (size_t)max_threads());
+    if (!v)
+        return -1;
+    neuron_args A = {cur, cur32 != 0, T, N, M, kind, kind != 0 ? 0 : decay_input != 0, soft != 0, vth, vr, decay,
+                     want, sg_shift, half, spikes, hs, sgi, v};
+    parallel_for(N, 4, neuron_body, &A);
+    free(v);
+    return 0;
 }
 
 /* Step t of esd_local_deltas. */
@@ -615,38 +836,54 @@ static ESD_CLONES void deltas_step(int64_t t, const void *h, int from_index, con
  * caller proved C * max|e| * max|b| < 2**31, so the projection is exact in int32 and the
  * products with the LUT use 32x32->64 multiplies) or int64. h is the uint8 LUT index
  * (from_index) or the int64 membrane. The caller checked that no product can wrap. */
+typedef struct {
+    const void *h;
+    int from_index;
+    const void *e;
+    int e32;
+    int64_t Te, C;
+    const void *b;
+    int64_t N, M, vth, sg_shift;
+    const int32_t *lut32;
+    int64_t half;
+    int8_t *deltas;
+    int64_t *shifts;
+    int64_t *raw, *gr; /* per thread: N * M + 1, M + 1 */
+    int32_t *gr32, *li; /* per thread: M + 1 */
+} deltas_args;
+
+static void deltas_body(void *ctx, int64_t t0, int64_t t1, int tid)
+{
+    deltas_args *A = (deltas_args *)ctx;
+    size_t big = (size_t)tid * (size_t)(A->N * A->M + 1), small = (size_t)tid * (size_t)(A->M + 1);
+    for (int64_t t = t0; t < t1; t++)
+        deltas_step(t, A->h, A->from_index, A->e, A->e32, A->Te, A->C, A->b, A->N, A->M, A->vth, A->sg_shift,
+                    A->lut32, A->half, A->deltas, A->shifts, A->raw + big, A->gr + small, A->gr32 + small,
+                    A->li + small);
+}
+
 int esd_local_deltas(const void *h, int from_index, const void *e, int e32, int64_t Te, int64_t C,
                      const void *b, int64_t T, int64_t N, int64_t M, int64_t vth, int64_t sg_shift,
                      const int64_t *restrict lut, int64_t half, int8_t *restrict deltas, int64_t *restrict shifts)
 {
-    int err = 0;
     int32_t lut32[256];
     for (int64_t i = 0; i < 2 * half && i < 256; i++)
         lut32[i] = (int32_t)lut[i];
-#ifdef _OPENMP
-#pragma omp parallel reduction(| : err)
-#endif
-    {
-        int64_t *raw = (int64_t *)malloc(sizeof(int64_t) * (size_t)(N * M + 1));
-        int64_t *gr = (int64_t *)malloc(sizeof(int64_t) * (size_t)(M + 1));
-        int32_t *gr32 = (int32_t *)malloc(sizeof(int32_t) * (size_t)(M + 1));
-        int32_t *li = (int32_t *)malloc(sizeof(int32_t) * (size_t)(M + 1));
-        if (!raw || !gr || !gr32 || !li) {
-            err = 1;
-        } else {
-            int64_t t;
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-            for (t = 0; t < T; t++)
-                deltas_step(t, h, from_index, e, e32, Te, C, b, N, M, vth, sg_shift, lut32, half, deltas, shifts,
-                            raw, gr, gr32, li);
-        }
-        free(raw);
-        free(gr);
-        free(gr32);
-        free(li);
+    size_t nt = (size_t)max_threads(); /* any thread may take any step */
+    int64_t *raw = (int64_t *)malloc(sizeof(int64_t) * (size_t)(N * M + 1) * nt);
+    int64_t *gr = (int64_t *)malloc(sizeof(int64_t) * (size_t)(M + 1) * nt);
+    int32_t *gr32 = (int32_t *)malloc(sizeof(int32_t) * (size_t)(M + 1) * nt);
+    int32_t *li = (int32_t *)malloc(sizeof(int32_t) * (size_t)(M + 1) * nt);
+    int err = !raw || !gr || !gr32 || !li;
+    if (!err) {
+        deltas_args A = {h, from_index, e, e32, Te, C, b, N, M, vth, sg_shift, lut32, half, deltas, shifts,
+                         raw, gr, gr32, li};
+        parallel_for(T, 1, deltas_body, &A);
     }
+    free(raw);
+    free(gr);
+    free(gr32);
+    free(li);
     return err ? -1 : 0;
 }
 

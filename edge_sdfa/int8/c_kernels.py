@@ -1,6 +1,6 @@
 """The C kernel set: the numpy set's entry points (``reference``) in C, bit-exact with it.
 
-``c_kernels.c`` (C99, OpenMP where the compiler has it) is compiled when the package is installed
+``c_kernels.c`` (C99, a small POSIX thread pool whose idle workers sleep) is compiled when the package is installed
 (``setup.py``: ``build_ext`` with the system C compiler, honouring ``CC``/``CFLAGS``) into the
 shared library ``_c_kernels*.so`` next to this file, loaded here with ctypes. Nothing is compiled
 at run time and nothing in the process environment is changed; where the install could not build
@@ -53,6 +53,17 @@ def library_path() -> str | None:
 
 _LIB = None
 _ERROR: str | None = None
+THREADS_ENV = "EDGE_SDFA_THREADS"  # read, never set: threads of the C kernels (default: CPUs online)
+
+
+def _threads(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise UserError(f"{THREADS_ENV}={text!r} is not a number of threads") from None
+    if n < 0:
+        raise UserError(f"{THREADS_ENV} must be >= 0 (0: one per CPU), got {n}")
+    return n
 
 
 def load():
@@ -71,6 +82,9 @@ def load():
                 if lib.esd_abi_version() != ABI_VERSION:
                     raise OSError(f"ABI version {lib.esd_abi_version()} != {ABI_VERSION}")
                 _declare(lib)
+                threads = os.environ.get(THREADS_ENV, "")
+                if threads.strip():
+                    lib.esd_set_num_threads(_threads(threads))
                 _LIB = lib
                 return lib
             except (OSError, AttributeError) as exc:
@@ -87,6 +101,7 @@ def _declare(lib) -> None:
     P, I64, I = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     sig = {
         "esd_num_threads": (I, []),
+        "esd_set_num_threads": (None, [I]),
         "esd_row_counts": (I64, [P, I64, I64, P]),
         "esd_csr_fill": (None, [P, I64, I64, P, P, P, I]),
         "esd_csc": (I, [P, P, P, P, I, I64, I64, I64, P, P, P]),
@@ -105,7 +120,7 @@ def _declare(lib) -> None:
 
 
 def info() -> dict:
-    """Where the library is and how many OpenMP threads it runs."""
+    """Where the library is and how many threads its parallel loops use."""
     return {"path": library_path(), "threads": int(load().esd_num_threads())}
 
 

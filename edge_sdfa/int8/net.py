@@ -10,9 +10,9 @@ numpy set.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from types import ModuleType
-from typing import Callable
 
 import numpy as np
 
@@ -20,7 +20,15 @@ from edge_sdfa import float_net as fn
 from edge_sdfa.errors import UserError
 from edge_sdfa.int8 import arith
 from edge_sdfa.int8 import kernels as kernel_sets
-from edge_sdfa.spec import DEFAULT_TEMPORAL_MODE, Dense, Flatten, NetworkSpec, Pool2d, has_synapses, temporal_mode
+from edge_sdfa.spec import (
+    DEFAULT_TEMPORAL_MODE,
+    Dense,
+    Flatten,
+    NetworkSpec,
+    Pool2d,
+    has_synapses,
+    temporal_mode,
+)
 
 # A backend's matrix-vector product: (synaptic layer index, integer input rows [R, K]) -> the
 # layer's current [R, M] without bias (int64), or None to leave it to the kernel set.
@@ -109,7 +117,10 @@ class Int8Trace:
     out_spikes: np.ndarray | None = None                           # [T, N, classes] uint8
 
 
-def _conv_current(layer, q: QLayer, rows: np.ndarray, ks: ModuleType, mvm, i: int) -> np.ndarray:
+def _conv_current(layer, q: QLayer, rows: np.ndarray, ks: ModuleType, mvm, i: int,
+                  channels_last: bool = False) -> np.ndarray:
+    """Conv currents ``[B, C, OH, OW]``, or with ``channels_last`` ``[B, OH, OW, C]`` (the
+    gather's own layout: no transposed copy of the currents)."""
     from edge_sdfa.ops import im2col
 
     cols = im2col(rows, layer.kernel_size, layer.stride, layer.padding)
@@ -118,7 +129,10 @@ def _conv_current(layer, q: QLayer, rows: np.ndarray, ks: ModuleType, mvm, i: in
     if cur is None:
         w = q.w8.reshape(q.w8.shape[0], -1).T
         cur = ks.dense_current(ks.prepare_inputs(flat[None]), w, None)
-    cur = cur.reshape(*cols.shape[:3], -1).transpose(0, 3, 1, 2)
+    cur = cur.reshape(*cols.shape[:3], -1)
+    if channels_last:
+        return cur if q.bias is None else cur + q.bias.astype(np.int64)
+    cur = cur.transpose(0, 3, 1, 2)
     if q.bias is not None:
         cur = cur + q.bias[:, None, None].astype(np.int64)
     return cur
@@ -153,20 +167,26 @@ def forward(spec: NetworkSpec, qnet: QNet, x: np.ndarray, kernels: Kernels = Non
                     trace.inputs[i] = x3
                     trace.prepared[i] = prepared if prepared is not None else ks.prepare_inputs(x3)
             else:
-                cur = _conv_current(layer, q, rows, ks, mvm, i)
+                # a conv layer nobody records runs its neurons in the channels-last order of the
+                # gather (the dynamics are per neuron, so only the order of the spikes changes)
+                # and transposes the uint8 spikes instead of the int32/int64 currents
+                channels_last = i not in keep
+                cur = _conv_current(layer, q, rows, ks, mvm, i, channels_last)
                 if i in keep:
                     trace.inputs[i] = rows.reshape(t_steps, n, -1)
+            oh_ow_c = cur.shape[1:]
             cur = cur.reshape(t_steps, n, -1)
             const = arith.neuron_constants(layer.neuron, q.exp)
             spikes, sg = ks.neuron_run(layer.neuron, const, cur, q.exp if i in keep else None)
             if i in keep:
                 trace.sg_index[i] = sg
+            if not isinstance(layer, Dense) and channels_last:
+                spikes = np.ascontiguousarray(spikes.reshape(t_steps * n, *oh_ow_c).transpose(0, 3, 1, 2))
             rows = spikes.reshape(t_steps * n, *shapes[i + 1])
         elif isinstance(layer, Pool2d):
-            b, c, h, w = rows.shape
-            k = layer.kernel_size
-            r = rows[:, :, : h // k * k, : w // k * k].reshape(b, c, h // k, k, w // k, k)
-            rows = r.max(axis=(3, 5)) if layer.mode == "max" else r.sum(axis=(3, 5), dtype=np.int64).astype(np.uint8)
+            from edge_sdfa.ops import pool2d_int
+
+            rows = pool2d_int(rows, layer.kernel_size, layer.mode)
         elif isinstance(layer, Flatten):
             rows = rows.reshape(rows.shape[0], int(np.prod(rows.shape[1:])))
     out = rows.reshape(t_steps, n, int(np.prod(rows.shape[1:])))

@@ -23,22 +23,20 @@ __all__ = ["Dataset", "Sample", "Entry", "DataSpec", "parse_spec", "open_dataset
            "iter_batches", "describe"]
 
 
-def _classes():
-    from .atis import NCaltech101, NMNIST
-    from .braille import Braille
-    from .dvsgesture import DVSGesture
-    from .npzdata import NpzUserData
-    from .offline import Digits, Idx
-    from .shd import SHD
+def reader_class(kind: str) -> type[Dataset]:
+    """The Dataset class of a kind (``spec.KINDS``), imported on first use."""
+    import importlib
 
-    return {"digits": Digits, "digits-events": Digits, "nmnist": NMNIST, "ncaltech101": NCaltech101,
-            "shd": SHD, "dvsgesture": DVSGesture, "braille": Braille, "idx": Idx, "npz": NpzUserData}
+    from .spec import KINDS
+
+    module, _, name = KINDS[kind].reader.partition(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
 def open_dataset(spec: str | DataSpec) -> Dataset:
     """Open a data set lazily from a spec string such as ``nmnist:/data/NMNIST?split=test``."""
     ds = parse_spec(spec) if isinstance(spec, str) else spec
-    return _classes()[ds.kind](ds)
+    return reader_class(ds.kind)(ds)
 
 
 def _open_with_T(spec, time_steps: int | None, limit: int | None) -> Dataset:

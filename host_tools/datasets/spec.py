@@ -29,21 +29,38 @@ COMMON_OPTIONS = {
     "seed": "seed of the encoding (rate coding, emulator noise)",
 }
 
-KIND_OPTIONS: dict[str, dict[str, str]] = {
-    "digits": {"encoding": "rate | events"},
-    "digits-events": {},
-    "nmnist": {"first_saccade_only": "1: keep only events of the first 100 ms"},
-    "shd": {"max_time": "seconds covered by the T bins (default 1.4)",
-            "binning": "reference | uniform"},
-    "dvsgesture": {"condition": "lighting condition(s) to keep (comma separated)"},
-    "ncaltech101": {"test_fraction": "fraction held out for split=test (default 0.2)"},
-    "braille": {"encoding": "delta | analog", "threshold": "delta threshold in std units (default 0.1)",
-                "taxels": "comma separated taxel indices or 'all' (default 1,2,6,10)"},
-    "idx": {"encoding": "events | rate"},
-    "npz": {},
+@dataclass(frozen=True)
+class Kind:
+    """One data set kind: its reader class (``module:Class`` in this package, imported only when a
+    spec of the kind is opened), its own options (``COMMON_OPTIONS`` apply to every kind) and
+    whether its spec needs a path (``kind:PATH``). A new format is its reader module plus one entry
+    in ``KINDS``."""
+
+    reader: str
+    options: dict[str, str] = field(default_factory=dict)
+    path: bool = False
+
+
+KINDS: dict[str, Kind] = {
+    "digits": Kind("offline:Digits", {"encoding": "rate | events"}),
+    "digits-events": Kind("offline:Digits"),
+    "nmnist": Kind("atis:NMNIST", {"first_saccade_only": "1: keep only events of the first 100 ms"}, path=True),
+    "shd": Kind("shd:SHD", {"max_time": "seconds covered by the T bins (default 1.4)",
+                            "binning": "reference | uniform"}, path=True),
+    "dvsgesture": Kind("dvsgesture:DVSGesture", {"condition": "lighting condition(s) to keep (comma separated)"},
+                       path=True),
+    "ncaltech101": Kind("atis:NCaltech101", {"test_fraction": "fraction held out for split=test (default 0.2)"},
+                        path=True),
+    "braille": Kind("braille:Braille", {"encoding": "delta | analog",
+                                        "threshold": "delta threshold in std units (default 0.1)",
+                                        "taxels": "comma separated taxel indices or 'all' (default 1,2,6,10)"},
+                    path=True),
+    "idx": Kind("offline:Idx", {"encoding": "events | rate"}, path=True),
+    "npz": Kind("npzdata:NpzUserData", path=True),
 }
 
-KINDS_WITH_PATH = {"nmnist", "shd", "dvsgesture", "ncaltech101", "braille", "idx", "npz"}
+KIND_OPTIONS: dict[str, dict[str, str]] = {name: kind.options for name, kind in KINDS.items()}
+KINDS_WITH_PATH = {name for name, kind in KINDS.items() if kind.path}
 
 
 @dataclass(frozen=True)

@@ -100,10 +100,9 @@ class LavaBackend(_HeadOwner):
     name = "lava"
     tag = "fixed_pt"
 
-    def __init__(self, capacity: int | str = 16, kernels: str = "numpy"):
+    def __init__(self, capacity: int | str = 16):
         require_lava()
         super().__init__(int(capacity))
-        self.kernels = kernels
         self.spec = None
 
     def program(self, spec, layers, feedback_seed, config):
@@ -122,7 +121,7 @@ class LavaBackend(_HeadOwner):
         from sim_backend.lava.head import fixed_params
 
         params = fixed_params(self.spec, self.layers, self.feedback, self.lay, self.config.lr, self.config.seed,
-                              self.mode, self.kernels)
+                              self.mode)
         self._build(params, capacity)
 
     def forward(self, x):

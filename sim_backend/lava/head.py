@@ -53,7 +53,7 @@ def _neuron_dict(layer: Dense) -> dict:
 
 
 def fixed_params(spec: NetworkSpec, qnet, feedback: dict, lay: HeadLayout, lr: float, seed: int,
-                 mode: str, kernels: str) -> list[dict]:
+                 mode: str) -> list[dict]:
     from edge_sdfa import float_net as fn
 
     norm = fn.feedback_norm(spec)
@@ -65,7 +65,7 @@ def fixed_params(spec: NetworkSpec, qnet, feedback: dict, lay: HeadLayout, lr: f
                     "bias": None if q.bias is None else np.asarray(q.bias),
                     "feedback": None if i == lay.dense[-1] or i not in feedback else np.asarray(feedback[i]),
                     "is_last": i == lay.dense[-1], "norm": norm, "lr": lr, "seed": seed, "layer_index": i,
-                    "mode": mode, "kernels": kernels})
+                    "mode": mode})
     return out
 
 

@@ -1,19 +1,20 @@
 """NIR -> Lava: run a whole NIR graph's inference on Lava's own Dense and LIF processes.
 
-Supported graphs are feed-forward chains ``Input -> [Flatten] -> (Affine|Linear -> LIF|IF|CubaLIF
-[-> Flatten])+ -> Output``. NIR's continuous-time neurons are discretised with forward Euler at
-``dt`` (argument, else ``graph.metadata["dt"]``, else 1.0), the convention NIR's own Lava example
-uses:
+The graph is read by the walker NIR import uses too (``edge_sdfa.nir_graph``: one chain walk, one
+``dt`` default, one reading of every neuron's parameters and reset mode; its docstring states NIR's
+semantics). Lava runs the chains ``Input -> [Flatten] -> (Affine|Linear -> LIF|IF|CubaLIF
+[-> Flatten])+ -> Output`` exactly: NIR's forward-Euler neuron at ``dt`` is Lava's LIF with
 
-- LIF: ``v += dt/tau (v_leak - v + R I)``; IF: ``v += dt R I``; spike ``v > v_threshold``, then
-  ``v = v_reset`` (Lava resets to 0, so ``v_reset`` must be 0).
-- CubaLIF: ``I_syn += dt/tau_syn (w_in I - I_syn)`` first, then the LIF update with the new I_syn.
-- State starts at 0 for every sample.
+- LIF: Dense ``weight = W * r * dt/tau``, ``du = 1``, ``dv = dt/tau``,
+  ``bias_mant = dt/tau * v_leak + weight-scaled affine bias``;
+- IF: ``weight = W * r * dt``, ``du = 1``, ``dv = 0``;
+- CubaLIF: ``weight = W * w_in * dt/tau_syn * r * dt/tau_mem``, ``du = dt/tau_syn``,
+  ``dv = dt/tau_mem`` (an Affine bias into a CubaLIF has no exact mapping);
+- ``vth = v_threshold``; Lava spikes on ``v > vth`` as NIR does, and resets to 0, so only a hard
+  reset with ``v_reset = 0`` maps. State starts at 0 for every sample.
 
-Mapping (per layer): Dense ``weight = W * R * dt/tau`` (CubaLIF: ``W * w_in * dt/tau_syn *
-R dt/tau_mem``), LIFReset ``du = 1`` (CubaLIF: ``dt/tau_syn``), ``dv = dt/tau`` (IF: 0),
-``bias_mant = dt/tau v_leak + scaled affine bias``, ``vth = v_threshold``. Lava's LIF has one
-du/dv/vth per population, so tau, tau_syn and v_threshold must be uniform within a layer.
+Lava's LIF has one du/dv/vth per population (the walker already requires one tau, tau_syn and
+v_threshold per node). Convolutions, pooling and LI readouts have no mapping here.
 
 Each Lava Dense sends the previous step's accumulation (a 1-step delay per layer). This is
 accounted for exactly: samples run back to back with LIFReset clearing u and v at the step each
@@ -27,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_sdfa import nir_graph
 from edge_sdfa.errors import UserError
 
 NEURONS = ("LIF", "IF", "CubaLIF")
-SYNAPSES = ("Affine", "Linear")
 
 
 @dataclass(frozen=True)
@@ -56,94 +57,45 @@ class NirPlan:
         return int(np.prod(self.input_shape))
 
 
-def _uniform(name: str, what: str, values) -> float:
-    arr = np.asarray(values, np.float64).reshape(-1)
-    if arr.size == 0:
-        raise UserError(f"NIR node {name!r}: empty {what}")
-    if not np.allclose(arr, arr[0], rtol=1e-6, atol=0.0):
-        raise UserError(f"NIR node {name!r}: Lava's LIF needs one {what} per layer; it varies across neurons")
-    return float(arr[0])
-
-
-def _chain(graph) -> list[str]:
-    succ: dict[str, list[str]] = {}
-    pred: dict[str, list[str]] = {}
-    for a, b in graph.edges:
-        succ.setdefault(a, []).append(b)
-        pred.setdefault(b, []).append(a)
-    inputs = [k for k, n in graph.nodes.items() if type(n).__name__ == "Input"]
-    if len(inputs) != 1:
-        raise UserError(f"the NIR graph needs exactly one Input node, found {len(inputs)}")
-    order = [inputs[0]]
-    while type(graph.nodes[order[-1]]).__name__ != "Output":
-        nxt = succ.get(order[-1], [])
-        if len(nxt) != 1 or len(pred.get(nxt[0], [])) != 1:
-            raise UserError(f"only feed-forward chains can run in Lava; node {order[-1]!r} branches or merges")
-        order.append(nxt[0])
-        if len(order) > len(graph.nodes):
-            raise UserError("the NIR graph has a cycle")
-    return order
-
-
 def plan(graph, dt: float | None = None) -> NirPlan:
     """Lava parameters for every layer of a NIR chain (pure numpy)."""
-    if dt is None:
-        dt = float((graph.metadata or {}).get("dt", 1.0))
-    order = _chain(graph)
-    nodes = [(k, graph.nodes[k]) for k in order]
-    in_type = nodes[0][1].input_type
-    input_shape = tuple(int(d) for d in np.asarray(in_type["input"] if isinstance(in_type, dict) else in_type).reshape(-1))
+    walked = nir_graph.walk(graph, dt=dt)
+    dt = walked.dt
     layers: list[LavaLayer] = []
-    pending = None  # (name, weight, bias)
-    n_prev = int(np.prod(input_shape))
-    for name, node in nodes[1:-1]:
-        kind = type(node).__name__
-        if kind == "Flatten":
+    for stage in walked.stages:
+        if isinstance(stage, nir_graph.FlattenStage):
             continue
-        if kind in SYNAPSES:
-            if pending is not None:
-                raise UserError(f"NIR node {name!r}: two synapses in a row cannot map to Lava Dense/LIF")
-            w = np.asarray(node.weight, np.float64)
-            if w.ndim != 2 or w.shape[1] != n_prev:
-                raise UserError(f"NIR node {name!r}: weight {w.shape} does not take {n_prev} inputs")
-            b = np.asarray(node.bias, np.float64).reshape(-1) if kind == "Affine" else np.zeros(w.shape[0])
-            pending = (name, w, b)
-            continue
-        if kind not in NEURONS:
+        if isinstance(stage, nir_graph.PoolStage):
+            raise UserError(f"NIR node {stage.name!r} (pooling) has no Lava mapping here")
+        syn, neuron = stage.synapse, stage.neuron
+        if syn.is_conv or neuron.kind not in NEURONS:
+            kind = syn.kind if syn.is_conv else neuron.kind
+            name = syn.name if syn.is_conv else neuron.name
             raise UserError(f"NIR node {name!r} of type {kind} has no Lava mapping "
-                            f"(supported: Input, Output, Flatten, {', '.join(SYNAPSES + NEURONS)})")
-        if pending is None:
-            raise UserError(f"NIR node {name!r}: a neuron needs a synapse (Affine/Linear) before it")
-        syn_name, w, b = pending
-        pending = None
-        n = w.shape[0]
-        r = np.broadcast_to(np.asarray(node.r, np.float64).reshape(-1), (n,))
-        if np.any(np.asarray(node.v_reset, np.float64) != 0):
-            raise UserError(f"NIR node {name!r}: Lava's LIF resets to 0; v_reset must be 0")
-        vth = _uniform(name, "v_threshold", node.v_threshold)
-        if kind == "IF":
-            scale, du, dv, leak = r * dt, 1.0, 0.0, np.zeros(n)
-        elif kind == "LIF":
-            dv = dt / _uniform(name, "tau", node.tau)
-            scale, du = r * dv, 1.0
-            leak = dv * np.broadcast_to(np.asarray(node.v_leak, np.float64).reshape(-1), (n,))
-        else:  # CubaLIF
-            du = dt / _uniform(name, "tau_syn", node.tau_syn)
-            dv = dt / _uniform(name, "tau_mem", node.tau_mem)
-            w_in = np.broadcast_to(np.asarray(node.w_in, np.float64).reshape(-1), (n,))
-            scale = w_in * du * r * dv
-            leak = dv * np.broadcast_to(np.asarray(node.v_leak, np.float64).reshape(-1), (n,))
-            if np.any(b != 0):
-                raise UserError(f"NIR node {syn_name!r}: an Affine bias into a CubaLIF has no exact Lava mapping")
-        if not (0.0 <= du <= 1.0 and 0.0 <= dv <= 1.0):
-            raise UserError(f"NIR node {name!r}: dt/tau must be in [0, 1] for Euler steps (dt={dt})")
-        layers.append(LavaLayer(w * scale[:, None], scale * b + leak, du, dv, vth, (syn_name, name)))
-        n_prev = n
-    if pending is not None:
-        raise UserError("the NIR graph ends in a synapse; Lava needs a neuron after every Affine/Linear")
-    if not layers:
-        raise UserError("the NIR graph has no synapse + neuron layer")
-    return NirPlan(input_shape, tuple(layers), float(dt))
+                            f"(supported: Input, Output, Flatten, Affine, Linear, {', '.join(NEURONS)})")
+        layers.append(_lava_layer(syn, neuron, dt))
+    return NirPlan(walked.input_shape, tuple(layers), float(dt))
+
+
+def _lava_layer(syn: nir_graph.Synapse, n: nir_graph.Neuron, dt: float) -> LavaLayer:
+    if n.reset != "hard":
+        raise UserError(f"NIR node {n.name!r}: Lava's LIF resets to 0; reset by subtraction has no mapping")
+    if n.v_reset != 0:
+        raise UserError(f"NIR node {n.name!r}: Lava's LIF resets to 0; v_reset must be 0")
+    w, b = syn.weight, syn.bias
+    if n.kind == "IF":
+        scale, du, dv, leak = n.r * dt, 1.0, 0.0, np.zeros(len(n.r))
+    elif n.kind == "LIF":
+        dv = dt / n.tau
+        scale, du, leak = n.r * dv, 1.0, dv * n.v_leak
+    else:  # CubaLIF
+        du, dv = dt / n.tau_syn, dt / n.tau
+        scale, leak = n.w_in * du * n.r * dv, dv * n.v_leak
+        if np.any(b != 0):
+            raise UserError(f"NIR node {syn.name!r}: an Affine bias into a CubaLIF has no exact Lava mapping")
+    if not (0.0 <= du <= 1.0 and 0.0 <= dv <= 1.0):
+        raise UserError(f"NIR node {n.name!r}: dt/tau must be in [0, 1] for Euler steps (dt={dt})")
+    return LavaLayer(w * scale[:, None], scale * b + leak, du, dv, n.v_threshold, (syn.name, n.name))
 
 
 def load(graph_or_path):

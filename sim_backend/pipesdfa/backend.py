@@ -173,6 +173,8 @@ class PipeSDFABackend:
     def _account(self, batch: int, traces, pulses: int, density: float) -> None:
         rate = float(np.mean(self._seen)) if self._seen else 0.1
         first = min((i for i, q in enumerate(self.layers) if q.trainable), default=len(self.layers))
-        result, layers = update_cost(self.spec, first, batch, self.hw, rate, density, self.update_mode,
+        # one readout model: the ADC bits the functional crossbars convert with are the ones costed
+        hw = self.hw.with_adc_bits(self.ni.adc_bits) if self.ni.adc_bits is not None else self.hw
+        result, layers = update_cost(self.spec, first, batch, hw, rate, density, self.update_mode,
                                      self.config.mode, traces)
-        self._cost = CostReport(result.latency_s, result.energy.total(), flat_breakdown(result, layers, pulses))
+        self._cost = CostReport(result.latency_s, result.total_energy_j, flat_breakdown(result, layers, pulses))

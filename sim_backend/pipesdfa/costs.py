@@ -82,17 +82,31 @@ def cycle_busy(hw: HardwareParams, phase: str, cols_read: int, bits: int | None 
                         digital=1.0 / hw.periph.clock_hz)
 
 
+def column_resistance(hw: HardwareParams, act: Activity, active_rows: float) -> float:
+    """Resistance of a column while it is read: its active cells (with access transistors) in parallel."""
+    g = mean_conductance(hw, act.level_fraction)
+    g_eff = 1.0 / (1.0 / g + hw.crossbar.access_r_ohm)
+    return 1.0 / (max(active_rows, 1.0) * g_eff)
+
+
+def conversion_energy(hw: HardwareParams, act: Activity, active_rows: float, bits: int | None = None) -> float:
+    return hw.adc.conversion_energy(bits, column_resistance(hw, act, active_rows))
+
+
 def mvm_cycle(hw: HardwareParams, act: Activity, phase: str, tiles: int, rows_used: float,
               cols_used: float, slices: int, row_activity: float, bits: int | None = None) -> Breakdown:
-    """Energy of one read cycle of ``tiles`` tiles (each ``slices`` differential pairs of arrays)."""
+    """Energy of one read cycle of ``tiles`` tiles (each ``slices`` differential pairs of arrays).
+    An active row's driver is held for the whole cycle (pulse and multiplexed conversions), as
+    ISAAC accounts its DACs; one conversion per used column and slice (the pair is subtracted)."""
     arrays = tiles * slices * 2
     active_rows = row_activity * rows_used
     array = arrays * (active_rows * cols_used * cell_read_energy(hw, act)
                       + cols_used * bitline_cap(hw) * hw.crossbar.v_read ** 2)
-    drivers = arrays * active_rows * (hw.periph.e_driver_j + wordline_cap(hw) * hw.crossbar.v_dd ** 2)
+    held = cycle_time(hw, int(math.ceil(cols_used)), bits)
+    drivers = arrays * active_rows * (hw.periph.p_driver_w * held + wordline_cap(hw) * hw.crossbar.v_dd ** 2)
     conversions = tiles * slices * cols_used
     return Breakdown.of(phase, array=array, drivers=drivers,
-                        adc=conversions * hw.adc.conversion_energy(bits),
+                        adc=conversions * conversion_energy(hw, act, active_rows, bits),
                         digital=conversions * hw.periph.e_digital_op_j)
 
 
@@ -101,8 +115,14 @@ def write_pulse_energy(hw: HardwareParams, act: Activity) -> float:
     return hw.write.v_write ** 2 * hw.write.t_pulse_s / (1.0 / g + hw.crossbar.access_r_ohm)
 
 
+def tiles_of(hw: HardwareParams, arrays: float) -> int:
+    """Physical tiles (``arrays_per_tile`` crossbars sharing a buffer and digital units)."""
+    return max(1, math.ceil(arrays / hw.periph.arrays_per_tile))
+
+
 def digital_time(hw: HardwareParams, ops: float, arrays: int) -> float:
-    lanes = max(1, arrays) * hw.periph.digital_ops_per_cycle_per_array
+    """Seconds for ``ops`` 16-bit operations on the digital lanes of the tiles holding ``arrays``."""
+    lanes = tiles_of(hw, arrays) * hw.periph.digital_ops_per_cycle_per_tile
     return ops / (lanes * hw.periph.clock_hz)
 
 
@@ -142,7 +162,7 @@ def row_serial_write(hw: HardwareParams, act: Activity, rows_with_set: float, ro
     if verify:
         reads = phases * iters
         array += reads * cols_used * cell_read_energy(hw, act)
-        adc = reads * cols_used * hw.adc.conversion_energy()
+        adc = reads * cols_used * conversion_energy(hw, act, 1.0)
     return ArrayWrite(latency, Breakdown.of("write", array=array, drivers=drivers, adc=adc), pulses)
 
 

@@ -68,5 +68,6 @@ def flat_breakdown(result: pipeline.PipelineResult, layers: list[LayerCost], pul
         out[f"busy_s.{ph}"] = result.busy.phase(ph)
     for comp in COMPONENTS:
         out[f"energy_j.{comp}"] = e.component(comp)
+    out["energy_j.leakage"] = result.leakage_j
     out["write_pulses"] = float(pulses)
     return out
