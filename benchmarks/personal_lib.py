@@ -192,6 +192,11 @@ def pretrain_float(sizes, x, y, seed: int, epochs: int, lr: float = 3e-3, batch_
 # the event model: MLP 2312-1000-10 on the digits through the DVS emulator (N-MNIST layout)
 
 EVENT_PRETRAIN = {"method": "sdfa_online", "epochs": 15, "batch_size": 32, "lr": 2e-3}
+# The event bundle's fine-tuning defaults, chosen on the event users' validation parts only
+# (benchmarks/tune_personalise.py; docs/personalisation.md "The N-MNIST-format shape"). The digits'
+# recipe (make_embedded.FINETUNE_DEFAULTS, lr 0.6) was tuned on the 64-128-128-10 network; the
+# 2312-1000-10 network's hidden layer sums 2312 inputs and takes a smaller step.
+EVENT_FINETUNE_DEFAULTS = {"epochs": 30, "batch_size": 8, "lr": 0.3, "rehearsal_ratio": 1.0, "mode": "exact"}
 EVENT_FEEDBACK_SEED = 1234
 
 

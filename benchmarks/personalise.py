@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -76,12 +77,12 @@ def digits_suite(variant: dict | None = None, name: str = "digits") -> tuple[Pat
 
 
 def events_suite() -> tuple[Path, dict]:
-    from host_tools import make_embedded as me
 
     out = pl.CACHE / "events_bundle"
     x_test, y_test = pl.event_arrays("test", "digits-events?split=test")
     hold, pool = pl.holdout_and_user_pool(y_test)
-    if not (out / "manifest.json").exists():
+    manifest = out / "manifest.json"
+    if not manifest.exists() or json.loads(manifest.read_text()).get("finetune") != pl.EVENT_FINETUNE_DEFAULTS:
         spec, params = pl.event_model(0)
         qnet, _ = qn.quantize(spec, params, trainable=set(range(len(spec.layers))))
         x_tr, y_tr = pl.event_arrays("train", "digits-events?split=train")
@@ -89,7 +90,7 @@ def events_suite() -> tuple[Path, dict]:
         shutil.rmtree(out, ignore_errors=True)
         bundle_mod.write_bundle(out, spec, qnet, 0, model_id="digits-events-mlp", version=1,
                                 holdout=(x_test[hold], y_test[hold]), rehearsal=(x_tr[reh], y_tr[reh]),
-                                feedback_seed=pl.EVENT_FEEDBACK_SEED, finetune_defaults=me.FINETUNE_DEFAULTS,
+                                feedback_seed=pl.EVENT_FEEDBACK_SEED, finetune_defaults=pl.EVENT_FINETUNE_DEFAULTS,
                                 metadata={"source": "sklearn digits through the DVS emulator (N-MNIST layout)",
                                           "pretrain": pl.EVENT_PRETRAIN})
     users = {}
@@ -230,7 +231,8 @@ def goals(rows: list[dict]) -> dict:
     return out
 
 
-def run_suite(bundle_dir: Path, users: dict, seeds: list[int], methods, float_epochs: int, log) -> list[dict]:
+def run_suite(bundle_dir: Path, users: dict, seeds: list[int], methods, float_epochs: int, log,
+              device_opts: list[str] = ()) -> list[dict]:
     rows = []
     b = bundle_mod.read_bundle(bundle_dir)
     same_is_all = b.cut == 0
@@ -242,13 +244,13 @@ def run_suite(bundle_dir: Path, users: dict, seeds: list[int], methods, float_ep
             for m in methods:
                 if m == "backprop_same_layers" and same_is_all and "backprop_all_layers" in methods:
                     continue  # identical run: every layer is trainable on the device
-                res = run_device(bundle_dir, data, parts, seed) if m == "device" else \
+                res = run_device(bundle_dir, data, parts, seed, device_opts) if m == "device" else \
                     run_float(bundle_dir, data, parts, seed, m, float_epochs)
                 runs[m].append(res)
                 log(f"{user} {m} seed {seed}: {res['before']:.3f} -> {res['after']:.3f} "
                     f"(holdout {res['holdout_before']:.3f} -> {res['holdout_after']:.3f}, "
                     f"{'committed' if res['committed'] else 'reverted'}, {res['seconds']:.1f}s)")
-            if same_is_all and "backprop_same_layers" in methods:
+            if same_is_all and "backprop_same_layers" in methods and "backprop_all_layers" in methods:
                 runs["backprop_same_layers"].append(runs["backprop_all_layers"][-1])
         for m in methods:
             rows.append(summarise_runs(user, m, runs[m], data["shift"]))
@@ -290,6 +292,11 @@ def main(argv=None):
     ap.add_argument("--users", default=None, help="comma separated user names (default: all)")
     ap.add_argument("--ablation", action="store_true", help="also the device path with each change undone")
     ap.add_argument("--no-events", action="store_true")
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help="comma separated methods to run (the float baselines do not depend on the bundle's "
+                         "fine-tuning defaults: rerun only the device after changing them)")
+    ap.add_argument("--device-opts", default="", help="extra finetune options for the device path, e.g. "
+                    "'--rehearsal-max 4' (reported as a user's choice, not the bundle's defaults)")
     ap.add_argument("--float-job", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.float_job:
@@ -304,20 +311,22 @@ def main(argv=None):
     rows = []
     bundle_dir, users = digits_suite()
     users = {k: v for k, v in users.items() if wanted is None or k in wanted}
-    rows += run_suite(bundle_dir, users, seeds, METHODS, 100, log)
+    methods = [m for m in METHODS if m in args.methods.split(",")]
+    device_opts = shlex.split(args.device_opts)
+    rows += run_suite(bundle_dir, users, seeds, methods, 100, log, device_opts)
     if not args.no_events:
         ev_dir, ev_users = events_suite()
         ev_users = {k: v for k, v in ev_users.items() if wanted is None or k in wanted}
         if ev_users:
-            rows += run_suite(ev_dir, ev_users, seeds[:1] if args.quick else seeds, METHODS,
-                              10 if args.quick else 30, log)
+            rows += run_suite(ev_dir, ev_users, seeds[:1] if args.quick else seeds, methods,
+                              10 if args.quick else 30, log, device_opts)
     summary = {}
     for m in METHODS:
         sel = [r for r in rows if r["method"] == m]
         if sel:
             summary[m] = {"recovery": float(np.mean([r["recovery"] for r in sel])),
                           "after": float(np.mean([r["after"] for r in sel])), "users": len(sel)}
-    report = {"rows": rows, "summary": summary, "goal": goals(rows), "seeds": seeds,
+    report = {"rows": rows, "summary": summary, "goal": goals(rows), "seeds": seeds, "device_opts": device_opts,
               "seconds": time.perf_counter() - t0}
     if args.ablation:
         report["ablation"] = ablation(seeds, log)
