@@ -196,7 +196,7 @@ EVENT_PRETRAIN = {"method": "sdfa_online", "epochs": 15, "batch_size": 32, "lr":
 # (benchmarks/tune_personalise.py; docs/personalisation.md "The N-MNIST-format shape"). The digits'
 # recipe (make_embedded.FINETUNE_DEFAULTS, lr 0.6) was tuned on the 64-128-128-10 network; the
 # 2312-1000-10 network's hidden layer sums 2312 inputs and takes a smaller step.
-EVENT_FINETUNE_DEFAULTS = {"epochs": 30, "batch_size": 8, "lr": 0.3, "rehearsal_ratio": 1.0, "mode": "exact"}
+EVENT_FINETUNE_DEFAULTS = {"epochs": 30, "batch_size": 8, "lr": 0.15, "rehearsal_ratio": 1.0, "mode": "exact"}
 EVENT_FEEDBACK_SEED = 1234
 
 

@@ -22,7 +22,7 @@ Float baselines start from the bundle's int8 weights (dequantised) and train wit
 (each run in its own process). Mean and spread over seeds (the seed moves both the user's
 batch/test partition and the training order).
 
-    python benchmarks/personalise.py --json [--quick] [--seeds 3] [--ablation]
+    python benchmarks/personalise.py --json [--quick] [--seeds 3] [--ablation] [--methods device] [--device-opts OPTS]
 
 Pretrained models, emulated events and bundles are cached in benchmarks/.cache (git-ignored).
 """
