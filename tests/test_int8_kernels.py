@@ -335,6 +335,26 @@ def test_c_dense_stack_equals_the_numpy_forward(c_set, monkeypatch, neuron, coun
 # the C set's thread pool
 
 
+@pytest.mark.integration
+def test_c_call_threads_are_per_calling_thread_and_change_no_result(c_set):
+    import threading
+
+    lib = c_set.load()
+    rng = np.random.default_rng(5)
+    x, w = _spikes(rng, (4, 300, 50), 0.2, False), _int8(rng, (50, 64), True)
+    pooled = c_set.dense_current(c_set.prepare_inputs(x), w, None)
+    assert lib.esd_set_call_threads(1) == 0
+    try:
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(lib.esd_set_call_threads(0)))
+        t.start()
+        t.join()
+        assert seen == [0]  # another thread still uses the pool
+        np.testing.assert_array_equal(c_set.dense_current(c_set.prepare_inputs(x), w, None), pooled)
+    finally:
+        assert lib.esd_set_call_threads(0) == 1
+
+
 @pytest.fixture()
 def c_set():
     try:

@@ -204,12 +204,28 @@ static int pool_start(void)
     return pool.started + 1;
 }
 
+/* Per calling thread: 1 runs this thread's parallel loops on it alone (a small call, where
+ * waking the pool costs more than it saves); 0 uses the pool. Like OpenMP's per-thread setting,
+ * it never affects other callers. */
+static __thread int call_threads;
+
+int esd_set_call_threads(int n)
+{
+    int prev = call_threads;
+    call_threads = n == 1 ? 1 : 0;
+    return prev;
+}
+
 static void parallel_for(int64_t total, int64_t chunk, esd_body body, void *ctx)
 {
     if (total <= 0)
         return;
     if (chunk < 1)
         chunk = 1;
+    if (call_threads == 1) { /* no pool, no lock: tid 0 only, scratch is sized for every tid */
+        body(ctx, 0, total, 0);
+        return;
+    }
     pthread_mutex_lock(&pool.run);
     int nt = total > chunk ? pool_start() : 1;
     if (nt <= 1) {

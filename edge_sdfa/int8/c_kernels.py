@@ -161,6 +161,7 @@ def _declare(lib) -> None:
     sig = {
         "esd_num_threads": (I, []),
         "esd_set_num_threads": (None, [I]),
+        "esd_set_call_threads": (I, [I]),
         "esd_row_counts": (I64, [P, I64, I64, P]),
         "esd_csr_fill": (None, [P, I64, I64, P, P, P, I]),
         "esd_csc": (I, [P, P, P, P, I, I64, I64, I64, P, P, P]),
