@@ -175,7 +175,7 @@ def neuron_plan(neuron: NeuronSpec, const: dict[str, int]) -> NeuronPlan:
             ops.append(("d", "add", "d", vr))
         ops.append(("h", "add", "v", decayed("d")))
     else:  # h = v - floor((v - vr) * decay / 2**DECAY_BITS) + cur
-        if vr:
+        if vr and odd:
             ops.append(("d", "sub", "v", vr))
         f = decayed("d" if vr else "v")
         if f is None:
