@@ -99,14 +99,16 @@ def available_backends() -> dict[str, str]:
 
 
 def load_backend(name: str, **options) -> Backend:
-    """Instantiate a backend by name; a one-line UserError names the available ones."""
+    """Instantiate a backend by name, or by ``module:Class`` for one that no distribution
+    registers (a backend under development is then one module and no packaging); a one-line
+    UserError names the available ones."""
     found = available_backends()
-    if name not in found:
-        raise UserError(f"unknown backend {name!r} (available: {', '.join(sorted(found))})")
+    if name not in found and ":" not in name:
+        raise UserError(f"unknown backend {name!r} (available: {', '.join(sorted(found))}, or module:Class)")
     try:
-        cls = plugins.load_object(found[name])
+        cls = plugins.load_object(found.get(name, name))
     except UserError:
         raise
-    except ImportError as exc:
+    except (ImportError, AttributeError) as exc:
         raise UserError(f"backend {name!r} cannot be loaded: {exc} (available: {', '.join(sorted(found))})") from None
     return cls(**options)

@@ -18,7 +18,7 @@ node), ``FlattenStage`` and ``PoolStage``; a ``SumPool2d`` factor is folded into
 layer's weights and ``SumPool2d/AvgPool2d -> Threshold`` becomes a max pool (exact for spikes).
 Every error is a UserError naming the node. NIR does not say which discrete rules the exporter
 ran (reset timing, ``>`` or ``>=``, decay form, dt convention): ``detect_framework`` reads the
-exporter's fingerprint and ``host_tools.nir_run`` holds each framework's rules (docs/nir.md).
+exporter's fingerprint and the host tools' NIR runner holds each framework's rules (docs/nir.md).
 """
 from __future__ import annotations
 

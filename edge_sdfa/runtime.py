@@ -32,7 +32,7 @@ from edge_sdfa.executors import open_executor
 from edge_sdfa.int8 import net as qn
 from edge_sdfa.int8 import kernels as kernel_sets
 
-SMALL_CALL_ROWS = 64      # T * N up to this: one OpenMP thread (waking a team costs more than it saves)
+SMALL_CALL_ROWS = 64      # T * N up to this: one thread (waking the pool costs more than it saves)
 RECHECK_S = 1.0           # re-read state.json at least this often, even when its stat is unchanged
 _RELOAD_TRIES = 5         # a slot deleted by two commits between our read of state.json and the load
 
@@ -165,8 +165,10 @@ class Runtime:
         else the embedded default bundle. ``store`` names a store directory explicitly.
         ``kernels``: numpy | c | auto (default ``EDGE_SDFA_KERNELS`` or auto).
         ``watch=False`` keeps the weights loaded at open (call :meth:`reload` to update).
-        ``threads``: OpenMP threads of the C kernels per call (default: one for small calls of
-        at most ``SMALL_CALL_ROWS`` time steps x samples, the library's default otherwise)."""
+        ``threads``: threads of the C kernels per call, for this calling thread only: 1 runs the
+        call on the calling thread, any other value on the library's pool (``EDGE_SDFA_THREADS``,
+        default one per CPU). Default: 1 for small calls of at most ``SMALL_CALL_ROWS`` time steps
+        x samples, the pool otherwise."""
         from edge_sdfa.finetune import DEFAULT_BUNDLE, default_store_dir
         from edge_sdfa.store import STATE_FILE, Store
 
@@ -281,18 +283,22 @@ class Runtime:
         n = x.shape[0]
         counts = np.empty((n, model.num_classes), np.int64)
         xt = np.swapaxes(x, 0, 1)
-        # OpenMP's thread count is per calling thread, so this never affects other callers
-        omp = _openmp() if model.kernels.NAME == "c" else None
+        # the thread settings are per calling thread, so this never affects other callers
         want = self.threads or (1 if model.time_steps * min(n, self.batch) <= SMALL_CALL_ROWS else 0)
+        omp = _openmp() if model.kernels.NAME == "c" else None
         prev = omp.omp_get_max_threads() if omp is not None and want else 0
         if prev and prev != want:
             omp.omp_set_num_threads(want)
+        # the C kernels' own pool: 1 runs the call's loops on this thread alone
+        c_prev = model.kernels.load().esd_set_call_threads(want) if model.kernels.NAME == "c" else None
         try:
             for i in range(0, n, self.batch):
                 counts[i:i + self.batch] = model.counts(xt[:, i:i + self.batch])
         finally:
             if prev and prev != want:
                 omp.omp_set_num_threads(prev)
+            if c_prev is not None:
+                model.kernels.load().esd_set_call_threads(c_prev)
         labels = counts.argmax(axis=1) if n else np.zeros(0, np.int64)
         return Prediction(labels, (counts / float(model.time_steps)).astype(np.float32), counts,
                           time.perf_counter() - t0, model.info)

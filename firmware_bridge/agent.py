@@ -19,7 +19,7 @@ from typing import Any, Callable
 from firmware_bridge.auth import RequestGuard, Unauthorized
 from firmware_bridge.framing import PROTOCOL_VERSION, SUPPORTED_VERSIONS, ProtocolError
 from firmware_bridge.link import Channel, LinkClosed
-from firmware_bridge.messages import (AUTHENTICATED, HEAD, REPLIES, Message, MsgType, encode_message,
+from firmware_bridge.messages import (AUTHENTICATED, DEFINITIONS, HEAD, REPLIES, Message, MsgType, encode_message,
                                       parse_message, split_chunk)
 from firmware_bridge.transfer import Staging, TransferError
 
@@ -29,11 +29,9 @@ _REPLAY = 256                # replies kept, by request id, for retried requests
 _MAX_EVENTS = 10000
 _EVENTS_BYTES = 32 * 1024    # telemetry returned per request
 _MAX_JOBS = 64
-_MUTATING = {MsgType.PUT_END, MsgType.FINETUNE, MsgType.EVAL, MsgType.PREDICT, MsgType.COMMIT,
-             MsgType.REVERT, MsgType.RESET}
+_MUTATING = frozenset(t for t, d in DEFINITIONS.items() if d.mutating)
 # Replies remembered so that a retry (after a lost reply or a reconnect) is answered, not re-run.
-_CACHED = {MsgType.PUT_BUNDLE, MsgType.PUT_END, MsgType.FINETUNE, MsgType.COMMIT, MsgType.REVERT,
-           MsgType.RESET}
+_CACHED = frozenset(t for t, d in DEFINITIONS.items() if d.cached)
 CAPABILITIES = ["put_bundle", "skip_held_files", "codecs:zlib,lzma", "new_model", "finetune", "eval",
                 "predict", "status", "get_weights", "commit", "revert", "reset", "job", "telemetry",
                 "resume", "request_auth"]

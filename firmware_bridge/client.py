@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 from edge_sdfa.errors import UserError
 from firmware_bridge.framing import SUPPORTED_VERSIONS, ProtocolError
 from firmware_bridge.link import Channel, LinkClosed, open_port
-from firmware_bridge.messages import (AUTHENTICATED, CHUNK_HEADER, HEAD, Message, MsgType, chunk_blob,
+from firmware_bridge.messages import (AUTHENTICATED, CHUNK_HEADER, DEFINITIONS, HEAD, Message, MsgType, chunk_blob,
                                       encode_message, parse_message)
 
 Event = Callable[[dict[str, Any]], None]
@@ -215,20 +215,29 @@ def hello(dev: Device) -> dict[str, Any]:
     return dev.info
 
 
+def call(dev: Device, mtype: MsgType, fields: dict[str, Any] | None = None, blob: bytes = b"", *,
+         patience: float | None = None) -> dict[str, Any]:
+    """One request answered by one reply: the reply's fields. Any request defined in
+    ``messages.DEFINITIONS`` works without a wrapper of its own; ``patience`` defaults to its
+    definition's."""
+    wait = DEFINITIONS[mtype].patience if patience is None else patience
+    return dict(dev.request(mtype, fields, blob, patience=wait).meta)
+
+
 def status(dev: Device) -> dict[str, Any]:
-    return dict(dev.request(MsgType.STATUS).meta)
+    return call(dev, MsgType.STATUS)
 
 
 def commit(dev: Device) -> dict[str, Any]:
-    return dict(dev.request(MsgType.COMMIT, patience=120.0).meta)
+    return call(dev, MsgType.COMMIT)
 
 
 def revert(dev: Device) -> dict[str, Any]:
-    return dict(dev.request(MsgType.REVERT, patience=120.0).meta)
+    return call(dev, MsgType.REVERT)
 
 
 def reset(dev: Device) -> dict[str, Any]:
-    return dict(dev.request(MsgType.RESET, patience=120.0).meta)
+    return call(dev, MsgType.RESET)
 
 
 def _send_payload(dev: Device, announce: dict[str, Any], data: bytes,
@@ -274,7 +283,7 @@ def upload(dev: Device, data: bytes, kind: str = "data", *, codec: str | None = 
     sha = hashlib.sha256(wire).hexdigest()
     announce = {"kind": kind, "sha": sha, "size": len(wire), "raw_size": len(data), "codec": codec}
     resumed, chunks = _send_payload(dev, announce, wire, on_progress)
-    result = dict(dev.request(MsgType.PUT_END, {"sha": sha}, patience=300.0).meta)
+    result = call(dev, MsgType.PUT_END, {"sha": sha})
     return {"sha256": sha, "size": len(data), "bytes_sent": len(wire) - resumed, "codec": codec,
             "resumed_from": resumed, "chunks_sent": chunks, "seconds": round(time.monotonic() - t0, 4),
             **result}
@@ -290,14 +299,14 @@ def deploy(dev: Device, bundle: Any, *, sign: str | os.PathLike | None = None, n
     t0 = time.monotonic()
     packed = bundle if isinstance(bundle, PackedBundle) else pack_bundle(Path(bundle), sign_key=sign)
     offer = {"kind": "bundle", "manifest": packed.manifest, "new_model": new_model}
-    plan = dev.request(MsgType.PUT_BUNDLE, offer, patience=60.0).meta
+    plan = call(dev, MsgType.PUT_BUNDLE, offer)
     need = list(plan["need"])
     raw = packed.payload(need)
     codec, wire = choose_codec(raw) if codec is None else (codec, compress(raw, codec))
     sha = hashlib.sha256(wire).hexdigest()
     announce = {**offer, "files_sent": need, "sha": sha, "size": len(wire), "raw_size": len(raw), "codec": codec}
     resumed, chunks = _send_payload(dev, announce, wire, on_progress)
-    result = dict(dev.request(MsgType.PUT_END, {"sha": sha}, patience=300.0).meta)
+    result = call(dev, MsgType.PUT_END, {"sha": sha})
     return {"bundle_bytes": packed.size, "files_sent": need, "files_skipped": plan["held"], "codec": codec,
             "payload_bytes": len(raw), "bytes_sent": len(wire) - resumed, "resumed_from": resumed,
             "chunks_sent": chunks, "seconds": round(time.monotonic() - t0, 4),
@@ -316,11 +325,11 @@ def read_data_spec(spec: str) -> bytes:
 
 
 def telemetry(dev: Device, since: int = 0) -> dict[str, Any]:
-    return dict(dev.request(MsgType.TELEMETRY, {"since": since}).meta)
+    return call(dev, MsgType.TELEMETRY, {"since": since})
 
 
 def job(dev: Device, job_id: int) -> dict[str, Any]:
-    return dict(dev.request(MsgType.JOB, {"job": job_id}).meta)
+    return call(dev, MsgType.JOB, {"job": job_id})
 
 
 def watch(dev: Device, on_event: Event, *, since: int | None = None, until_done: bool = True,
@@ -373,7 +382,7 @@ def finetune(dev: Device, data: str | None = None, *, config: dict[str, Any] | N
 
 def evaluate(dev: Device, data: str | None = None, *, timeout: float = 600.0) -> dict[str, Any]:
     data_name = upload(dev, read_data_spec(data), "data")["data"] if data else None
-    return dict(dev.request(MsgType.EVAL, {"data": data_name}, patience=timeout).meta)
+    return call(dev, MsgType.EVAL, {"data": data_name}, patience=timeout)
 
 
 def predict(dev: Device, x=None, *, data: str | None = None, limit: int = 256) -> dict[str, Any]:
@@ -386,7 +395,7 @@ def predict(dev: Device, x=None, *, data: str | None = None, limit: int = 256) -
         buf = io.BytesIO()
         np.savez_compressed(buf, x=np.asarray(x, dtype=np.uint8))
         blob = buf.getvalue()
-    return dict(dev.request(MsgType.PREDICT, {"data": data, "limit": limit}, blob, patience=600.0).meta)
+    return call(dev, MsgType.PREDICT, {"data": data, "limit": limit}, blob)
 
 
 def get_weights(dev: Device, dest: str | os.PathLike) -> dict[str, Any]:

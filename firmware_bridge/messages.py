@@ -3,7 +3,10 @@
 Layout: ``u8 type | u32 id | u16 len(fields) | fields (UTF-8 JSON object) | blob``. A reply
 carries its request's id. A PUT_CHUNK blob starts with a binary chunk header (8-byte prefix of
 the upload id, u64 offset). ``parse_message`` is total: any bytes give a Message or a
-ProtocolError, and every field a handler reads is type-checked here (``_SCHEMA``).
+ProtocolError, and every field a handler reads is type-checked here (``DEFINITIONS``).
+
+A new request: its number in ``MsgType``, its ``Definition`` here, its handler ``Agent._h_<name>``;
+the host sends it with ``client.call(dev, MsgType.<NAME>, fields)``.
 """
 from __future__ import annotations
 
@@ -41,25 +44,51 @@ class MsgType(enum.IntEnum):
 
 
 REPLIES = (MsgType.OK, MsgType.ERROR)
-# Requests that change or reveal device state: signed under --trust (firmware_bridge.auth).
-AUTHENTICATED = frozenset({MsgType.PUT_BUNDLE, MsgType.PUT_END, MsgType.FINETUNE, MsgType.EVAL,
-                           MsgType.PREDICT, MsgType.GET_WEIGHTS, MsgType.COMMIT, MsgType.REVERT,
-                           MsgType.RESET})
 
-# Field -> (type, required). Unknown fields are ignored; a field of the wrong type is refused.
-_SCHEMA: dict[MsgType, dict[str, tuple[type | tuple[type, ...], bool]]] = {
-    MsgType.PUT_BUNDLE: {"kind": (str, True), "size": (int, False), "sha": (str, False),
-                         "raw_size": (int, False), "codec": (str, False), "manifest": (dict, False),
-                         "new_model": (bool, False), "files_sent": (list, False)},
-    MsgType.PUT_END: {"sha": (str, True)},
-    MsgType.FINETUNE: {"data": ((str, type(None)), False), "config": (dict, False)},
-    MsgType.EVAL: {"data": ((str, type(None)), False)},
-    MsgType.PREDICT: {"data": ((str, type(None)), False), "limit": (int, False)},
-    MsgType.GET_WEIGHTS: {"offset": (int, True)},
-    MsgType.JOB: {"job": (int, True)},
-    MsgType.TELEMETRY: {"since": (int, True)},
-    MsgType.ERROR: {"code": (str, True), "message": (str, True)},
+Fields = dict[str, tuple[type | tuple[type, ...], bool]]  # field -> (type, required)
+
+
+@dataclass(frozen=True)
+class Definition:
+    """What the bridge knows of a message type besides its number.
+
+    ``fields``: checked by ``parse_message`` (unknown fields are ignored, a field of the wrong type
+    is refused); ``authenticated``: changes or reveals device state, so signed under --trust
+    (``firmware_bridge.auth``); ``patience``: how long ``client.call`` waits for the reply (None:
+    as long as the device answers pings); ``mutating``: refused while a fine-tune runs;
+    ``cached``: the agent keeps its reply, so a retried request is answered, not re-run. The
+    device's handler is ``Agent._h_<name>``.
+    """
+    fields: Fields = field(default_factory=dict)
+    authenticated: bool = False
+    patience: float | None = None
+    mutating: bool = False
+    cached: bool = False
+
+
+_DATA = (str, type(None))
+DEFINITIONS: dict[MsgType, Definition] = {
+    MsgType.HELLO: Definition(),
+    MsgType.PUT_BUNDLE: Definition({"kind": (str, True), "size": (int, False), "sha": (str, False),
+                                    "raw_size": (int, False), "codec": (str, False), "manifest": (dict, False),
+                                    "new_model": (bool, False), "files_sent": (list, False)}, True, 60.0, cached=True),
+    MsgType.PUT_CHUNK: Definition(),
+    MsgType.PUT_END: Definition({"sha": (str, True)}, True, 300.0, mutating=True, cached=True),
+    MsgType.FINETUNE: Definition({"data": (_DATA, False), "config": (dict, False)}, True, mutating=True,
+                                  cached=True),
+    MsgType.EVAL: Definition({"data": (_DATA, False)}, True, 600.0, mutating=True),
+    MsgType.STATUS: Definition(),
+    MsgType.GET_WEIGHTS: Definition({"offset": (int, True)}, True),
+    MsgType.COMMIT: Definition(authenticated=True, patience=120.0, mutating=True, cached=True),
+    MsgType.REVERT: Definition(authenticated=True, patience=120.0, mutating=True, cached=True),
+    MsgType.RESET: Definition(authenticated=True, patience=120.0, mutating=True, cached=True),
+    MsgType.PREDICT: Definition({"data": (_DATA, False), "limit": (int, False)}, True, 600.0, mutating=True),
+    MsgType.JOB: Definition({"job": (int, True)}),
+    MsgType.TELEMETRY: Definition({"since": (int, True)}),
+    MsgType.OK: Definition(),
+    MsgType.ERROR: Definition({"code": (str, True), "message": (str, True)}),
 }
+AUTHENTICATED = frozenset(t for t, d in DEFINITIONS.items() if d.authenticated)
 _AUTH = {"ctr": int, "sig": str}
 
 
@@ -113,7 +142,7 @@ def _is(value: Any, kind) -> bool:
 
 
 def check_fields(mtype: MsgType, meta: dict[str, Any]) -> None:
-    for name, (kind, required) in _SCHEMA.get(mtype, {}).items():
+    for name, (kind, required) in DEFINITIONS[mtype].fields.items():
         if name not in meta:
             if required:
                 raise ProtocolError(f"{mtype.name} needs field '{name}'")

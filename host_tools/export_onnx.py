@@ -7,11 +7,10 @@ reference (``edge_sdfa.int8.net.output_spikes``) bit for bit:
   (uint8 x ``[out, in, k, k]``; ONNX Runtime implements ConvInteger for uint8 weights only, so
   the file holds ``w8 + 128`` with weight zero point 128), accumulating in int32: the exact
   integer currents of the reference, computed for all T*N rows in one call; bias added in int32;
-- neurons: the fixed-point step of ``edge_sdfa.int8.arith.neuron_step_int``, unrolled over the T
-  time steps with integer ``Sub/Mul/Add`` and a floor division by a power of two
-  (``(a - Mod(a, 2^k)) / 2^k``, exact: ONNX's integer ``Mod`` takes the divisor's sign), spikes
-  by ``GreaterOrEqual``, hard/soft reset by ``Where``. The 12-bit decay is reduced to
-  ``odd * 2^-k`` (tau=2: ``floor(d / 2)``). The membrane runs in int32 when a bound of every
+- neurons: the operations of ``edge_sdfa.int8.arith.neuron_plan`` (the fixed-point step of
+  ``neuron_step_int`` as integer add/sub/mul, floor shift, compare, select), unrolled over the T
+  time steps, one ONNX operator each (a floor shift as ``(a - Mod(a, 2^k)) / 2^k``, exact: ONNX's
+  integer ``Mod`` takes the divisor's sign). The membrane runs in int32 when a bound of every
   intermediate value (from the weights, T and the input range) stays below 2^31, else in int64;
 - max pooling with ``MaxPool`` on uint8 spikes; average pooling as the reference's *sum* pooling
   (1/k^2 is already folded into the next weights): crop, reshape, int32 ``ReduceSum``;
@@ -43,16 +42,15 @@ INT32_LIMIT = (1 << 31) - 1
 
 
 @dataclass
-class NeuronPlan:
-    kind: str                 # lif | if
-    decay_input: bool
-    soft_reset: bool
-    vth: int
-    vreset: int
-    odd: int                  # decay / 2**DECAY_BITS == odd / 2**shift
-    shift: int
+class FrozenNeuron:
+    """A layer's neuron step (``arith.neuron_plan``) with the integer width its graph needs."""
+    plan: arith.NeuronPlan
     wide: bool                # needs int64 (a bound of some intermediate reaches 2**31)
     bound: int                # bound of |any intermediate| of the neuron arithmetic
+
+    @property
+    def vth(self) -> int:
+        return self.plan.vth
 
 
 @dataclass
@@ -62,20 +60,14 @@ class Step:
     out_shape: tuple[int, ...]
     w8: np.ndarray | None = None               # dense [in, out]; conv [out, in, k, k]
     bias: np.ndarray | None = None             # int32
-    neuron: NeuronPlan | None = None
+    neuron: FrozenNeuron | None = None
     layer: object = None
     max_in: int = 1                            # largest input value this layer can see
     current_bound: int = 0                     # bound of |current| per output unit (max over units)
     extra: dict = field(default_factory=dict)
 
 
-def _decay_fraction(decay: int) -> tuple[int, int]:
-    """``decay / 2**DECAY_BITS`` as ``odd / 2**shift`` (lowest terms)."""
-    shift = arith.DECAY_BITS
-    while decay and decay % 2 == 0 and shift > 0:
-        decay //= 2
-        shift -= 1
-    return decay, shift
+_decay_fraction = arith.decay_fraction
 
 
 def current_bound(w8: np.ndarray, bias: np.ndarray | None, max_in: int, dense: bool) -> int:
@@ -105,15 +97,10 @@ def frozen_plan(spec: NetworkSpec, qnet, cut: int, input_max: int = 255):
                 raise UserError(f"layer {i} ({layer.type}) has no int8 weights to export")
             dense = isinstance(layer, Dense)
             cb = current_bound(q.w8, q.bias, max_in, dense)
-            c = arith.neuron_constants(layer.neuron, q.exp)
-            odd, shift = _decay_fraction(c["decay"])
-            nb = layer.neuron
-            vr, vth = abs(c["vreset"]), abs(c["vth"])
-            mem = t_steps * (cb + vr + vth + 1) + vr + vth
-            bound = (cb + mem + vr) * max(odd, 1) + mem + cb
-            plan = NeuronPlan(nb.kind, nb.decay_input, nb.v_reset is None, c["vth"], c["vreset"], odd, shift,
-                              bound > INT32_LIMIT, bound)
-            steps.append(Step("dense" if dense else "conv", in_shape, out_shape, q.w8, q.bias, plan, layer,
+            plan = arith.neuron_plan(layer.neuron, arith.neuron_constants(layer.neuron, q.exp))
+            bound = plan.intermediate_bound(cb, t_steps)
+            neuron = FrozenNeuron(plan, bound > INT32_LIMIT, bound)
+            steps.append(Step("dense" if dense else "conv", in_shape, out_shape, q.w8, q.bias, neuron, layer,
                               max_in, cb))
             max_in = 1
         elif isinstance(layer, Pool2d):
@@ -128,22 +115,9 @@ def frozen_plan(spec: NetworkSpec, qnet, cut: int, input_max: int = 255):
     return steps
 
 
-def reference_steps_int(plan: NeuronPlan, cur: np.ndarray) -> np.ndarray:
+def reference_steps_int(neuron: FrozenNeuron, cur: np.ndarray) -> np.ndarray:
     """The neuron arithmetic exactly as the exported graphs do it (numpy, for tests)."""
-    v = np.full(cur.shape[1:], plan.vreset, np.int64)
-    out = np.empty(cur.shape, np.uint8)
-    for t in range(cur.shape[0]):
-        c = cur[t].astype(np.int64)
-        if plan.kind == "if":
-            h = v + c
-        elif plan.decay_input:
-            h = v + (((c - v + plan.vreset) * plan.odd) >> plan.shift)
-        else:
-            h = v - (((v - plan.vreset) * plan.odd) >> plan.shift) + c
-        s = h >= plan.vth
-        v = np.where(s, h - plan.vth, h) if plan.soft_reset else np.where(s, plan.vreset, h)
-        out[t] = s
-    return out
+    return arith.run_neuron_plan(neuron.plan, cur)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,52 +147,39 @@ class _Graph:
         return outs[0] if n_out == 1 else outs
 
 
-def _neuron_onnx(g: _Graph, plan: NeuronPlan, cur: str, t_steps: int) -> list[str]:
-    """Unrolled neuron over T: ``cur`` is ``[T, M]`` int32; returns T spike tensors ``[1, M]`` uint8."""
-    tp = np.int64 if plan.wide else np.int32
-    onnx_tp = g.onnx.TensorProto.INT64 if plan.wide else g.onnx.TensorProto.INT32
-    if plan.wide:
-        cur = g.node("Cast", [cur], to=onnx_tp)
-    parts = g.node("Split", [cur], n_out=t_steps, axis=0, num_outputs=t_steps) if t_steps > 1 else [cur]
-    vth = g.const([plan.vth], tp, "vth")
-    vr = g.const([plan.vreset], tp, "vreset")
-    odd = g.const([plan.odd], tp, "odd")
-    div = g.const([1 << plan.shift], tp, "pow2")
+def _neuron_onnx(g: _Graph, neuron: FrozenNeuron, cur: str, t_steps: int) -> list[str]:
+    """Unrolled neuron over T: ``cur`` is ``[T, M]`` int32; returns T spike tensors ``[1, M]`` uint8.
 
-    def floor_scaled(a: str) -> str:
-        if plan.odd == 0:
-            return None
-        if plan.odd != 1:
-            a = g.node("Mul", [a, odd])
-        if plan.shift == 0:
-            return a
-        r = g.node("Mod", [a, div], fmod=0)
-        return g.node("Div", [g.node("Sub", [a, r]), div])
+    Each operation of the plan becomes one ONNX operator (``shr`` two: ``(a - Mod(a, 2^k)) / 2^k``,
+    an exact floor division, ONNX's integer ``Mod`` takes the divisor's sign)."""
+    plan = neuron.plan
+    tp = np.int64 if neuron.wide else np.int32
+    if neuron.wide:
+        cur = g.node("Cast", [cur], to=g.onnx.TensorProto.INT64)
+    parts = g.node("Split", [cur], n_out=t_steps, axis=0, num_outputs=t_steps) if t_steps > 1 else [cur]
+    consts: dict[int, str] = {}
+
+    def const(k: int) -> str:
+        if k not in consts:
+            consts[k] = g.const([k], tp)
+        return consts[k]
+
+    def emit(op: str, x: list[str]) -> str:
+        if op == "shr":
+            r = g.node("Mod", x, fmod=0)
+            return g.node("Div", [g.node("Sub", [x[0], r]), x[1]])
+        return g.node({"add": "Add", "sub": "Sub", "mul": "Mul", "ge": "GreaterOrEqual", "select": "Where"}[op], x)
 
     spikes = []
-    v = None  # None means v == vreset everywhere (first step), folded by broadcasting
+    v = const(plan.vreset)  # the membrane at rest, broadcast by the first step's operators
     for t in range(t_steps):
-        c = parts[t]
-        vv = v if v is not None else vr
-        if plan.kind == "if":
-            h = g.node("Add", [vv, c])
-        elif plan.decay_input:
-            d = g.node("Add", [g.node("Sub", [c, vv]), vr]) if plan.vreset else g.node("Sub", [c, vv])
-            f = floor_scaled(d)
-            h = g.node("Add", [vv, f]) if f is not None else vv
-        else:
-            d = g.node("Sub", [vv, vr]) if plan.vreset else vv
-            f = floor_scaled(d)
-            h = g.node("Add", [g.node("Sub", [vv, f]) if f is not None else vv, c])
-        if v is None and h == vr:  # degenerate: no input reaches the membrane
-            h = g.node("Add", [g.node("Mul", [c, g.const([0], tp)]), vr])
-        s = g.node("GreaterOrEqual", [h, vth])
-        spikes.append(g.node("Cast", [s], to=g.onnx.TensorProto.UINT8))
-        if t + 1 < t_steps:
-            if plan.soft_reset:
-                v = g.node("Where", [s, g.node("Sub", [h, vth]), h])
-            else:
-                v = g.node("Where", [s, vr, h])
+        reg = {"v": v, "cur": parts[t]}
+        for dst, op, *args in plan.step + (plan.reset if t + 1 < t_steps else ()):
+            if op == "shr":
+                args[1] = 1 << args[1]
+            reg[dst] = emit(op, [reg[a] if isinstance(a, str) else const(a) for a in args])
+        spikes.append(g.node("Cast", [reg["s"]], to=g.onnx.TensorProto.UINT8))
+        v = reg["v"]
     return spikes
 
 

@@ -14,10 +14,9 @@ accumulators to int8/int16 outputs, which would clip the currents, so the graph 
   exact while it fits int16, so the exporter splits the input channels into groups whose largest
   possible partial current (from the actual weights and the input range) is <= 32767, and adds the
   groups' int32 casts. Typical layers need one group.
-- neurons: ``UNPACK`` over T, then per step int32 ``SUB/ADD/MUL`` and ``RIGHT_SHIFT`` (an
-  arithmetic, flooring shift, exactly the reference's ``>> 12`` after reducing the decay to
-  ``odd * 2^-k``), ``GREATER_EQUAL`` for the spike, ``SELECT_V2`` for the hard/soft reset;
-  ``PACK`` back. A layer whose membrane bound reaches 2^31 is refused (TFLite int64 arithmetic
+- neurons: ``UNPACK`` over T, then per step the operations of ``edge_sdfa.int8.arith.neuron_plan``
+  in int32, one operator each (``ADD/SUB/MUL``, ``RIGHT_SHIFT``: an arithmetic, flooring shift,
+  ``GREATER_EQUAL``, ``SELECT_V2``); ``PACK`` back. A layer whose membrane bound reaches 2^31 is refused (TFLite int64 arithmetic
   is not used); use the ONNX or npz frozen format for it.
 - pooling: ``MAX_POOL_2D`` on int8 spikes (NHWC), sum pooling as int32 ``SUM`` over a reshape.
   The graph is NHWC inside; input and output are NCHW like the reference, via ``TRANSPOSE``.
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_sdfa.errors import UserError, require
-from host_tools.export_onnx import NeuronPlan, frozen_plan
+from host_tools.export_onnx import FrozenNeuron, frozen_plan
 
 INPUT_NAME = "spikes"
 OUTPUT_NAME = "out"
@@ -238,11 +237,13 @@ class _Builder:
             total = self.binary(B.ADD, total, self.g.const(bias.astype(np.int32), np.int32, "bias"), [m, oh, ow, co])
         return total, (oh, ow, co)
 
-    def neuron(self, cur, feat: int, plan: NeuronPlan):
-        """Unrolled neuron on int32 currents ``[T*N, ...]`` (N=1 shape ``feat``); int8 spikes ``[T, N*feat]``."""
-        B, T = self.B, self.T
-        if plan.wide:
-            raise UserError(f"this layer's membrane can reach {plan.bound} (>= 2^31); the TFLite export keeps "
+    def neuron(self, cur, feat: int, neuron: FrozenNeuron):
+        """Unrolled neuron on int32 currents ``[T*N, ...]`` (N=1 shape ``feat``); int8 spikes ``[T, N*feat]``.
+
+        Each operation of the plan (``arith.neuron_plan``) becomes one TFLite operator."""
+        B, T, plan = self.B, self.T, neuron.plan
+        if neuron.wide:
+            raise UserError(f"this layer's membrane can reach {neuron.bound} (>= 2^31); the TFLite export keeps "
                             "neurons in int32 — export this front as onnx or npz")
         flat = self.reshape(cur, [T, feat], [T, -1], np.int32)
         if T > 1:
@@ -252,43 +253,28 @@ class _Builder:
             self.g.op(B.UNPACK, [flat], parts, self.O.UnpackOptions, o)
         else:
             parts = [self.reshape(flat, [feat], [-1], np.int32)]
-        vth = self.g.const([plan.vth], np.int32, "vth")
-        vr = self.g.const([plan.vreset], np.int32, "vreset")
         shp = [feat]
+        consts: dict[int, int] = {}
+        codes = {"add": B.ADD, "sub": B.SUB, "mul": B.MUL, "shr": B.RIGHT_SHIFT, "ge": B.GREATER_EQUAL}
 
-        def floor_scaled(a):
-            if plan.odd == 0:
-                return None
-            if plan.odd != 1:
-                a = self.binary(B.MUL, a, self.g.const([plan.odd], np.int32), shp)
-            if plan.shift:
-                a = self.binary(B.RIGHT_SHIFT, a, self.g.const([plan.shift], np.int32), shp)
-            return a
+        def const(k: int) -> int:
+            if k not in consts:
+                consts[k] = self.g.const([k], np.int32)
+            return consts[k]
 
-        spikes, v = [], None
+        def emit(op: str, x: list[int]) -> int:
+            if op == "select":
+                out = self.g.tensor(shp, np.int32)
+                return self.g.op(B.SELECT_V2, x, [out], self.O.SelectV2Options, self.s.SelectV2OptionsT())
+            return self.binary(codes[op], x[0], x[1], shp, np.bool_ if op == "ge" else np.int32)
+
+        spikes, v = [], const(plan.vreset)  # the membrane at rest, broadcast by the first step
         for t in range(T):
-            c = parts[t]
-            vv = v if v is not None else vr
-            if plan.kind == "if":
-                hh = self.binary(B.ADD, vv, c, shp)
-            elif plan.decay_input:
-                d = self.binary(B.SUB, c, vv, shp)
-                if plan.vreset:
-                    d = self.binary(B.ADD, d, vr, shp)
-                f = floor_scaled(d)
-                hh = self.binary(B.ADD, vv, f, shp) if f is not None else vv
-            else:
-                d = self.binary(B.SUB, vv, vr, shp) if plan.vreset else vv
-                f = floor_scaled(d)
-                hh = self.binary(B.ADD, self.binary(B.SUB, vv, f, shp) if f is not None else vv, c, shp)
-            if hh == vr:  # degenerate (no leak-in of the current at step 0): broadcast to shape
-                hh = self.binary(B.ADD, self.binary(B.MUL, c, self.g.const([0], np.int32), shp), vr, shp)
-            sp = self.binary(B.GREATER_EQUAL, hh, vth, shp, np.bool_)
-            spikes.append(self.cast(sp, shp, np.int8))
-            if t + 1 < T:
-                vn = self.g.tensor(shp, np.int32)
-                other = self.binary(B.SUB, hh, vth, shp) if plan.soft_reset else vr
-                v = self.g.op(B.SELECT_V2, [sp, other, hh], [vn], self.O.SelectV2Options, self.s.SelectV2OptionsT())
+            reg = {"v": v, "cur": parts[t]}
+            for dst, op, *args in plan.step + (plan.reset if t + 1 < T else ()):
+                reg[dst] = emit(op, [reg[a] if isinstance(a, str) else const(a) for a in args])
+            spikes.append(self.cast(reg["s"], shp, np.int8))
+            v = reg["v"]
         if T == 1:
             return self.reshape(spikes[0], [1, feat], [1, -1], np.int8)
         out = self.g.tensor([T, feat], np.int8)

@@ -172,3 +172,13 @@ def test_every_data_set_kind_names_a_reader():
     assert len(KINDS) >= 9
     for kind in KINDS:
         assert issubclass(reader_class(kind), Dataset), kind
+
+
+def test_edge_sdfa_does_not_even_name_the_packages_above_it():
+    """The issue's check: `grep -rn "host_tools\\|firmware_bridge\\|sim_backend" edge_sdfa/` finds nothing
+    (not in code, docstrings or the embedded bundle's manifest)."""
+    names = ("host_tools", "firmware_bridge", "sim_backend")
+    hits = [f"{p.relative_to(ROOT)}: {name}" for p in (ROOT / "edge_sdfa").rglob("*")
+            if p.is_file() and p.suffix in (".py", ".c", ".json", ".md", ".txt")
+            for name in names if name in p.read_text(errors="replace")]
+    assert hits == []

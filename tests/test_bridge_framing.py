@@ -166,6 +166,15 @@ def test_authenticated_set_is_what_the_issue_lists():
     assert not {"HELLO", "STATUS", "TELEMETRY", "JOB"} & {t.name for t in AUTHENTICATED}
 
 
+def test_every_message_has_a_definition_and_every_request_a_handler():
+    from firmware_bridge.agent import Agent
+    from firmware_bridge.messages import DEFINITIONS, REPLIES
+
+    assert set(DEFINITIONS) == set(MsgType)
+    handlers = {name[3:].upper() for name in vars(Agent) if name.startswith("_h_")}
+    assert handlers == {t.name for t in MsgType if t not in REPLIES}
+
+
 # ----------------------------------------------------------------------------- request signatures
 
 def test_signed_request_is_single_use_and_bound_to_its_fields():

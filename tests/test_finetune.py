@@ -243,3 +243,21 @@ def test_telemetry_events_are_snapshots(tmp_path, monkeypatch):
     assert report["cost"]["energy_j"] == pytest.approx(2e-6 * report["updates"])
     report["cost"]["breakdown"]["adc_j"] = -1.0                           # the caller's copy is its own
     assert epochs[-1]["cost"]["breakdown"]["adc_j"] == pytest.approx(adc[-1])
+
+
+def test_a_backend_given_as_module_and_class_needs_no_packaging(tmp_path, monkeypatch):
+    """Adding a backend is one module: `--backend module:Class` loads it without an entry point."""
+    (tmp_path / "my_backend.py").write_text(
+        "from edge_sdfa.backend import NumpyBackend\n\n"
+        "class Mine(NumpyBackend):\n    name = 'mine'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from edge_sdfa.backend import load_backend
+    from edge_sdfa.errors import UserError
+
+    assert load_backend("my_backend:Mine").name == "mine"
+    report = finetune(store=tmp_path / "st", config=FinetuneConfig(epochs=1, backend="my_backend:Mine"))
+    ref = finetune(store=tmp_path / "ref", config=FinetuneConfig(epochs=1))
+    assert report["accuracy_candidate"] == ref["accuracy_candidate"]
+    for bad in ("my_backend:Nope", "no_such_module:X", "nope"):
+        with pytest.raises(UserError):
+            load_backend(bad)

@@ -27,6 +27,26 @@ def test_lif_fixed_point_by_hand():
     assert ss == [0, 1, 0, 0]
 
 
+@pytest.mark.parametrize("neuron", [
+    NeuronSpec(), NeuronSpec("if"), NeuronSpec("if", v_reset=None), NeuronSpec(tau=3.0, decay_input=False, v_reset=None),
+    NeuronSpec(tau=1.7, v_reset=0.25, v_threshold=0.75), NeuronSpec(tau=1.0001, decay_input=False, v_reset=-0.5),
+    NeuronSpec(tau=2.0, decay_input=False), NeuronSpec(tau=1e5), NeuronSpec(tau=1e5, decay_input=False),
+    NeuronSpec(v_threshold=0.5, spike_if=">")], ids=repr)
+def test_neuron_plan_is_neuron_step_int(neuron):
+    """The operations the exporters translate compute the spec's neuron step exactly."""
+    const = arith.neuron_constants(neuron, 5)
+    plan = arith.neuron_plan(neuron, const)
+    cur = np.random.default_rng(2).integers(-4 * const["vth"], 4 * const["vth"], (9, 3, 11))
+    v, ref = np.full((3, 11), const["vreset"], np.int64), []
+    for t in range(9):
+        _, s, v = arith.neuron_step_int(neuron, const, v, cur[t])
+        ref.append(s)
+    assert np.array_equal(arith.run_neuron_plan(plan, cur), np.stack(ref))
+    silent = neuron.kind == "lif" and neuron.decay_input and const["decay"] == 0  # the current never enters
+    assert silent or (np.stack(ref).any() and not np.stack(ref).all())
+    assert plan.intermediate_bound(4 * const["vth"], 9) >= max(abs(int(x)) for x in np.concatenate([cur.ravel(), v.ravel()]))
+
+
 def test_if_int8_forward_equals_float_forward_of_dequantised_weights():
     spec = mlp([20, 16, 5], neuron=NeuronSpec("if"), time_steps=6)
     params = [{k: v * 3 for k, v in p.items()} for p in fn.init_params(spec, 0)]

@@ -250,8 +250,109 @@ def test_auto_falls_back_to_numpy_without_the_c_library(monkeypatch):
         kernels.get("c")
 
 
+@pytest.mark.unit
+def test_a_library_built_for_features_this_cpu_lacks_falls_back_to_numpy_with_one_warning(monkeypatch, capsys):
+    """A +dotprod (Pi 5) build on a Pi 4: refused before any of its code runs, never a SIGILL."""
+    from edge_sdfa.int8 import c_kernels
+
+    opened = []
+    monkeypatch.setattr(c_kernels, "_LIB", None)
+    monkeypatch.setattr(c_kernels, "_ERROR", None)
+    monkeypatch.setattr(kernels, "_WARNED", set())
+    monkeypatch.setattr(c_kernels, "library_path", lambda: "/pkg/_c_kernels.so")
+    monkeypatch.setattr(c_kernels.ctypes, "CDLL", lambda path: opened.append(path) or object())
+    monkeypatch.setattr(c_kernels, "built_features", lambda lib: ["asimddp"])
+    monkeypatch.setattr(c_kernels, "cpu_features", lambda: {"fp", "asimd", "crc32"})  # a Cortex-A72
+    assert kernels.get("auto") is reference
+    assert kernels.get("auto") is reference
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: the C int8 kernels (_c_kernels.so) were built for CPU "
+                                               "features this CPU lacks (asimddp)")
+    with pytest.raises(UserError, match="lacks"):
+        kernels.get("c")
+    assert opened == ["/pkg/_c_kernels.so"]  # loaded once, nothing of it called
+    # the same build where the CPU has the feature gets past the check (to the ABI call)
+    monkeypatch.setattr(c_kernels, "_ERROR", None)
+    monkeypatch.setattr(c_kernels, "cpu_features", lambda: {"fp", "asimd", "asimddp"})
+    with pytest.raises(UserError, match="loading the C int8 kernels"):
+        kernels.get("c")
+    # unknown CPU features refuse nothing
+    monkeypatch.setattr(c_kernels, "cpu_features", lambda: None)
+    assert c_kernels.missing_cpu_features(["asimddp"]) == []
+
+
+@pytest.mark.unit
+def test_cpu_features_name_what_this_cpu_has():
+    import platform
+
+    from edge_sdfa.int8 import c_kernels
+
+    have = c_kernels.cpu_features()
+    if platform.machine() == "x86_64":
+        assert have is not None and "sse2" in have
+    elif platform.machine() == "aarch64":
+        assert have is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# the fused dense stack (inference)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("neuron", [NeuronSpec(), NeuronSpec(decay_input=False), NeuronSpec(kind="if"),
+                                    NeuronSpec(v_reset=None), NeuronSpec(tau=3.0, v_threshold=0.5, v_reset=-0.25)])
+@pytest.mark.parametrize("counts", [False, True])
+def test_c_dense_stack_equals_the_numpy_forward(c_set, monkeypatch, neuron, counts):
+    from edge_sdfa.int8 import net as qn
+    from edge_sdfa.spec import mlp
+
+    rng = np.random.default_rng(int(counts))
+    spec = mlp([40, 33, 17, 5], neuron=neuron, time_steps=6)
+    exps = [11 if counts else 7, 7, 7]  # thresholds that keep every layer partly active
+    qnet = [qn.QLayer(exps[i], rng.integers(-60, 100, (layer.in_features, layer.out_features)).astype(np.int8),
+                      rng.integers(-300, 300, layer.out_features).astype(np.int32) if i != 1 else None)
+            for i, layer in enumerate(spec.layers)]
+    calls = []
+    real = c_set.dense_stack
+    monkeypatch.setattr(c_set, "dense_stack", lambda plan, x: calls.append(x.shape) or real(plan, x))
+    for n in (1, 3, 70):
+        x = _spikes(rng, (6, n, 40), 0.3, counts)
+        got = qn.forward(spec, qnet, x, c_set)
+        want = qn.forward(spec, qnet, x, reference)
+        np.testing.assert_array_equal(got.out_spikes, want.out_spikes)
+        np.testing.assert_array_equal(got.counts, want.counts)
+        assert calls[-1] == (6, n, 40)
+    assert want.out_spikes.any() and not want.out_spikes.all()  # the 70-sample batch: the stack is alive
+    # outside the int32 bound of the currents: the layer-by-layer path, the same answer
+    qnet[0].bias[0] = 1 << 30
+    x = _spikes(rng, (6, 2, 40), 0.3, counts)
+    n_calls = len(calls)
+    np.testing.assert_array_equal(qn.forward(spec, qnet, x, c_set).counts, qn.forward(spec, qnet, x, reference).counts)
+    assert len(calls) == n_calls + 1  # tried, refused by the C bound check (an in-place edit)
+
+
 # ---------------------------------------------------------------------------------------------
 # the C set's thread pool
+
+
+@pytest.mark.integration
+def test_c_call_threads_are_per_calling_thread_and_change_no_result(c_set):
+    import threading
+
+    lib = c_set.load()
+    rng = np.random.default_rng(5)
+    x, w = _spikes(rng, (4, 300, 50), 0.2, False), _int8(rng, (50, 64), True)
+    pooled = c_set.dense_current(c_set.prepare_inputs(x), w, None)
+    assert lib.esd_set_call_threads(1) == 0
+    try:
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(lib.esd_set_call_threads(0)))
+        t.start()
+        t.join()
+        assert seen == [0]  # another thread still uses the pool
+        np.testing.assert_array_equal(c_set.dense_current(c_set.prepare_inputs(x), w, None), pooled)
+    finally:
+        assert lib.esd_set_call_threads(0) == 1
 
 
 @pytest.fixture()

@@ -19,6 +19,7 @@ Fixed-point conventions (all exponents are powers of two, "units" means the valu
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -111,6 +112,97 @@ def neuron_step_int(neuron: NeuronSpec, const: dict[str, int], v: np.ndarray, cu
     else:
         v_new = np.where(s, vr, h)
     return h, s.astype(np.uint8), v_new
+
+
+def decay_fraction(decay: int) -> tuple[int, int]:
+    """``decay / 2**DECAY_BITS`` as ``odd / 2**shift`` (lowest terms)."""
+    shift = DECAY_BITS
+    while decay and decay % 2 == 0 and shift > 0:
+        decay //= 2
+        shift -= 1
+    return decay, shift
+
+
+@dataclass(frozen=True)
+class NeuronPlan:
+    """``neuron_step_int`` as straight-line integer operations, for executors that build graphs.
+
+    The ONNX and TFLite exporters translate these operations one by one into their operators and
+    know nothing of the neuron model. Registers: ``v`` (the membrane, ``vreset`` before step 0),
+    ``cur`` (this step's current); ``step`` computes the spike ``s`` (bool), ``reset`` the new
+    ``v``. An operation is ``(dst, op, *args)``, an argument a register name or an int constant:
+    ``add a b``, ``sub a b``, ``mul a k``, ``shr a k`` (floor of ``a / 2**k``), ``ge a b`` (bool),
+    ``select c a b`` (``a`` where ``c`` else ``b``). Every intermediate is bounded by
+    ``intermediate_bound``.
+    """
+    step: tuple[tuple, ...]
+    reset: tuple[tuple, ...]
+    vth: int
+    vreset: int
+    mul_max: int  # largest multiplier of a ``mul``
+
+    def intermediate_bound(self, current_bound: int, t_steps: int) -> int:
+        """A bound of |any register| over ``t_steps`` steps with |current| <= current_bound."""
+        vr, vth = abs(self.vreset), abs(self.vth)
+        mem = t_steps * (current_bound + vr + vth + 1) + vr + vth
+        return (current_bound + mem + vr) * max(self.mul_max, 1) + mem + current_bound
+
+
+def neuron_plan(neuron: NeuronSpec, const: dict[str, int]) -> NeuronPlan:
+    """The operations of ``neuron_step_int`` for ``neuron`` with ``const = neuron_constants(...)``."""
+    vth, vr = const["vth"], const["vreset"]
+    odd, shift = decay_fraction(const["decay"]) if neuron.kind == "lif" else (0, 0)
+    ops: list[tuple] = []
+
+    def decayed(src: str) -> str | None:  # floor(src * decay / 2**DECAY_BITS); None when decay is 0
+        if odd == 0:
+            return None
+        if odd != 1:
+            ops.append(("d", "mul", src, odd))
+            src = "d"
+        if shift:
+            ops.append(("d", "shr", src, shift))
+            src = "d"
+        return src
+
+    if neuron.kind != "lif":
+        ops.append(("h", "add", "v", "cur"))
+    elif neuron.decay_input and odd == 0:  # the current never reaches the membrane: keep its shape
+        ops += [("d", "mul", "cur", 0), ("h", "add", "v", "d")]
+    elif neuron.decay_input:  # h = v + floor((cur - (v - vr)) * decay / 2**DECAY_BITS)
+        ops.append(("d", "sub", "cur", "v"))
+        if vr:
+            ops.append(("d", "add", "d", vr))
+        ops.append(("h", "add", "v", decayed("d")))
+    else:  # h = v - floor((v - vr) * decay / 2**DECAY_BITS) + cur
+        if vr and odd:
+            ops.append(("d", "sub", "v", vr))
+        f = decayed("d" if vr else "v")
+        if f is None:
+            ops.append(("h", "add", "v", "cur"))
+        else:
+            ops += [("h", "sub", "v", f), ("h", "add", "h", "cur")]
+    ops.append(("s", "ge", "h", vth))
+    if neuron.v_reset is None:
+        reset = (("r", "sub", "h", vth), ("v", "select", "s", "r", "h"))
+    else:
+        reset = (("v", "select", "s", vr, "h"),)
+    return NeuronPlan(tuple(ops), reset, vth, vr, odd)
+
+
+def run_neuron_plan(plan: NeuronPlan, cur: np.ndarray) -> np.ndarray:
+    """Spikes ``[T, ...]`` uint8 of a plan run from rest over currents ``cur [T, ...]`` (numpy int64)."""
+    fns = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "shr": np.right_shift,
+           "ge": np.greater_equal, "select": np.where}
+    v = np.full(cur.shape[1:], plan.vreset, np.int64)
+    out = np.empty(cur.shape, np.uint8)
+    for t in range(cur.shape[0]):
+        reg = {"v": v, "cur": cur[t].astype(np.int64)}
+        for dst, op, *args in plan.step + plan.reset:
+            reg[dst] = fns[op](*(reg[a] if isinstance(a, str) else np.int64(a) for a in args))
+        out[t] = reg["s"]
+        v = reg["v"]
+    return out
 
 
 def _build_sg_lut() -> np.ndarray:

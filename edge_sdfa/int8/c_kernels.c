@@ -39,7 +39,63 @@
 #define DECAY_BITS 12
 #define DELTA_BITS 7
 
-int esd_abi_version(void) { return 7; }
+int esd_abi_version(void) { return 8; }
+
+/* The CPU features this build's compiler flags let it use beyond the architecture's baseline, in
+ * the kernel's vocabulary (aarch64: HWCAP / the "Features" line of /proc/cpuinfo; x86-64: the
+ * "flags" line). c_kernels.py reads this string (no code of the library runs) and refuses the
+ * library on a CPU that lacks one, e.g. a +dotprod (Pi 5) build on a Pi 4, which would die of
+ * SIGILL. The x86-64 target_clones are picked at load time and need nothing here. */
+const char esd_built_features[] = ""
+#if defined(__aarch64__)
+#if defined(__ARM_FEATURE_DOTPROD)
+    " asimddp"
+#endif
+#if defined(__ARM_FEATURE_ATOMICS)
+    " atomics"
+#endif
+#if defined(__ARM_FEATURE_QRDMX)
+    " asimdrdm"
+#endif
+#if defined(__ARM_FEATURE_FP16_VECTOR_ARITHMETIC)
+    " asimdhp"
+#endif
+#if defined(__ARM_FEATURE_SVE)
+    " sve"
+#endif
+#if defined(__ARM_FEATURE_SVE2)
+    " sve2"
+#endif
+#if defined(__ARM_FEATURE_MATMUL_INT8)
+    " i8mm"
+#endif
+#elif defined(__x86_64__)
+#if defined(__AVX__)
+    " avx"
+#endif
+#if defined(__AVX2__)
+    " avx2"
+#endif
+#if defined(__FMA__)
+    " fma"
+#endif
+#if defined(__BMI2__)
+    " bmi2"
+#endif
+#if defined(__AVX512F__)
+    " avx512f"
+#endif
+#if defined(__AVX512BW__)
+    " avx512bw"
+#endif
+#if defined(__AVX512VL__)
+    " avx512vl"
+#endif
+#if defined(__AVX512VNNI__)
+    " avx512_vnni"
+#endif
+#endif
+    ;
 
 /* ------------------------------------------------------------------------------------------ */
 /* the thread pool: parallel_for(total, chunk, body, ctx) runs body(ctx, begin, end, tid) over
@@ -148,12 +204,28 @@ static int pool_start(void)
     return pool.started + 1;
 }
 
+/* Per calling thread: 1 runs this thread's parallel loops on it alone (a small call, where
+ * waking the pool costs more than it saves); 0 uses the pool. Like OpenMP's per-thread setting,
+ * it never affects other callers. */
+static __thread int call_threads;
+
+int esd_set_call_threads(int n)
+{
+    int prev = call_threads;
+    call_threads = n == 1 ? 1 : 0;
+    return prev;
+}
+
 static void parallel_for(int64_t total, int64_t chunk, esd_body body, void *ctx)
 {
     if (total <= 0)
         return;
     if (chunk < 1)
         chunk = 1;
+    if (call_threads == 1) { /* no pool, no lock: tid 0 only, scratch is sized for every tid */
+        body(ctx, 0, total, 0);
+        return;
+    }
     pthread_mutex_lock(&pool.run);
     int nt = total > chunk ? pool_start() : 1;
     if (nt <= 1) {
@@ -1055,4 +1127,72 @@ int64_t esd_int16_peak(int64_t iters, int16_t *restrict out)
         out[j] = (int16_t)(out[j] + acc[j]);
 #endif
     return threads * iters * PEAK_LANES * 2;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* a whole stack of dense spiking layers in one call (inference: nothing recorded)
+ *
+ * x: uint8 [T, N, K0]; per layer l: w[l] int8 [K_l, M_l] (K_0 = K0, K_{l+1} = M_l), bias[l]
+ * int32 [M_l] or NULL, and 7 int64 parameters p[7 l ..]: M, kind, decay_input, soft, vth, vr,
+ * decay. Each layer is exactly prepare_inputs + esd_gather (+ int32 bias) + esd_neuron_run
+ * (want 0) of c_kernels.py, so the spikes are the same. The caller proved K_l * 255 * 128 < 2**30;
+ * the biases are checked here on every call (|b| < 2**30: int32 currents are exact), since an
+ * array can be edited in place. out: uint8 [T, N, M_last]. Returns 0, 1 when a bias is out of
+ * bounds (nothing computed: run the layers one by one), or -1 when out of memory. */
+int esd_dense_stack(const uint8_t *x, int64_t T, int64_t N, int64_t K0, int64_t L, const int8_t *const *w,
+                    const int32_t *const *bias, const int64_t *p, int64_t sg_shift, int64_t half, uint8_t *out)
+{
+    const int64_t R = T * N;
+    int64_t mmax = K0;
+    for (int64_t l = 0; l < L; l++) {
+        mmax = p[7 * l] > mmax ? p[7 * l] : mmax;
+        for (int64_t c = 0; bias[l] && c < p[7 * l]; c++)
+            if (bias[l][c] >= (1 << 30) || bias[l][c] <= -(1 << 30))
+                return 1;
+    }
+    int64_t *counts = (int64_t *)malloc(sizeof(int64_t) * (size_t)(3 * R + 1));
+    int32_t *idx = (int32_t *)malloc(sizeof(int32_t) * (size_t)(R * (mmax + 1) + 1));
+    uint8_t *val = (uint8_t *)malloc((size_t)(R * (mmax + 1) + 1));
+    int32_t *cur = (int32_t *)malloc(sizeof(int32_t) * (size_t)(R * mmax + 1));
+    uint8_t *sp[2] = {(uint8_t *)malloc((size_t)(R * mmax + 1)), (uint8_t *)malloc((size_t)(R * mmax + 1))};
+    int rc = (counts && idx && val && cur && sp[0] && sp[1]) ? 0 : -1;
+    const uint8_t *in = x;
+    int64_t K = K0;
+    for (int64_t l = 0; l < L && rc == 0; l++) {
+        const int64_t *q = p + 7 * l;
+        const int64_t M = q[0];
+        int64_t *starts = counts + R, *ends = counts + 2 * R;
+        int64_t vmax = esd_row_counts(in, R, K, counts);
+        int binary = vmax <= 1;
+        int64_t s = 0;
+        for (int64_t r = 0; r < R; r++) {
+            starts[r] = s;
+            ends[r] = s + counts[r];
+            s += counts[r] + 1;
+        }
+        esd_csr_fill(in, R, K, starts, idx, val, binary);
+        rc = esd_gather(starts, ends, idx, val, binary, w[l], R, M, 0, cur);
+        if (rc != 0)
+            break;
+        if (bias[l]) {
+            const int32_t *b = bias[l];
+            for (int64_t r = 0; r < R; r++)
+                for (int64_t c = 0; c < M; c++)
+                    cur[r * M + c] += b[c];
+        }
+        uint8_t *o = l == L - 1 ? out : sp[l & 1];
+        int64_t hs = 0;
+        uint8_t sgi = 0;
+        rc = esd_neuron_run(cur, 1, T, N, M, (int)q[1], (int)q[2], (int)q[3], q[4], q[5], q[6], 0, sg_shift, half,
+                            o, &hs, &sgi);
+        in = o;
+        K = M;
+    }
+    free(counts);
+    free(idx);
+    free(val);
+    free(cur);
+    free(sp[0]);
+    free(sp[1]);
+    return rc;
 }

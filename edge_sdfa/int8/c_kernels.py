@@ -28,7 +28,7 @@ from edge_sdfa.errors import UserError
 from edge_sdfa.int8 import arith, reference
 
 NAME = "c"
-ABI_VERSION = 7
+ABI_VERSION = 8
 LIBRARY_STEM = "_c_kernels"
 _CHUNK16 = 255
 _SG_LUT = np.ascontiguousarray(arith.SG_LUT, dtype=np.int64)
@@ -52,7 +52,7 @@ def library_path() -> str | None:
 
 
 _LIB = None
-_ERROR: str | None = None
+_ERROR: UserError | None = None
 THREADS_ENV = "EDGE_SDFA_THREADS"  # read, never set: threads of the C kernels (default: CPUs online)
 
 
@@ -74,11 +74,16 @@ def load():
     if _ERROR is None:
         path = library_path()
         if path is None:
-            _ERROR = ("the C int8 kernels were not built when edge-sdfa was installed (no C compiler "
-                      "then?); reinstall with a C compiler to get them")
+            _ERROR = UserError("the C int8 kernels were not built when edge-sdfa was installed (no C "
+                               "compiler then?); reinstall with a C compiler to get them")
         else:
             try:
                 lib = ctypes.CDLL(path)
+                missing = missing_cpu_features(built_features(lib))
+                if missing:
+                    raise CpuMismatch(f"the C int8 kernels ({os.path.basename(path)}) were built for CPU "
+                                      f"features this CPU lacks ({', '.join(missing)}); reinstall on this "
+                                      "machine to rebuild them")
                 if lib.esd_abi_version() != ABI_VERSION:
                     raise OSError(f"ABI version {lib.esd_abi_version()} != {ABI_VERSION}")
                 _declare(lib)
@@ -87,9 +92,63 @@ def load():
                     lib.esd_set_num_threads(_threads(threads))
                 _LIB = lib
                 return lib
+            except CpuMismatch as exc:
+                _ERROR = exc
             except (OSError, AttributeError) as exc:
-                _ERROR = f"loading the C int8 kernels ({path}) failed: {exc}"
-    raise UserError(_ERROR)
+                _ERROR = UserError(f"loading the C int8 kernels ({path}) failed: {exc}")
+    raise type(_ERROR)(str(_ERROR))
+
+
+class CpuMismatch(UserError):
+    """The library was compiled for CPU features the running CPU lacks (calling it would SIGILL)."""
+
+    warn_on_fallback = True  # kernels.get("auto") says so on stderr when it runs numpy instead
+
+
+# aarch64 Linux HWCAP bits (asm/hwcap.h) of the features esd_built_features may name
+_AARCH64_HWCAP = {"atomics": 8, "asimdhp": 10, "asimdrdm": 12, "asimddp": 20, "sve": 22}
+_AARCH64_HWCAP2 = {"sve2": 1, "i8mm": 13}
+
+
+def built_features(lib) -> list[str]:
+    """The CPU features the library's compiler flags enabled (a data symbol: no library code runs)."""
+    try:
+        return ctypes.string_at(ctypes.addressof(ctypes.c_char.in_dll(lib, "esd_built_features"))).decode().split()
+    except ValueError:  # an older library without the symbol: the ABI check refuses it
+        return []
+
+
+def cpu_features() -> set[str] | None:
+    """The running CPU's features, named as in /proc/cpuinfo: aarch64 from ``getauxval(AT_HWCAP)``
+    (what the kernel, or qemu-user, reports for this process), else the cpuinfo flags; None when
+    unknown (then nothing is refused)."""
+    import platform
+
+    if platform.machine() in ("aarch64", "arm64"):
+        try:
+            libc = ctypes.CDLL(None)
+            libc.getauxval.restype = ctypes.c_ulong
+            libc.getauxval.argtypes = [ctypes.c_ulong]
+            hw, hw2 = int(libc.getauxval(16)), int(libc.getauxval(26))  # AT_HWCAP, AT_HWCAP2
+        except (OSError, AttributeError):
+            return None
+        return ({name for name, bit in _AARCH64_HWCAP.items() if hw >> bit & 1}
+                | {name for name, bit in _AARCH64_HWCAP2.items() if hw2 >> bit & 1})
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return set(value.split())
+    except OSError:
+        pass
+    return None
+
+
+def missing_cpu_features(built: list[str]) -> list[str]:
+    """Features the library was built for that this CPU lacks (empty when unknown)."""
+    have = cpu_features()
+    return [] if have is None else [f for f in built if f not in have]
 
 
 def available() -> None:
@@ -102,6 +161,7 @@ def _declare(lib) -> None:
     sig = {
         "esd_num_threads": (I, []),
         "esd_set_num_threads": (None, [I]),
+        "esd_set_call_threads": (I, [I]),
         "esd_row_counts": (I64, [P, I64, I64, P]),
         "esd_csr_fill": (None, [P, I64, I64, P, P, P, I]),
         "esd_csc": (I, [P, P, P, P, I, I64, I64, I64, P, P, P]),
@@ -112,6 +172,7 @@ def _declare(lib) -> None:
         "esd_local_deltas": (I, [P, I, P, I, I64, I64, P, I64, I64, I64, I64, I64, P, I64, P, P]),
         "esd_exact_deltas": (I, [P, P, I64, I64, I64, P, P, I64, P, P]),
         "esd_int16_peak": (I64, [I64, P]),
+        "esd_dense_stack": (I, [P, I64, I64, I64, I64, P, P, P, I64, I64, P]),
     }
     for fname, (res, args) in sig.items():
         fn = getattr(lib, fname)
@@ -243,6 +304,61 @@ def dense_current(inputs, w8: np.ndarray, bias: np.ndarray | None) -> np.ndarray
     if bias is not None:
         out += bias.astype(out.dtype)
     return out.reshape(t_n, n_n, m_n)
+
+
+class _StackPlan:
+    """What ``esd_dense_stack`` needs of a stack of dense layers, built once per set of weights."""
+
+    def __init__(self, layers):
+        lib = load()
+        w_ptrs, b_ptrs, params = [], [], []
+        for w8, bias, neuron, const in layers:
+            w, b = w8, bias
+            w_ptrs.append(_p(w))
+            b_ptrs.append(None if b is None else _p(b))
+            params.append([w.shape[1], 0 if neuron.kind == "lif" else 1, int(bool(neuron.decay_input)),
+                           int(neuron.v_reset is None), int(const["vth"]), int(const["vreset"]), int(const["decay"])])
+        self.k0 = int(layers[0][0].shape[0])
+        self.m_out = int(params[-1][0])
+        self.w = (ctypes.c_void_p * len(layers))(*w_ptrs)
+        self.b = (ctypes.c_void_p * len(layers))(*b_ptrs)
+        self.params = np.ascontiguousarray(params, dtype=np.int64)
+        self.args = (len(layers), self.w, self.b, _p(self.params), -arith.SG_RES_BITS, _SG_HALF)
+        self.call = lib.esd_dense_stack
+
+
+def stack_plan(layers) -> _StackPlan | None:
+    """A plan for ``dense_stack`` of ``[(w8 [K, M], bias | None, neuron, neuron constants)]``, or
+    None where the C bounds do not hold (the layer-by-layer path then runs): int8 weights, chained
+    shapes, exact int32 currents (``dense_current``'s bound; the C code checks the biases on every
+    call)."""
+    k = None
+    for w8, bias, _, _ in layers:
+        # the caller's own arrays (the plan points into them, so in-place edits are seen)
+        if (not isinstance(w8, np.ndarray) or w8.dtype != np.int8 or not w8.flags.c_contiguous
+                or (bias is not None and (bias.dtype != np.int32 or not bias.flags.c_contiguous))):
+            return None
+        if w8.ndim != 2 or (k is not None and w8.shape[0] != k) or 0 in w8.shape:
+            return None
+        if w8.shape[0] * 255 * 128 >= (1 << 30) or (bias is not None and bias.shape != (w8.shape[1],)):
+            return None
+        k = w8.shape[1]
+    return _StackPlan(layers) if layers else None
+
+
+def dense_stack(plan: _StackPlan, x: np.ndarray) -> np.ndarray | None:
+    """The output spikes ``[T, N, M_last]`` of the planned dense layers on ``x[T, N, K0]``, in one
+    call: for each layer exactly ``prepare_inputs``, ``dense_current`` and ``neuron_run`` (want 0).
+    None where ``x`` or a bias is outside the bounds (not uint8-representable, empty, |bias| >= 2**30)."""
+    xu = as_u8(x)
+    if xu is None or x.ndim != 3 or x.shape[2] != plan.k0 or x.size == 0:
+        return None
+    t_n, n_n, _ = x.shape
+    out = np.empty((t_n, n_n, plan.m_out), np.uint8)
+    n_l, w, b, params, sg_shift, half = plan.args
+    rc = plan.call(xu.ctypes.data, t_n, n_n, plan.k0, n_l, w, b, params, sg_shift, half, out.ctypes.data)
+    _check(min(rc, 0), "dense_stack")
+    return out if rc == 0 else None
 
 
 def neuron_run(neuron, const: dict, cur: np.ndarray, sg_exp: int | None = None):

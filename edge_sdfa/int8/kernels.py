@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from types import ModuleType
 
 from edge_sdfa.errors import UserError
@@ -37,11 +38,22 @@ def get(name: str | None = None) -> ModuleType:
     if name == "auto":
         try:
             return _load("c")
-        except UserError:
+        except UserError as exc:
+            if getattr(exc, "warn_on_fallback", False):
+                _warn_once(f"warning: {exc}; running the numpy kernels")
             return _load("numpy")
     if name not in SETS:
         raise UserError(f"unknown kernel set {name!r} (expected {', '.join(SETS)} or auto)")
     return _load(name)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(line: str) -> None:
+    if line not in _WARNED:
+        _WARNED.add(line)
+        print(line, file=sys.stderr)
 
 
 def resolve(kernels: ModuleType | str | None) -> ModuleType:

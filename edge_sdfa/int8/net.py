@@ -138,6 +138,30 @@ def _conv_current(layer, q: QLayer, rows: np.ndarray, ks: ModuleType, mvm, i: in
     return cur
 
 
+_STACK_PLANS: dict[tuple, tuple] = {}
+
+
+def _dense_stack_out(spec: NetworkSpec, qnet: QNet, ks: ModuleType, x: np.ndarray) -> np.ndarray | None:
+    """Output spikes of a network of dense layers (and flattens) run by the kernel set's fused
+    ``dense_stack`` in one call, or None where the set has none or its bounds do not hold. The
+    plan holds the layers' own arrays, so it is cached by their identities."""
+    if not hasattr(ks, "dense_stack") or not all(isinstance(layer, (Dense, Flatten)) for layer in spec.layers):
+        return None
+    dense = [(layer, q) for layer, q in zip(spec.layers, qnet) if isinstance(layer, Dense)]
+    key = (ks.NAME, *((id(layer), id(q.w8), id(q.bias), q.exp) for layer, q in dense))
+    hit = _STACK_PLANS.get(key)
+    if hit is None:
+        plan = ks.stack_plan([(q.w8, q.bias, layer.neuron, arith.neuron_constants(layer.neuron, q.exp))
+                              for layer, q in dense])
+        if len(_STACK_PLANS) >= 16:
+            _STACK_PLANS.clear()
+        hit = _STACK_PLANS[key] = (plan, dense)  # ``dense`` keeps the keyed objects alive
+    if hit[0] is None:
+        return None
+    t_steps, n = x.shape[:2]
+    return ks.dense_stack(hit[0], x.reshape(t_steps, n, -1))
+
+
 def forward(spec: NetworkSpec, qnet: QNet, x: np.ndarray, kernels: Kernels = None,
             keep: set[int] | None = None, *, mvm: MVM | None = None) -> Int8Trace:
     """Forward ``x[T, N, ...]`` (uint8 spikes or counts) with a kernel set (module or name; None:
@@ -149,6 +173,12 @@ def forward(spec: NetworkSpec, qnet: QNet, x: np.ndarray, kernels: Kernels = Non
     t_steps, n = x.shape[:2]
     keep = keep or set()
     trace = Int8Trace()
+    if not keep and mvm is None:
+        out = _dense_stack_out(spec, qnet, ks, x)
+        if out is not None:
+            trace.out_spikes = out
+            trace.counts = out.sum(axis=0, dtype=np.int64)
+            return trace
     shapes = spec.shapes()
     rows = np.ascontiguousarray(x).reshape(t_steps * n, *x.shape[2:])
     for i, layer in enumerate(spec.layers):

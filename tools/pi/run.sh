@@ -9,8 +9,9 @@
 # 3. per CPU: `qemu-aarch64-static -cpu CPU -L SYSROOT` runs Python 3.11; a venv, then
 #    `pip install .` (PyPI's aarch64 wheels: numpy 2; the C kernels built by the cross compiler
 #    with flags for that CPU), as on a Pi;
-# 4. per CPU: `edge-sdfa finetune --json` (C kernels; also the numpy kernels on the first CPU,
-#    or the sets in $PI_KERNELS), `edge-sdfa predict --json` and the kernel bit-exactness tests
+# 4. per CPU: `edge-sdfa finetune --json` (C kernels, or the sets in $PI_KERNELS, e.g. "numpy c":
+#    the numpy set's whole job takes ~150 s under emulation, and the kernel tests below already run
+#    it against C on the emulated CPU), `edge-sdfa predict --json` and the kernel bit-exactness tests
 #    under emulation; the committed head weights must equal the x86 run's, byte for byte.
 # Everything is cached under $PI_CACHE (default .cache/pi, git-ignored); a second run reuses it.
 # If the registries cannot be reached the run says SKIPPED (exit 0; exit 1 with PI_REQUIRED=1).
@@ -122,9 +123,8 @@ WRAP
   if ! (cd "$WORK" && "$py" -c "from edge_sdfa.int8 import kernels; kernels.get('c')" >&2); then
     log "[$cpu] the C kernels were not built by pip install ."; fail=1; summary+=("$cpu C kernels NOT BUILT")
   fi
-  # the numpy path is the specification and CPU-independent: once (on the first CPU) is enough
+  # the numpy set runs on the emulated CPU in the kernel tests below; its whole job only on request
   kernel_sets=${PI_KERNELS:-c}
-  [[ -z "${PI_KERNELS:-}" && "$cpu" == "${CPUS[0]}" ]] && kernel_sets="numpy c"
   for kernels in $kernel_sets; do
     store="$WORK/$tag-$kernels-store"
     log "[$cpu] edge-sdfa finetune --json (kernels $kernels)"
