@@ -42,6 +42,17 @@ def progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def dvs_convnet_front(channels: int, blocks: int, size: int, time_steps: int) -> NetworkSpec:
+    """The reference's DVS ConvNet front: ``blocks`` x [Conv2d(channels) 3x3 pad 1 + LIF + MaxPool2d 2]
+    on 2 x size x size events, then Flatten and an 11-way Dense."""
+    layers, ch, hw = [], 2, size
+    for _ in range(blocks):
+        layers += [Conv2d(ch, channels), Pool2d(2)]
+        ch, hw = channels, hw // 2
+    layers += [Flatten(), Dense(channels * hw * hw, 11)]
+    return NetworkSpec((2, size, size), tuple(layers), time_steps=time_steps)
+
+
 def spiking_qnet(spec: NetworkSpec, gain: float, seed: int = 1):
     params = fn.init_params(spec, seed)
     for p in params:
@@ -58,12 +69,7 @@ def fronts(args) -> dict:
                                  describe="mlp:2312-1000-10 cut at 1 (Dense 2312->1000 + LIF)")
     if "conv" in args.fronts:
         c, blocks, size = (128, 5, 128) if args.full else (args.channels, args.blocks, args.size)
-        layers, ch, hw = [], 2, size
-        for _ in range(blocks):
-            layers += [Conv2d(ch, c), Pool2d(2)]
-            ch, hw = c, hw // 2
-        layers += [Flatten(), Dense(c * hw * hw, 11)]
-        spec = NetworkSpec((2, size, size), tuple(layers), time_steps=args.time_steps)
+        spec = dvs_convnet_front(c, blocks, size, args.time_steps)
         out["dvs_convnet"] = dict(spec=spec, cut=2 * blocks, gain=10.0, batch=args.conv_batch,
                                   describe=f"2x{size}x{size}, {blocks} x [Conv2d({c}) 3x3 pad 1 + LIF + MaxPool2d 2]")
     return out

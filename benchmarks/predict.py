@@ -66,8 +66,8 @@ def peak_rss_mb() -> float:
 def build_models(args, tmp: Path) -> dict:
     from edge_sdfa.bundle import read_bundle, write_bundle
     from edge_sdfa.finetune import DEFAULT_BUNDLE, DEFAULT_USER_TEST
-    from edge_sdfa.spec import Conv2d, Dense, Flatten, NetworkSpec, Pool2d, mlp
-    from executors import spiking_qnet
+    from edge_sdfa.spec import mlp
+    from executors import dvs_convnet_front, spiking_qnet
 
     rng = np.random.default_rng(0)
     models = {}
@@ -82,12 +82,7 @@ def build_models(args, tmp: Path) -> dict:
                                     describe="mlp:2312-1000-10 (N-MNIST), cut at 1")
     if "conv" in args.models:
         c, blocks, size = args.channels, args.blocks, args.size
-        layers, ch, hw = [], 2, size
-        for _ in range(blocks):
-            layers += [Conv2d(ch, c), Pool2d(2)]
-            ch, hw = c, hw // 2
-        layers += [Flatten(), Dense(c * hw * hw, 11)]
-        spec = NetworkSpec((2, size, size), tuple(layers), time_steps=args.time_steps)
+        spec = dvs_convnet_front(c, blocks, size, args.time_steps)
         models["dvs_convnet"] = dict(spec=spec, qnet=spiking_qnet(spec, 10.0), cut=2 * blocks,
                                      describe=f"DVS ConvNet front 2x{size}x{size}, {blocks} x [Conv2d({c}) 3x3 + LIF + "
                                               "MaxPool2d 2] + Dense(11)")

@@ -17,7 +17,6 @@ and kernels, argmax of the output spike counts). ``docs/runtime.md`` has the det
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 import time
@@ -103,23 +102,6 @@ class _Model:
             h = self.executor.run(x_tn)
         h = np.ascontiguousarray(h).astype(np.uint8, copy=False)
         return qn.forward(self.head_spec, self.head, h, self.kernels).counts
-
-
-_GOMP = None
-
-
-def _openmp():
-    """The OpenMP runtime the C kernels loaded (libgomp), if any: never loads one itself."""
-    global _GOMP
-    if _GOMP is None:
-        try:
-            lib = ctypes.CDLL("libgomp.so.1", mode=getattr(os, "RTLD_NOLOAD", 4))
-            lib.omp_get_max_threads.restype = ctypes.c_int
-            lib.omp_set_num_threads.argtypes = [ctypes.c_int]
-            _GOMP = lib
-        except (OSError, AttributeError):
-            _GOMP = False
-    return _GOMP or None
 
 
 def _state_stat(path: Path):
@@ -285,18 +267,12 @@ class Runtime:
         xt = np.swapaxes(x, 0, 1)
         # the thread settings are per calling thread, so this never affects other callers
         want = self.threads or (1 if model.time_steps * min(n, self.batch) <= SMALL_CALL_ROWS else 0)
-        omp = _openmp() if model.kernels.NAME == "c" else None
-        prev = omp.omp_get_max_threads() if omp is not None and want else 0
-        if prev and prev != want:
-            omp.omp_set_num_threads(want)
         # the C kernels' own pool: 1 runs the call's loops on this thread alone
         c_prev = model.kernels.load().esd_set_call_threads(want) if model.kernels.NAME == "c" else None
         try:
             for i in range(0, n, self.batch):
                 counts[i:i + self.batch] = model.counts(xt[:, i:i + self.batch])
         finally:
-            if prev and prev != want:
-                omp.omp_set_num_threads(prev)
             if c_prev is not None:
                 model.kernels.load().esd_set_call_threads(c_prev)
         labels = counts.argmax(axis=1) if n else np.zeros(0, np.int64)

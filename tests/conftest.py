@@ -5,6 +5,9 @@ import numpy.testing  # noqa: F401  (imported here: its first import runs lscpu,
 import pytest
 from hypothesis import HealthCheck, settings
 
+from edge_sdfa.errors import UserError
+from edge_sdfa.int8 import kernels as int8_kernels
+
 settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -46,3 +49,17 @@ def _unit_tests_start_no_process(request, monkeypatch):
         if hasattr(os, name):
             monkeypatch.setattr(os, name, refuse)
     yield
+
+
+# every int8 kernel set, the numpy reference as a unit test, the others (built C) as integration
+KERNEL_SET_PARAMS = [pytest.param(name, marks=pytest.mark.unit if name == "numpy" else pytest.mark.integration)
+                     for name in int8_kernels.SETS]
+
+
+@pytest.fixture(scope="module", params=KERNEL_SET_PARAMS)
+def ks(request):
+    """One int8 kernel set per parametrisation (skipped where it is not installed)."""
+    try:
+        return int8_kernels.get(request.param)
+    except UserError as exc:
+        pytest.skip(str(exc))

@@ -13,13 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_sdfa import float_net as fn
-from edge_sdfa.errors import UserError
-from edge_sdfa.int8 import arith, kernels
+from edge_sdfa.int8 import arith
 from edge_sdfa.int8 import net as qn
 from edge_sdfa.spec import NeuronSpec, mlp
 
-SET_PARAMS = [pytest.param(name, marks=pytest.mark.unit if name == "numpy" else pytest.mark.integration)
-              for name in kernels.SETS]
 
 M64 = (1 << 64) - 1
 
@@ -154,14 +151,6 @@ def _problem(seed, sizes=(12, 7, 4), T=5, N=3):
     x = rng.integers(0, 3, size=(T, N, sizes[0])).astype(np.uint8) * (rng.random((T, N, sizes[0])) < 0.5)
     y = rng.integers(0, sizes[-1], N)
     return spec, qnet, x.astype(np.uint8), y
-
-
-@pytest.fixture(scope="module", params=SET_PARAMS)
-def ks(request):
-    try:
-        return kernels.get(request.param)
-    except UserError as exc:
-        pytest.skip(str(exc))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -17,16 +17,6 @@ from edge_sdfa.spec import NeuronSpec
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                           HealthCheck.function_scoped_fixture])
-SET_PARAMS = [pytest.param(name, marks=pytest.mark.unit if name == "numpy" else pytest.mark.integration)
-              for name in kernels.SETS]
-
-
-@pytest.fixture(scope="module", params=SET_PARAMS)
-def ks(request):
-    try:
-        return kernels.get(request.param)
-    except UserError as exc:
-        pytest.skip(str(exc))
 
 
 def _spikes(rng, shape, density, counts):
