@@ -162,7 +162,7 @@ def _stage_report(spec, qnet, x, y, feedback, ks, config, repeats: int, s_per_up
 
 
 def worker(method: str, shape: str, batch: int, steps: int, density: float, repeats: int, kernels: str,
-           params_path: str | None = None, stages: bool = False) -> dict:
+           params_path: str | None = None, stages: bool = False, in_place: bool = True) -> dict:
     import numpy as np
 
     from edge_sdfa import float_net as fn
@@ -196,12 +196,17 @@ def worker(method: str, shape: str, batch: int, steps: int, density: float, repe
         state = {"q": qnet, "i": 0}
 
         def update():
-            # the same batch every time, fresh rounding draws; weights evolve as in training
-            state["q"], _ = net.sdfa_update(spec, state["q"], x, y, feedback, config, state["i"], k)
+            # the same batch every time, fresh rounding draws; weights evolve as in training, in
+            # place (the device keeps one copy of its weights)
+            state["q"], _ = net.sdfa_update(spec, state["q"], x, y, feedback, config, state["i"], k,
+                                            in_place=in_place)
             state["i"] += 1
 
         tr = net.forward(spec, qnet, x, k, keep=set(spec.synaptic_layers()))
-        extra["input_density"] = [round(float((tr.inputs[i] != 0).mean()), 4) for i in spec.synaptic_layers()]
+        extra["input_density"] = [round(float(np.count_nonzero(tr.inputs[i]) / tr.inputs[i].size), 4)
+                                  for i in spec.synaptic_layers()]
+        del tr  # the density probe's trace is not the update's memory
+        extra["in_place"] = in_place
         extra["kernels"] = k.NAME
         if k.NAME == "c":
             extra["c_threads"] = k.info()["threads"]
@@ -221,6 +226,7 @@ def worker(method: str, shape: str, batch: int, steps: int, density: float, repe
 
         tr = fn.forward(spec, params, xf)
         extra["input_density"] = [round(float((tr.inputs[i] != 0).mean()), 4) for i in spec.synaptic_layers()]
+        del tr
     cpu0 = time.process_time()
     t0 = time.perf_counter()
     update()
@@ -245,6 +251,8 @@ def worker(method: str, shape: str, batch: int, steps: int, density: float, repe
     med = float(np.median(times))
     if method in INT8_METHODS and stages:
         extra.update(_stage_report(spec, state["q"], x, y, feedback, k, config, repeats, med))
+    extra["python"] = sys.version.split()[0]
+    extra["numpy"] = np.__version__
     return {"method": method, "layers": sizes, "batch": batch, "T": steps, "s_per_update": med,
             "peak_rss_mb": round(rss_mb, 1), "times_s": [round(t, 5) for t in times],
             "first_call_s": round(first, 3), "gflops_equiv": round(flops / med / 1e9, 2),
@@ -300,12 +308,18 @@ def blas_info() -> dict:
 def _run_worker(method, shape, args, params_path, tree: str | None = None) -> dict:
     """One worker; ``tree``: run that checkout's own step.py on its own code (PYTHONPATH)."""
     script = os.path.join(tree, "benchmarks", "step.py") if tree else os.path.abspath(__file__)
-    cmd = [sys.executable, script, "--worker", method, "--shape", shape,
+    python = sys.executable if tree else (args.worker_python or sys.executable)
+    cmd = [python, script, "--worker", method, "--shape", shape,
            "--batch", str(args.batch), "--steps", str(args.steps), "--density", str(args.density),
            "--repeats", str(args.repeats), "--kernels", "c" if tree else args.kernels, "--params", params_path]
     if args.stages and not tree and method in INT8_METHODS:
         cmd.append("--stages")
+    if not args.in_place and not tree:
+        cmd.append("--no-in-place")
     env = None
+    if python != sys.executable and not tree:  # this tree's code under another interpreter
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     if tree:
         env = dict(os.environ, PYTHONPATH=os.path.abspath(tree), EDGE_SDFA_CACHE_DIR=_baseline_cache(tree))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -375,6 +389,13 @@ def main(argv=None) -> int:
                     help="also run the reference torch SDFA (benchmarks/torch_peer.py) in the same run, with "
                          "PYTHON or (auto) .venv-peer/bin/python, $EDGE_SDFA_PEER_PYTHON, or this interpreter "
                          "if it imports torch (make peer-venv creates .venv-peer)")
+    ap.add_argument("--worker-python", default=None, metavar="PYTHON",
+                    help="interpreter of this tree's workers (default: this one); 'peer': the --peer interpreter, "
+                         "so that both sides run the same Python and numpy (this tree on PYTHONPATH; the C "
+                         "library built for this interpreter is loaded: it has no Python ABI)")
+    ap.add_argument("--in-place", action=argparse.BooleanOptionalAction, default=True,
+                    help="int8 workers update the weights in place (sdfa_update(in_place=True), default) or "
+                         "into new arrays")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--shape", help=argparse.SUPPRESS)
     ap.add_argument("--params", help=argparse.SUPPRESS)
@@ -383,7 +404,7 @@ def main(argv=None) -> int:
         ap.error("--repeats must be >= 5")
     if args.worker:
         print(json.dumps(worker(args.worker, args.shape, args.batch, args.steps, args.density, args.repeats,
-                                args.kernels, args.params, args.stages)))
+                                args.kernels, args.params, args.stages, args.in_place)))
         return 0
     methods = [m for m in args.methods.split(",") if m]
     shapes = [s for s in args.shapes.split(",") if s]
@@ -412,6 +433,10 @@ def main(argv=None) -> int:
         if args.peer and peer_python is None:
             _log("no PyTorch for --peer (make peer-venv, or --peer PYTHON): the reference is not measured")
             notes["peer"] = "not measured: no PyTorch found"
+        if args.worker_python == "peer":
+            if peer_python is None:
+                raise SystemExit("error: --worker-python peer needs --peer with an interpreter that imports torch")
+            args.worker_python = peer_python
         if args.baseline_tree:
             notes["baseline_tree"] = os.path.abspath(args.baseline_tree)
             notes["baseline_prepare_s"] = round(_prepare_baseline(args.baseline_tree), 3)

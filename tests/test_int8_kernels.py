@@ -398,3 +398,110 @@ def test_c_kernels_change_no_environment(c_set):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# the memory-saving forms: deltas over the surrogate indices, the update in place, the fused layer
+
+
+@pytest.mark.parametrize("k_in", [3, 8, 21, 70])
+@pytest.mark.parametrize("n", [5, 300])
+@pytest.mark.parametrize("counts", [False, True])
+def test_dense_update_into_out_and_in_place(ks, k_in, n, counts):
+    # input widths around the 8-byte scan of the spike index, > 255 samples per int16 chunk
+    rng = np.random.default_rng(k_in * 1000 + n + counts)
+    x = _spikes(rng, (3, n, k_in), 0.2, counts)
+    x[:, :, k_in - 1] = 0  # a silent input row
+    d = _int8(rng, (3, n, 33), True)
+    shifts = np.array([4, 4, 9])
+    master = rng.integers(-32767, 32768, (k_in, 33)).astype(np.int16)
+    want = _oracle_update(x, d, shifts, master, 37, 30, 99)
+    out = (np.zeros_like(master), np.zeros((k_in, 33), np.int8))
+    got = ks.dense_update(ks.prepare_inputs(x), d, shifts, master, 37, 30, 99, out=out)
+    assert got[0] is out[0] and got[1] is out[1]
+    w8 = np.zeros((k_in, 33), np.int8)
+    inplace = ks.dense_update(ks.prepare_inputs(x), d, shifts, master, 37, 30, 99, out=(master, w8))
+    assert inplace[0] is master and inplace[1] is w8
+    for g in (got, inplace):
+        for a, b in zip(g, want):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("exact", [False, True])
+@pytest.mark.parametrize("project", [False, True])
+def test_deltas_written_over_the_surrogate_indices(ks, exact, project):
+    rng = np.random.default_rng(3)
+    t, n, m, classes = 5, 7, 45, 10
+    sg = rng.integers(0, len(arith.SG_LUT), (t, n, m)).astype(np.uint8)
+    b = _int8(rng, (classes, m), True) if project else None
+    width = classes if project else m
+    if exact:
+        e = rng.integers(-4096, 4097, (n, width))
+        carry = arith.carry_lut(NeuronSpec())
+        want = reference.exact_deltas(sg, e, b, carry)
+        got = ks.exact_deltas(sg, e, b, carry, out=sg.view(np.int8))
+    else:
+        e = rng.integers(-4096, 4097, (t, n, width))
+        want = reference.local_deltas(sg, e, b)
+        got = ks.local_deltas(sg, e, b, out=sg.view(np.int8))
+    assert np.shares_memory(got[0], sg)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("neuron", [NeuronSpec(), NeuronSpec(decay_input=False), NeuronSpec(kind="if"),
+                                    NeuronSpec(v_reset=None)])
+@pytest.mark.parametrize("counts", [False, True])
+@pytest.mark.parametrize("k_in", [5, 64, 203])
+def test_c_dense_layer_equals_gather_then_neurons(c_set, neuron, counts, k_in):
+    rng = np.random.default_rng(k_in)
+    x = _spikes(rng, (6, 9, k_in), 0.3, counts)
+    x[:, 0] = 0  # a silent sample
+    w = _int8(rng, (k_in, 77), True)
+    bias = rng.integers(-3000, 3000, 77).astype(np.int32)
+    const = arith.neuron_constants(neuron, 5)
+    for b in (None, bias):
+        for sg_exp in (None, 5):
+            got = c_set.dense_layer(c_set.prepare_inputs(x), w, b, neuron, const, sg_exp)
+            want = reference.neuron_run(neuron, const, reference.dense_current(x, w, b), sg_exp)
+            np.testing.assert_array_equal(got[0], want[0])
+            if sg_exp is None:
+                assert got[1] is None
+            else:
+                np.testing.assert_array_equal(got[1], want[1])
+    big_bias = np.full(77, 1 << 30, np.int64)  # outside the int32 bound: the caller runs the two steps
+    assert c_set.dense_layer(c_set.prepare_inputs(x), w, big_bias, neuron, const, None) is None
+
+
+@pytest.mark.parametrize("mode", ["online", "exact"])
+def test_sdfa_update_in_place_equals_new_arrays(ks, mode):
+    from edge_sdfa import float_net as fn
+    from edge_sdfa.int8 import net as qn
+    from edge_sdfa.spec import mlp
+
+    spec = mlp([60, 40, 30, 5], time_steps=4)
+    rng = np.random.default_rng(1)
+    params = fn.init_params(spec, 0)
+    for p in params:
+        if "weight" in p:
+            p["weight"] = p["weight"] * 4
+    qnet, _ = qn.quantize(spec, params)
+    x = (rng.random((4, 16, 60)) < 0.3).astype(np.uint8)
+    y = rng.integers(0, 5, 16)
+    fb = qn.feedback_int8(spec, 0)
+    cfg = qn.UpdateConfig(lr=0.5, mode=mode, seed=3)
+    copies = [qn.QLayer(q.exp, None if q.w8 is None else q.w8.copy(), q.bias,
+                        None if q.master is None else q.master.copy()) for q in qnet]
+    kept = [None if q.master is None else q.master.copy() for q in qnet]
+    want, s_want = qn.sdfa_update(spec, qnet, x, y, fb, cfg, 2, ks)
+    for q, m in zip(qnet, kept):  # new arrays: the inputs are untouched
+        if m is not None:
+            np.testing.assert_array_equal(q.master, m)
+    got, s_got = qn.sdfa_update(spec, copies, x, y, fb, cfg, 2, ks, in_place=True)
+    for a, b, c in zip(got, want, copies):
+        if b.master is not None:
+            assert a.master is c.master and a.w8 is c.w8  # written in place
+            np.testing.assert_array_equal(a.master, b.master)
+            np.testing.assert_array_equal(a.w8, b.w8)
+    assert s_got == s_want and any(not np.array_equal(b.master, m) for b, m in zip(want, kept) if m is not None)

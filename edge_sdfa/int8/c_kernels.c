@@ -39,7 +39,7 @@
 #define DECAY_BITS 12
 #define DELTA_BITS 7
 
-int esd_abi_version(void) { return 8; }
+int esd_abi_version(void) { return 9; }
 
 /* The CPU features this build's compiler flags let it use beyond the architecture's baseline, in
  * the kernel's vocabulary (aarch64: HWCAP / the "Features" line of /proc/cpuinfo; x86-64: the
@@ -365,80 +365,209 @@ void esd_csr_fill(const uint8_t *restrict x, int64_t R, int64_t K, const int64_t
     parallel_for(R, 32, csr_fill_body, &A);
 }
 
-/* Per input k and step t the rows r = t * N + n with a spike, input-major so that all steps of
- * one input are contiguous: smp[ptr[k*T+t] : ptr[k*T+t+1]] (and their values in sval unless
- * binary). ptr has K*T+1 slots. */
-int esd_csc(const int64_t *restrict starts, const int64_t *restrict ends, const int32_t *restrict idx,
-            const uint8_t *restrict val, int binary, int64_t T, int64_t N, int64_t K, int64_t *restrict ptr,
-            int32_t *restrict smp, uint8_t *restrict sval)
+/* The nonzero bytes of 8 bytes at p, as the top bit of each byte (little-endian: byte j is bits
+ * 8j..8j+7, so ctz / 8 is the lowest nonzero byte's offset). Lets the index builders skip zero
+ * bytes 8 at a time and touch only the nonzeros. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ && (defined(__GNUC__) || defined(__clang__))
+#define ESD_WORD_SCAN 1
+static ALWAYS_INLINE uint64_t load8(const uint8_t *p)
 {
-    int64_t *pos = (int64_t *)malloc(sizeof(int64_t) * (size_t)(T * K + 1));
-    if (!pos)
-        return -1;
-    memset(ptr, 0, sizeof(int64_t) * (size_t)(T * K + 1));
-    for (int64_t t = 0; t < T; t++) {
-        int64_t *cnt = ptr + t + 1;
-        for (int64_t n = 0; n < N; n++) {
-            int64_t r = t * N + n;
-            for (int64_t p = starts[r]; p < ends[r]; p++)
-                cnt[(int64_t)idx[p] * T]++;
+    uint64_t w;
+    memcpy(&w, p, 8);
+    return w;
+}
+static ALWAYS_INLINE uint64_t nonzero_bytes(uint64_t w)
+{
+    const uint64_t lo7 = 0x7f7f7f7f7f7f7f7fULL;
+    return (((w & lo7) + lo7) | w) & ~lo7;
+}
+#else
+#define ESD_WORD_SCAN 0
+#endif
+
+/* idx[0:p] = the k with row[k] != 0 in order, val[0:p] their values; returns p; *wide |= any
+ * value above 1 (then the row is not binary). */
+static ALWAYS_INLINE int64_t list_nonzeros(const uint8_t *restrict row, int64_t K, int32_t *restrict idx,
+                                          uint8_t *restrict val, uint64_t *wide)
+{
+    int64_t p = 0, k = 0;
+    uint64_t over = 0;
+#if ESD_WORD_SCAN
+    for (; k + 8 <= K; k += 8) {
+        uint64_t w = load8(row + k);
+        if (!w)
+            continue;
+        over |= w & 0xfefefefefefefefeULL;
+        for (uint64_t nz = nonzero_bytes(w); nz; nz &= nz - 1) {
+            int64_t j = k + (__builtin_ctzll(nz) >> 3);
+            idx[p] = (int32_t)j;
+            val[p] = row[j];
+            p++;
         }
     }
+#endif
+    for (; k < K; k++) {
+        uint8_t xv = row[k];
+        idx[p] = (int32_t)k;
+        val[p] = xv;
+        over |= xv & 0xfe;
+        p += xv != 0;
+    }
+    *wide |= over;
+    return p;
+}
+
+/* The update's spike index, built from x [T, N, K] directly: per input k and step t the samples n
+ * with a spike, input-major so that all steps of one input are contiguous: smp[ptr[k*T+t] :
+ * ptr[k*T+t+1]] (uint16: N <= 65536; values in sval unless binary). ptr has K*T+1 slots.
+ * Columns are split between threads in blocks of CSC_BLOCK inputs; each thread scans its
+ * columns of every row. */
+#define CSC_BLOCK 64
+
+typedef struct {
+    const uint8_t *x;
+    int64_t T, N, K;
+    int64_t *ptr;
+    uint16_t *smp;
+    uint8_t *sval;
+    int binary;
+    int64_t *vmax; /* per thread */
+} csc_args;
+
+static void csc_count_body(void *ctx, int64_t b0, int64_t b1, int tid)
+{
+    csc_args *A = (csc_args *)ctx;
+    const int64_t T = A->T, N = A->N, K = A->K;
+    uint32_t cnt[CSC_BLOCK];
+    unsigned mx = 0;
+    for (int64_t blk = b0; blk < b1; blk++) {
+        int64_t k0 = blk * CSC_BLOCK, k1 = k0 + CSC_BLOCK < K ? k0 + CSC_BLOCK : K, kw = k1 - k0;
+        for (int64_t t = 0; t < T; t++) {
+            for (int64_t j = 0; j < kw; j++)
+                cnt[j] = 0;
+            for (int64_t n = 0; n < N; n++) {
+                const uint8_t *restrict row = A->x + (t * N + n) * K + k0;
+                for (int64_t j = 0; j < kw; j++) {
+                    unsigned v = row[j];
+                    cnt[j] += v != 0;
+                    mx = v > mx ? v : mx;
+                }
+            }
+            for (int64_t j = 0; j < kw; j++)
+                A->ptr[(k0 + j) * T + t + 1] = cnt[j];
+        }
+    }
+    if ((int64_t)mx > A->vmax[tid])
+        A->vmax[tid] = mx;
+}
+
+/* Fills ptr (counts, then their prefix sums); returns the largest value of x (1: binary). */
+int64_t esd_csc_count(const uint8_t *restrict x, int64_t T, int64_t N, int64_t K, int64_t *restrict ptr)
+{
+    int64_t vmax[ESD_MAX_THREADS] = {0};
+    csc_args A = {x, T, N, K, ptr, NULL, NULL, 0, vmax};
+    ptr[0] = 0;
+    parallel_for((K + CSC_BLOCK - 1) / CSC_BLOCK, 1, csc_count_body, &A);
     for (int64_t i = 0; i < T * K; i++)
         ptr[i + 1] += ptr[i];
-    memcpy(pos, ptr, sizeof(int64_t) * (size_t)(T * K));
-    for (int64_t t = 0; t < T; t++) {
-        int64_t *ps = pos + t;
-        for (int64_t n = 0; n < N; n++) {
-            int64_t r = t * N + n;
-            for (int64_t p = starts[r]; p < ends[r]; p++) {
-                int64_t q = ps[(int64_t)idx[p] * T]++;
-                smp[q] = (int32_t)r;
-                if (!binary)
-                    sval[q] = val[p];
+    int64_t m = 0;
+    for (int i = 0; i < ESD_MAX_THREADS; i++)
+        m = vmax[i] > m ? vmax[i] : m;
+    return m;
+}
+
+static void csc_fill_body(void *ctx, int64_t b0, int64_t b1, int tid)
+{
+    csc_args *A = (csc_args *)ctx;
+    const int64_t T = A->T, N = A->N, K = A->K;
+    int64_t pos[CSC_BLOCK], end[CSC_BLOCK];
+    const int64_t spare = A->ptr[T * K] + tid; /* one spare entry per thread */
+    for (int64_t blk = b0; blk < b1; blk++) {
+        int64_t k0 = blk * CSC_BLOCK, k1 = k0 + CSC_BLOCK < K ? k0 + CSC_BLOCK : K, kw = k1 - k0;
+        for (int64_t t = 0; t < T; t++) {
+            for (int64_t j = 0; j < kw; j++) {
+                pos[j] = A->ptr[(k0 + j) * T + t];
+                end[j] = A->ptr[(k0 + j) * T + t + 1];
+            }
+            for (int64_t n = 0; n < N; n++) {
+                const uint8_t *restrict row = A->x + (t * N + n) * K + k0;
+                int64_t j = 0;
+#if ESD_WORD_SCAN
+                for (; j + 8 <= kw; j += 8) {
+                    uint64_t w = load8(row + j);
+                    for (uint64_t nz = w ? nonzero_bytes(w) : 0; nz; nz &= nz - 1) {
+                        int64_t jj = j + (__builtin_ctzll(nz) >> 3);
+                        A->smp[pos[jj]] = (uint16_t)n;
+                        if (!A->binary)
+                            A->sval[pos[jj]] = row[jj];
+                        pos[jj]++;
+                    }
+                }
+#endif
+                /* branch-free: every input writes n at its slot's next position (kept only where
+                 * x != 0; a later spike overwrites it); a full slot writes into the spare entry */
+                for (; j < kw; j++) {
+                    uint8_t v = row[j];
+                    int64_t q = pos[j] < end[j] ? pos[j] : spare;
+                    A->smp[q] = (uint16_t)n;
+                    if (!A->binary)
+                        A->sval[q] = v;
+                    pos[j] += v != 0;
+                }
             }
         }
     }
-    free(pos);
-    return 0;
+}
+
+/* smp (and sval unless binary) for the ptr of esd_csc_count; smp and sval have ptr[K*T] +
+ * ESD_MAX_THREADS slots (the spare ones take the branch-free fill's writes into full slots). */
+void esd_csc_fill(const uint8_t *restrict x, int64_t T, int64_t N, int64_t K, const int64_t *restrict ptr,
+                  uint16_t *restrict smp, uint8_t *restrict sval, int binary)
+{
+    csc_args A = {x, T, N, K, (int64_t *)ptr, smp, sval, binary, NULL};
+    parallel_for((K + CSC_BLOCK - 1) / CSC_BLOCK, 1, csc_fill_body, &A);
 }
 
 /* ------------------------------------------------------------------------------------------ */
 /* sums of selected int8 rows */
 
-/* acc[0:tw] += sum_{p in [a, b)} w[sel[p] * ld + 0:tw], int16 (b - a <= CHUNK16). */
-static inline void sum_rows16(const int8_t *restrict w, int64_t ld, const int32_t *restrict sel, int64_t a,
-                              int64_t b, int16_t *restrict acc, int64_t tw)
-{
-    int64_t p = a;
-    for (; p + 8 <= b; p += 8) {
-        const int8_t *restrict w0 = w + sel[p] * ld;
-        const int8_t *restrict w1 = w + sel[p + 1] * ld;
-        const int8_t *restrict w2 = w + sel[p + 2] * ld;
-        const int8_t *restrict w3 = w + sel[p + 3] * ld;
-        const int8_t *restrict w4 = w + sel[p + 4] * ld;
-        const int8_t *restrict w5 = w + sel[p + 5] * ld;
-        const int8_t *restrict w6 = w + sel[p + 6] * ld;
-        const int8_t *restrict w7 = w + sel[p + 7] * ld;
-        for (int64_t c = 0; c < tw; c++)
-            acc[c] += (int16_t)((((int16_t)w0[c] + (int16_t)w1[c]) + ((int16_t)w2[c] + (int16_t)w3[c])) +
-                                (((int16_t)w4[c] + (int16_t)w5[c]) + ((int16_t)w6[c] + (int16_t)w7[c])));
+/* acc[0:tw] += sum_{p in [a, b)} w[sel[p] * ld + 0:tw], int16 (b - a <= CHUNK16); one copy per
+ * index type (int32 rows of the forward CSR, uint16 samples of the update's CSC). */
+#define SUM_ROWS16(NAME, IDX)                                                                            \
+    static ALWAYS_INLINE void NAME(const int8_t *restrict w, int64_t ld, const IDX *restrict sel, int64_t a, \
+                            int64_t b, int16_t *restrict acc, int64_t tw)                                \
+    {                                                                                                    \
+        int64_t p = a;                                                                                   \
+        for (; p + 8 <= b; p += 8) {                                                                     \
+            const int8_t *restrict w0 = w + (int64_t)sel[p] * ld;                                        \
+            const int8_t *restrict w1 = w + (int64_t)sel[p + 1] * ld;                                    \
+            const int8_t *restrict w2 = w + (int64_t)sel[p + 2] * ld;                                    \
+            const int8_t *restrict w3 = w + (int64_t)sel[p + 3] * ld;                                    \
+            const int8_t *restrict w4 = w + (int64_t)sel[p + 4] * ld;                                    \
+            const int8_t *restrict w5 = w + (int64_t)sel[p + 5] * ld;                                    \
+            const int8_t *restrict w6 = w + (int64_t)sel[p + 6] * ld;                                    \
+            const int8_t *restrict w7 = w + (int64_t)sel[p + 7] * ld;                                    \
+            for (int64_t c = 0; c < tw; c++)                                                             \
+                acc[c] += (int16_t)((((int16_t)w0[c] + (int16_t)w1[c]) + ((int16_t)w2[c] + (int16_t)w3[c])) + \
+                                    (((int16_t)w4[c] + (int16_t)w5[c]) + ((int16_t)w6[c] + (int16_t)w7[c]))); \
+        }                                                                                                \
+        if (p + 4 <= b) {                                                                                \
+            const int8_t *restrict w0 = w + (int64_t)sel[p] * ld;                                        \
+            const int8_t *restrict w1 = w + (int64_t)sel[p + 1] * ld;                                    \
+            const int8_t *restrict w2 = w + (int64_t)sel[p + 2] * ld;                                    \
+            const int8_t *restrict w3 = w + (int64_t)sel[p + 3] * ld;                                    \
+            for (int64_t c = 0; c < tw; c++)                                                             \
+                acc[c] += (int16_t)(((int16_t)w0[c] + (int16_t)w1[c]) + ((int16_t)w2[c] + (int16_t)w3[c])); \
+            p += 4;                                                                                      \
+        }                                                                                                \
+        for (; p < b; p++) {                                                                             \
+            const int8_t *restrict w0 = w + (int64_t)sel[p] * ld;                                        \
+            for (int64_t c = 0; c < tw; c++)                                                             \
+                acc[c] += w0[c];                                                                         \
+        }                                                                                                \
     }
-    if (p + 4 <= b) {
-        const int8_t *restrict w0 = w + sel[p] * ld;
-        const int8_t *restrict w1 = w + sel[p + 1] * ld;
-        const int8_t *restrict w2 = w + sel[p + 2] * ld;
-        const int8_t *restrict w3 = w + sel[p + 3] * ld;
-        for (int64_t c = 0; c < tw; c++)
-            acc[c] += (int16_t)(((int16_t)w0[c] + (int16_t)w1[c]) + ((int16_t)w2[c] + (int16_t)w3[c]));
-        p += 4;
-    }
-    for (; p < b; p++) {
-        const int8_t *restrict w0 = w + sel[p] * ld;
-        for (int64_t c = 0; c < tw; c++)
-            acc[c] += w0[c];
-    }
-}
+SUM_ROWS16(sum_rows16, int32_t)
+SUM_ROWS16(sum_rows16_u16, uint16_t)
 
 /* acc32[0:tw] = sum_{p in [a, b)} val[p] * w[sel[p] * ld + 0:tw] exactly (the caller bounds it). */
 static ESD_CLONES void sum_rows32(const int8_t *restrict w, int64_t ld, const int32_t *restrict sel,
@@ -519,7 +648,7 @@ static inline uint64_t splitmix64(uint64_t z)
 
 typedef struct {
     const int64_t *ptr;
-    const int32_t *smp;
+    const uint16_t *smp;
     const uint8_t *sval;
     int binary;
     const int8_t *d; /* [T, N, M] */
@@ -529,15 +658,36 @@ typedef struct {
     int64_t s_min;
 } grad_args;
 
-/* g[0:tw] = sum_t (sum_{n active at (t, k)} val * d[t, n, c0:c0+tw]) << shifts[t], int64.
- * Binary spikes: runs of consecutive steps with the same shift are summed together, in int16
- * chunks of at most CHUNK16 rows (rows are global, r = t * N + n, so a run is one contiguous
- * range of smp). use32: the caller proved that sum_t (rows at (t, k) * 128) << (shift_t - s_min)
- * < 2**31, so the chunks add up in int32 at the smallest shift s_min. */
-static inline void row_grad(const grad_args *A, int64_t k, int64_t c0, int64_t tw, int64_t *restrict g,
-                     int16_t *restrict acc16, int32_t *restrict acc32)
+/* Add acc16 (rows summed in int16) shifted by s into g (int64) or, use32, by s - s_min into acc32. */
+static ALWAYS_INLINE void flush16(const grad_args *A, int s, int first, const int16_t *restrict acc16,
+                           int32_t *restrict acc32, int64_t *restrict g, int64_t tw)
 {
-    const int64_t T = A->T, M = A->M;
+    if (A->use32) {
+        int rel = (int)(s - A->s_min);
+        if (first)
+            for (int64_t c = 0; c < tw; c++)
+                acc32[c] = (int32_t)((uint32_t)(int32_t)acc16[c] << rel);
+        else
+            for (int64_t c = 0; c < tw; c++)
+                acc32[c] += (int32_t)((uint32_t)(int32_t)acc16[c] << rel);
+    } else {
+        if (first)
+            for (int64_t c = 0; c < tw; c++)
+                g[c] = (int64_t)((uint64_t)(int64_t)acc16[c] << s);
+        else
+            for (int64_t c = 0; c < tw; c++)
+                g[c] += (int64_t)((uint64_t)(int64_t)acc16[c] << s);
+    }
+}
+
+/* g[0:tw] = sum_t (sum_{n active at (t, k)} val * d[t, n, c0:c0+tw]) << shifts[t], int64.
+ * Binary spikes: the rows of consecutive steps with the same shift are summed together, in int16
+ * chunks of at most CHUNK16 rows. use32: the caller proved that sum_t (rows at (t, k) * 128) <<
+ * (shift_t - s_min) < 2**31, so the chunks add up in int32 at the smallest shift s_min. */
+static ALWAYS_INLINE void row_grad(const grad_args *A, int64_t k, int64_t c0, int64_t tw, int64_t *restrict g,
+                            int16_t *restrict acc16, int32_t *restrict acc32)
+{
+    const int64_t T = A->T, M = A->M, NM = A->N * A->M;
     const int64_t *pk = A->ptr + k * T;
     const int8_t *d = A->d + c0;
     if (!A->binary) {
@@ -546,7 +696,7 @@ static inline void row_grad(const grad_args *A, int64_t k, int64_t c0, int64_t t
         for (int64_t t = 0; t < T; t++) {
             int s = (int)A->shifts[t];
             for (int64_t p = pk[t]; p < pk[t + 1]; p++) {
-                const int8_t *restrict dr = d + (int64_t)A->smp[p] * M;
+                const int8_t *restrict dr = d + t * NM + (int64_t)A->smp[p] * M;
                 int64_t v = A->sval[p];
                 for (int64_t c = 0; c < tw; c++)
                     g[c] += (int64_t)((uint64_t)(v * dr[c]) << s);
@@ -561,26 +711,25 @@ static inline void row_grad(const grad_args *A, int64_t k, int64_t c0, int64_t t
         while (t1 < T && A->shifts[t1] == A->shifts[t])
             t1++;
         int s = (int)A->shifts[t];
-        for (int64_t a = pk[t], end = pk[t1]; a < end; a += CHUNK16) {
-            int64_t b = a + CHUNK16 < end ? a + CHUNK16 : end;
-            memset(acc16, 0, sizeof(int16_t) * (size_t)tw);
-            sum_rows16(d, M, A->smp, a, b, acc16, tw);
-            if (A->use32) {
-                int rel = (int)(s - A->s_min);
-                if (first)
-                    for (int64_t c = 0; c < tw; c++)
-                        acc32[c] = (int32_t)((uint32_t)(int32_t)acc16[c] << rel);
-                else
-                    for (int64_t c = 0; c < tw; c++)
-                        acc32[c] += (int32_t)((uint32_t)(int32_t)acc16[c] << rel);
-            } else {
-                if (first)
-                    for (int64_t c = 0; c < tw; c++)
-                        g[c] = (int64_t)((uint64_t)(int64_t)acc16[c] << s);
-                else
-                    for (int64_t c = 0; c < tw; c++)
-                        g[c] += (int64_t)((uint64_t)(int64_t)acc16[c] << s);
+        int64_t held = 0; /* rows in acc16 */
+        for (int64_t u = t; u < t1; u++) {
+            const int8_t *du = d + u * NM;
+            for (int64_t a = pk[u], end = pk[u + 1]; a < end;) {
+                int64_t b = a + (CHUNK16 - held) < end ? a + (CHUNK16 - held) : end;
+                if (held == 0)
+                    memset(acc16, 0, sizeof(int16_t) * (size_t)tw);
+                sum_rows16_u16(du, M, A->smp, a, b, acc16, tw);
+                held += b - a;
+                a = b;
+                if (held == CHUNK16) {
+                    flush16(A, s, first, acc16, acc32, g, tw);
+                    first = 0;
+                    held = 0;
+                }
             }
+        }
+        if (held) {
+            flush16(A, s, first, acc16, acc32, g, tw);
             first = 0;
         }
         t = t1;
@@ -601,15 +750,13 @@ static inline int k_active(const grad_args *A, int64_t k)
 }
 
 /* One row k (columns c0 : c0 + tw) of esd_dense_update; adds its saturation counts. */
-static ESD_CLONES void update_row(const grad_args *A, int64_t k, int64_t c0, int64_t tw,
-                                  const int16_t *restrict master, int64_t m, int64_t kbits, uint64_t key,
-                                  int16_t *restrict new_master, int8_t *restrict new_w8, int64_t *restrict g,
+static ESD_CLONES void update_row(const grad_args *A, int64_t k, int64_t c0, int64_t tw, int16_t *restrict master,
+                                  int64_t m, int64_t kbits, uint64_t key, int8_t *restrict w8, int64_t *restrict g,
                                   int16_t *restrict acc16, int32_t *restrict acc32, int64_t *n_sat, int64_t *n_127)
 {
     const int64_t M = A->M;
-    const int16_t *restrict mrow = master + k * M + c0;
-    int16_t *restrict nrow = new_master + k * M + c0;
-    int8_t *restrict wrow = new_w8 + k * M + c0;
+    int16_t *restrict mrow = master + k * M + c0;
+    int8_t *restrict wrow = w8 + k * M + c0;
     /* kbits == 0 draws no random bits: shift by 63 and mask to 0 (a shift by 64 is undefined) */
     const int rshift = kbits > 0 ? (int)(64 - kbits) : 63;
     const int64_t rmask = kbits > 0 ? -1 : 0;
@@ -624,7 +771,7 @@ static ESD_CLONES void update_row(const grad_args *A, int64_t k, int64_t c0, int
             int64_t v = (int64_t)mrow[c] - ((g[c] * m + rb) >> kb);
             ls += (v > 32767) + (v < -32767);
             v = v < -32767 ? -32767 : (v > 32767 ? 32767 : v);
-            nrow[c] = (int16_t)v;
+            mrow[c] = (int16_t)v;
             int64_t q = (v + (1 << (MASTER_BITS - 1))) >> MASTER_BITS;
             q = q < -127 ? -127 : (q > 127 ? 127 : q);
             wrow[c] = (int8_t)q;
@@ -633,7 +780,6 @@ static ESD_CLONES void update_row(const grad_args *A, int64_t k, int64_t c0, int
     } else {
         for (int64_t c = 0; c < tw; c++) {
             int32_t v = mrow[c];
-            nrow[c] = (int16_t)v;
             int32_t q = (v + (1 << (MASTER_BITS - 1))) >> MASTER_BITS;
             q = q < -127 ? -127 : (q > 127 ? 127 : q);
             wrow[c] = (int8_t)q;
@@ -644,19 +790,18 @@ static ESD_CLONES void update_row(const grad_args *A, int64_t k, int64_t c0, int
     *n_127 += l127;
 }
 
-/* new_master = master - floor((grad * m + r) / 2**kbits) on rows k with any input spike,
+/* In place: master -= floor((grad * m + r) / 2**kbits) on rows k with any input spike,
  * r = splitmix64((k * M + c) ^ key) >> (64 - kbits) (arith.random_bits), saturating at
- * +-32767; other rows copied unchanged; new_w8 = arith.w8_from_master(new_master) on every row.
- * sat[0] = saturated master values, sat[1] = |w8| == 127 values. The caller checked that
- * grad * m + r fits int64 and 0 <= kbits <= 62. */
+ * +-32767; w8 = arith.w8_from_master(master) on every row. sat[0] = saturated master values,
+ * sat[1] = |w8| == 127 values. The caller checked that grad * m + r fits int64 and
+ * 0 <= kbits <= 62. */
 typedef struct {
     const grad_args *G;
-    const int16_t *master;
+    int16_t *master;
     int64_t m, kbits;
     uint64_t key;
     int64_t tile;
-    int16_t *new_master;
-    int8_t *new_w8;
+    int8_t *w8;
     int16_t *acc16; /* per thread: tile + 1 each */
     int32_t *acc32;
     int64_t *g;
@@ -671,15 +816,15 @@ static void update_body(void *ctx, int64_t k0, int64_t k1, int tid)
     for (int64_t k = k0; k < k1; k++)
         for (int64_t c0 = 0; c0 < M; c0 += U->tile) {
             int64_t tw = M - c0 < U->tile ? M - c0 : U->tile;
-            update_row(U->G, k, c0, tw, U->master, U->m, U->kbits, U->key, U->new_master, U->new_w8, U->g + off,
-                       U->acc16 + off, U->acc32 + off, &U->n_sat[tid], &U->n_127[tid]);
+            update_row(U->G, k, c0, tw, U->master, U->m, U->kbits, U->key, U->w8, U->g + off, U->acc16 + off,
+                       U->acc32 + off, &U->n_sat[tid], &U->n_127[tid]);
         }
 }
 
-int esd_dense_update(const int64_t *ptr, const int32_t *smp, const uint8_t *sval, int binary, const int8_t *d,
+int esd_dense_update(const int64_t *ptr, const uint16_t *smp, const uint8_t *sval, int binary, const int8_t *d,
                      int64_t T, int64_t N, int64_t K, int64_t M, const int64_t *shifts, int use32, int64_t s_min,
-                     const int16_t *restrict master, int64_t m, int64_t kbits, uint64_t key, int64_t tile,
-                     int16_t *restrict new_master, int8_t *restrict new_w8, int64_t *sat)
+                     int16_t *restrict master, int64_t m, int64_t kbits, uint64_t key, int64_t tile,
+                     int8_t *restrict w8, int64_t *sat)
 {
     grad_args A = {ptr, smp, sval, binary, d, T, N, K, M, shifts, use32, s_min};
     int64_t n_sat[ESD_MAX_THREADS] = {0}, n_127[ESD_MAX_THREADS] = {0};
@@ -691,7 +836,7 @@ int esd_dense_update(const int64_t *ptr, const int32_t *smp, const uint8_t *sval
     int64_t *g = (int64_t *)malloc(sizeof(int64_t) * each);
     int err = !acc16 || !acc32 || !g;
     if (!err) {
-        update_args U = {&A, master, m, kbits, key, tile, new_master, new_w8, acc16, acc32, g, n_sat, n_127};
+        update_args U = {&A, master, m, kbits, key, tile, w8, acc16, acc32, g, n_sat, n_127};
         parallel_for(K, 16, update_body, &U);
     }
     free(acc16);
@@ -718,17 +863,17 @@ static inline int64_t sg_index(int64_t h, int64_t vth, int64_t sg_shift, int64_t
 
 /* One sample's steps; called with literal flags so that every variant is specialised. */
 static ALWAYS_INLINE void neuron_sample(
-    const void *cur, const int cur32, int64_t T, int64_t N, int64_t M, int64_t n, const int kind,
-    const int decay_input, const int soft, int64_t vth, int64_t vr, int64_t decay, const int want,
+    const void *cur, const int cur32, int64_t cstride, int64_t cbase, int64_t T, int64_t N, int64_t M, int64_t n,
+    const int kind, const int decay_input, const int soft, int64_t vth, int64_t vr, int64_t decay, const int want,
     int64_t sg_shift, int64_t half, uint8_t *restrict spikes, int64_t *restrict hs, uint8_t *restrict sgi,
     int64_t *restrict v)
 {
     for (int64_t c = 0; c < M; c++)
         v[c] = vr;
     for (int64_t t = 0; t < T; t++) {
-        int64_t off = (t * N + n) * M;
-        const int32_t *restrict c32 = (const int32_t *)cur + off;
-        const int64_t *restrict c64 = (const int64_t *)cur + off;
+        int64_t off = (t * N + n) * M, coff = t * cstride + cbase;
+        const int32_t *restrict c32 = (const int32_t *)cur + coff;
+        const int64_t *restrict c64 = (const int64_t *)cur + coff;
         uint8_t *restrict sp = spikes + off;
         for (int64_t c = 0; c < M; c++) {
             int64_t vc = v[c];
@@ -755,13 +900,14 @@ static ALWAYS_INLINE void neuron_sample(
 
 #define NEURON_CASE(C32, KIND, DI, SOFT, WANT)                                                         \
     if (cur32 == C32 && kind == KIND && decay_input == DI && soft == SOFT && want == WANT) {           \
-        neuron_sample(cur, C32, T, N, M, n, KIND, DI, SOFT, vth, vr, decay, WANT, sg_shift, half, spikes, \
-                      hs, sgi, v);                                                                     \
+        neuron_sample(cur, C32, cstride, cbase, T, N, M, n, KIND, DI, SOFT, vth, vr, decay, WANT, sg_shift, \
+                      half, spikes, hs, sgi, v);                                                       \
         return;                                                                                        \
     }
 
 /* One sample n of esd_neuron_run, dispatched to a specialised copy for the common cases. */
-static ESD_CLONES void neuron_one(const void *cur, int cur32, int64_t T, int64_t N, int64_t M, int64_t n, int kind,
+static ESD_CLONES void neuron_one(const void *cur, int cur32, int64_t cstride, int64_t cbase, int64_t T, int64_t N,
+                                  int64_t M, int64_t n, int kind,
                                   int decay_input, int soft, int64_t vth, int64_t vr, int64_t decay, int want,
                                   int64_t sg_shift, int64_t half, uint8_t *restrict spikes, int64_t *restrict hs,
                                   uint8_t *restrict sgi, int64_t *restrict v)
@@ -774,8 +920,8 @@ static ESD_CLONES void neuron_one(const void *cur, int cur32, int64_t T, int64_t
     NEURON_CASE(1, 0, 1, 1, 0)
     NEURON_CASE(1, 0, 0, 0, 2)
     NEURON_CASE(1, 0, 0, 0, 0)
-    neuron_sample(cur, cur32, T, N, M, n, kind, decay_input, soft, vth, vr, decay, want, sg_shift, half, spikes,
-                  hs, sgi, v);
+    neuron_sample(cur, cur32, cstride, cbase, T, N, M, n, kind, decay_input, soft, vth, vr, decay, want, sg_shift,
+                  half, spikes, hs, sgi, v);
 }
 
 /* kind 0 = LIF, 1 = IF; v starts at vr; want: 0 nothing, 1 h into hs (int64), 2 the surrogate
@@ -799,7 +945,7 @@ static void neuron_body(void *ctx, int64_t n0, int64_t n1, int tid)
     neuron_args *A = (neuron_args *)ctx;
     int64_t *v = A->v + (size_t)tid * (size_t)(A->M + 1);
     for (int64_t n = n0; n < n1; n++)
-        neuron_one(A->cur, A->cur32, A->T, A->N, A->M, n, A->kind, A->decay_input, A->soft, A->vth, A->vr, A->decay,
+        neuron_one(A->cur, A->cur32, A->N * A->M, n * A->M, A->T, A->N, A->M, n, A->kind, A->decay_input, A->soft, A->vth, A->vr, A->decay,
                    A->want, A->sg_shift, A->half, A->spikes, A->hs, A->sgi, v);
 }
 
@@ -817,88 +963,172 @@ int esd_neuron_run(const void *cur, int cur32, int64_t T, int64_t N, int64_t M, 
     return 0;
 }
 
-/* Step t of esd_local_deltas. */
+/* One dense spiking layer in one pass, sample by sample (the training forward): for each sample n
+ * and step t the active inputs of x[t, n, :] are listed, their int8 weight rows summed into an
+ * int32 current (exactly as esd_gather, + the int32 bias), then the neurons run over the T steps
+ * of that sample (exactly esd_neuron_run). Only a [T, M] current per thread exists, never the
+ * [T, N, M] one. The caller proved K * 255 * 128 < 2**30 and |bias| < 2**30 (int32 exact). */
+typedef struct {
+    const uint8_t *x;
+    int64_t T, N, K, M;
+    const int8_t *w;
+    const int32_t *bias;
+    int kind, decay_input, soft;
+    int64_t vth, vr, decay;
+    int want;
+    int64_t sg_shift, half;
+    uint8_t *spikes, *sgi;
+    int32_t *cur;    /* per thread: T * M + 1 */
+    int32_t *idx;    /* per thread: K + 1 */
+    uint8_t *val;    /* per thread: K + 1 */
+    int16_t *acc16;  /* per thread: M + 1 */
+    int64_t *v;      /* per thread: M + 1 */
+} forward_args;
+
+static void forward_body(void *ctx, int64_t n0, int64_t n1, int tid)
+{
+    forward_args *A = (forward_args *)ctx;
+    const int64_t T = A->T, N = A->N, K = A->K, M = A->M;
+    int32_t *cur = A->cur + (size_t)tid * (size_t)(T * M + 1);
+    int32_t *restrict idx = A->idx + (size_t)tid * (size_t)(K + 1);
+    uint8_t *restrict val = A->val + (size_t)tid * (size_t)(K + 1);
+    int16_t *acc16 = A->acc16 + (size_t)tid * (size_t)(M + 1);
+    int64_t *v = A->v + (size_t)tid * (size_t)(M + 1);
+    for (int64_t n = n0; n < n1; n++) {
+        for (int64_t t = 0; t < T; t++) {
+            uint64_t wide = 0;
+            int64_t p = list_nonzeros(A->x + (t * N + n) * K, K, idx, val, &wide);
+            int32_t *ct = cur + t * M;
+            sum_rows32(A->w, M, idx, val, 0, p, wide == 0, acc16, ct, M);
+            if (A->bias)
+                for (int64_t c = 0; c < M; c++)
+                    ct[c] += A->bias[c];
+        }
+        neuron_one(cur, 1, M, 0, T, N, M, n, A->kind, A->decay_input, A->soft, A->vth, A->vr, A->decay, A->want,
+                   A->sg_shift, A->half, A->spikes, NULL, A->sgi, v);
+    }
+}
+
+/* x uint8 [T, N, K], w int8 [K, M], bias int32 [M] or NULL; neuron as esd_neuron_run; want 0
+ * (spikes only) or 2 (also the surrogate LUT index into sgi [T, N, M]). */
+int esd_dense_forward(const uint8_t *x, int64_t T, int64_t N, int64_t K, int64_t M, const int8_t *w,
+                      const int32_t *bias, int kind, int decay_input, int soft, int64_t vth, int64_t vr,
+                      int64_t decay, int want, int64_t sg_shift, int64_t half, uint8_t *spikes, uint8_t *sgi)
+{
+    size_t nt = (size_t)max_threads();
+    int32_t *cur = (int32_t *)malloc(sizeof(int32_t) * (size_t)(T * M + 1) * nt);
+    int32_t *idx = (int32_t *)malloc(sizeof(int32_t) * (size_t)(K + 1) * nt);
+    uint8_t *val = (uint8_t *)malloc((size_t)(K + 1) * nt);
+    int16_t *acc16 = (int16_t *)malloc(sizeof(int16_t) * (size_t)(M + 1) * nt);
+    int64_t *v = (int64_t *)malloc(sizeof(int64_t) * (size_t)(M + 1) * nt);
+    int err = !cur || !idx || !val || !acc16 || !v;
+    if (!err) {
+        forward_args A = {x, T, N, K, M, w, bias, kind, kind != 0 ? 0 : decay_input != 0, soft != 0, vth, vr, decay,
+                          want == 2 ? 2 : 0, sg_shift, half, spikes, sgi, cur, idx, val, acc16, v};
+        parallel_for(N, 1, forward_body, &A);
+    }
+    free(cur);
+    free(idx);
+    free(val);
+    free(acc16);
+    free(v);
+    return err ? -1 : 0;
+}
+
+/* Row (t, n) of g_t * lut[index(h_t)] into rn [M] (int64); returns max |rn|. Reads the row of h
+ * before anything is written, so the caller may overwrite it (deltas in place of the indices). */
+static ALWAYS_INLINE int64_t deltas_row(int64_t t, int64_t n, const void *h, int from_index, const void *e, int e32,
+                                 int64_t et, int64_t C, const void *b, int64_t N, int64_t M, int64_t vth,
+                                 int64_t sg_shift, const int32_t *restrict lut32, int64_t half, int64_t *restrict rn,
+                                 int64_t *restrict gr, int32_t *restrict gr32, int32_t *restrict li)
+{
+    int64_t mx = 0;
+    int64_t off = (t * N + n) * M;
+    /* the LUT values of this row */
+    if (from_index) {
+        const uint8_t *hi = (const uint8_t *)h + off;
+        for (int64_t c = 0; c < M; c++)
+            li[c] = lut32[hi[c]];
+    } else {
+        const int64_t *hh = (const int64_t *)h + off;
+        for (int64_t c = 0; c < M; c++)
+            li[c] = lut32[sg_index(hh[c], vth, sg_shift, half)];
+    }
+    if (e32) {
+        const int32_t *restrict en = (const int32_t *)e + et + n * C;
+        const int32_t *restrict g;
+        if (b) {
+            for (int64_t c = 0; c < M; c++)
+                gr32[c] = 0;
+            for (int64_t j = 0; j < C; j++) {
+                int32_t ej = en[j];
+                const int32_t *restrict bj = (const int32_t *)b + j * M;
+                for (int64_t c = 0; c < M; c++)
+                    gr32[c] += ej * bj[c];
+            }
+            g = gr32;
+        } else {
+            g = en; /* C == M */
+        }
+        for (int64_t c = 0; c < M; c++) {
+            int64_t r = (int64_t)g[c] * (int64_t)li[c];
+            rn[c] = r;
+            int64_t a = r < 0 ? -r : r;
+            mx = a > mx ? a : mx;
+        }
+    } else {
+        const int64_t *restrict en = (const int64_t *)e + et + n * C;
+        const int64_t *restrict g;
+        if (b) {
+            for (int64_t c = 0; c < M; c++)
+                gr[c] = 0;
+            for (int64_t j = 0; j < C; j++) {
+                int64_t ej = en[j];
+                const int64_t *restrict bj = (const int64_t *)b + j * M;
+                for (int64_t c = 0; c < M; c++)
+                    gr[c] += ej * bj[c];
+            }
+            g = gr;
+        } else {
+            g = en; /* C == M */
+        }
+        for (int64_t c = 0; c < M; c++) {
+            int64_t r = g[c] * (int64_t)li[c];
+            rn[c] = r;
+            int64_t a = r < 0 ? -r : r;
+            mx = a > mx ? a : mx;
+        }
+    }
+    return mx;
+}
+
+/* Step t of esd_local_deltas: the largest |g * lut| of the step gives its shift, then the rows
+ * are computed again and written as int8 (no [N, M] int64 buffer). deltas may be h itself. */
 static ESD_CLONES void deltas_step(int64_t t, const void *h, int from_index, const void *e, int e32, int64_t Te,
                                    int64_t C, const void *b, int64_t N, int64_t M, int64_t vth, int64_t sg_shift,
-                                   const int32_t *restrict lut32, int64_t half, int8_t *restrict deltas,
-                                   int64_t *restrict shifts, int64_t *restrict raw, int64_t *restrict gr,
+                                   const int32_t *restrict lut32, int64_t half, int8_t *deltas,
+                                   int64_t *restrict shifts, int64_t *restrict rn, int64_t *restrict gr,
                                    int32_t *restrict gr32, int32_t *restrict li)
 {
     int64_t et = (Te > 1 ? t : 0) * N * C;
     int64_t mx = 0;
     for (int64_t n = 0; n < N; n++) {
-        int64_t off = (t * N + n) * M;
-        int64_t *restrict rn = raw + n * M;
-        /* the LUT values of this row */
-        if (from_index) {
-            const uint8_t *hi = (const uint8_t *)h + off;
-            for (int64_t c = 0; c < M; c++)
-                li[c] = lut32[hi[c]];
-        } else {
-            const int64_t *hh = (const int64_t *)h + off;
-            for (int64_t c = 0; c < M; c++)
-                li[c] = lut32[sg_index(hh[c], vth, sg_shift, half)];
-        }
-        if (e32) {
-            const int32_t *restrict en = (const int32_t *)e + et + n * C;
-            const int32_t *restrict g;
-            if (b) {
-                for (int64_t c = 0; c < M; c++)
-                    gr32[c] = 0;
-                for (int64_t j = 0; j < C; j++) {
-                    int32_t ej = en[j];
-                    const int32_t *restrict bj = (const int32_t *)b + j * M;
-                    for (int64_t c = 0; c < M; c++)
-                        gr32[c] += ej * bj[c];
-                }
-                g = gr32;
-            } else {
-                g = en; /* C == M */
-            }
-            for (int64_t c = 0; c < M; c++) {
-                int64_t r = (int64_t)g[c] * (int64_t)li[c];
-                rn[c] = r;
-                int64_t a = r < 0 ? -r : r;
-                mx = a > mx ? a : mx;
-            }
-        } else {
-            const int64_t *restrict en = (const int64_t *)e + et + n * C;
-            const int64_t *restrict g;
-            if (b) {
-                for (int64_t c = 0; c < M; c++)
-                    gr[c] = 0;
-                for (int64_t j = 0; j < C; j++) {
-                    int64_t ej = en[j];
-                    const int64_t *restrict bj = (const int64_t *)b + j * M;
-                    for (int64_t c = 0; c < M; c++)
-                        gr[c] += ej * bj[c];
-                }
-                g = gr;
-            } else {
-                g = en; /* C == M */
-            }
-            for (int64_t c = 0; c < M; c++) {
-                int64_t r = g[c] * (int64_t)li[c];
-                rn[c] = r;
-                int64_t a = r < 0 ? -r : r;
-                mx = a > mx ? a : mx;
-            }
-        }
+        int64_t r = deltas_row(t, n, h, from_index, e, e32, et, C, b, N, M, vth, sg_shift, lut32, half, rn, gr, gr32,
+                               li);
+        mx = r > mx ? r : mx;
     }
     int bits = 0;
     while (bits < 63 && (mx >> bits) > 0)
         bits++;
     int sh = bits - DELTA_BITS > 0 ? bits - DELTA_BITS : 0;
     shifts[t] = sh;
-    int8_t *dt = deltas + t * N * M;
-    if (sh == 0) {
-        for (int64_t i = 0; i < N * M; i++)
-            dt[i] = (int8_t)raw[i];
-    } else {
-        int64_t rnd = (int64_t)1 << (sh - 1);
-        for (int64_t i = 0; i < N * M; i++) {
-            int64_t q = (raw[i] + rnd) >> sh;
-            dt[i] = (int8_t)(q < -127 ? -127 : (q > 127 ? 127 : q));
+    int64_t rnd = sh > 0 ? (int64_t)1 << (sh - 1) : 0; /* sh == 0: |r| <= 127 and (r + 0) >> 0 == r */
+    for (int64_t n = 0; n < N; n++) {
+        deltas_row(t, n, h, from_index, e, e32, et, C, b, N, M, vth, sg_shift, lut32, half, rn, gr, gr32, li);
+        int8_t *dt = deltas + (t * N + n) * M;
+        for (int64_t c = 0; c < M; c++) {
+            int64_t q = (rn[c] + rnd) >> sh;
+            dt[c] = (int8_t)(q < -127 ? -127 : (q > 127 ? 127 : q));
         }
     }
 }
@@ -920,29 +1150,29 @@ typedef struct {
     int64_t half;
     int8_t *deltas;
     int64_t *shifts;
-    int64_t *raw, *gr; /* per thread: N * M + 1, M + 1 */
+    int64_t *raw, *gr; /* per thread: M + 1 each */
     int32_t *gr32, *li; /* per thread: M + 1 */
 } deltas_args;
 
 static void deltas_body(void *ctx, int64_t t0, int64_t t1, int tid)
 {
     deltas_args *A = (deltas_args *)ctx;
-    size_t big = (size_t)tid * (size_t)(A->N * A->M + 1), small = (size_t)tid * (size_t)(A->M + 1);
+    size_t small = (size_t)tid * (size_t)(A->M + 1);
     for (int64_t t = t0; t < t1; t++)
         deltas_step(t, A->h, A->from_index, A->e, A->e32, A->Te, A->C, A->b, A->N, A->M, A->vth, A->sg_shift,
-                    A->lut32, A->half, A->deltas, A->shifts, A->raw + big, A->gr + small, A->gr32 + small,
+                    A->lut32, A->half, A->deltas, A->shifts, A->raw + small, A->gr + small, A->gr32 + small,
                     A->li + small);
 }
 
 int esd_local_deltas(const void *h, int from_index, const void *e, int e32, int64_t Te, int64_t C,
                      const void *b, int64_t T, int64_t N, int64_t M, int64_t vth, int64_t sg_shift,
-                     const int64_t *restrict lut, int64_t half, int8_t *restrict deltas, int64_t *restrict shifts)
+                     const int64_t *restrict lut, int64_t half, int8_t *deltas, int64_t *restrict shifts)
 {
     int32_t lut32[256];
     for (int64_t i = 0; i < 2 * half && i < 256; i++)
         lut32[i] = (int32_t)lut[i];
     size_t nt = (size_t)max_threads(); /* any thread may take any step */
-    int64_t *raw = (int64_t *)malloc(sizeof(int64_t) * (size_t)(N * M + 1) * nt);
+    int64_t *raw = (int64_t *)malloc(sizeof(int64_t) * (size_t)(M + 1) * nt);
     int64_t *gr = (int64_t *)malloc(sizeof(int64_t) * (size_t)(M + 1) * nt);
     int32_t *gr32 = (int32_t *)malloc(sizeof(int32_t) * (size_t)(M + 1) * nt);
     int32_t *li = (int32_t *)malloc(sizeof(int32_t) * (size_t)(M + 1) * nt);
@@ -994,16 +1224,18 @@ static ESD_CLONES void exact_max(const uint8_t *restrict idx, const int64_t *res
     }
 }
 
-static ESD_CLONES void exact_write(const uint8_t *restrict idx, const int64_t *restrict g, int64_t T, int64_t N,
+static ESD_CLONES void exact_write(const uint8_t *idx, const int64_t *restrict g, int64_t T, int64_t N,
                                    int64_t M, int64_t n, const int32_t *restrict sg16, const int32_t *restrict carry,
-                                   int64_t *restrict c, const int64_t *restrict shifts, int8_t *restrict deltas)
+                                   int64_t *restrict c, const int64_t *restrict shifts, int8_t *deltas,
+                                   uint8_t *restrict row)
 {
     const int64_t *restrict gn = g + n * M;
     for (int64_t m = 0; m < M; m++)
         c[m] = 0;
     for (int64_t t = T - 1; t >= 0; t--) {
         int64_t off = (t * N + n) * M;
-        const uint8_t *restrict it = idx + off;
+        memcpy(row, idx + off, (size_t)M); /* deltas may be written over idx */
+        const uint8_t *restrict it = row;
         int8_t *restrict dt = deltas + off;
         int64_t sh = shifts[t];
         int64_t rnd = sh > 0 ? ((int64_t)1 << (sh - 1)) : 0; /* sh == 0: |r| <= 127, r + 0 >> 0 == r */
@@ -1018,64 +1250,67 @@ static ESD_CLONES void exact_write(const uint8_t *restrict idx, const int64_t *r
     }
 }
 
-/* idx [T, N, M] surrogate bins (uint8), g [N, M] int64 with |g| <= 2**22 (checked by the
- * caller), sg_lut / carry: 2 * half int64 tables. Writes deltas [T, N, M] and shifts [T]. */
-int esd_exact_deltas(const uint8_t *restrict idx, const int64_t *restrict g, int64_t T, int64_t N, int64_t M,
-                     const int64_t *restrict sg_lut, const int64_t *restrict carry_lut, int64_t half,
-                     int8_t *restrict deltas, int64_t *restrict shifts)
+typedef struct {
+    const uint8_t *idx;
+    const int64_t *g;
+    int64_t T, N, M;
+    const int32_t *sg16, *carry;
+    int pass;
+    int64_t *c;      /* per thread: M + 1 */
+    int64_t *mx;     /* per thread: T + 1 */
+    uint8_t *row;    /* per thread: M + 1 */
+    const int64_t *shifts;
+    int8_t *deltas;
+} exact_args;
+
+static void exact_body(void *ctx, int64_t n0, int64_t n1, int tid)
 {
-    int err = 0;
+    exact_args *A = (exact_args *)ctx;
+    int64_t *c = A->c + (size_t)tid * (size_t)(A->M + 1);
+    for (int64_t n = n0; n < n1; n++) {
+        if (A->pass == 0)
+            exact_max(A->idx, A->g, A->T, A->N, A->M, n, A->sg16, A->carry, c, A->mx + (size_t)tid * (size_t)(A->T + 1));
+        else
+            exact_write(A->idx, A->g, A->T, A->N, A->M, n, A->sg16, A->carry, c, A->shifts, A->deltas,
+                        A->row + (size_t)tid * (size_t)(A->M + 1));
+    }
+}
+
+/* idx [T, N, M] surrogate bins (uint8), g [N, M] int64 with |g| <= 2**22 (checked by the
+ * caller), sg_lut / carry: 2 * half int64 tables. Writes deltas [T, N, M] (may be idx itself)
+ * and shifts [T]. Two passes over the samples: the per-step maxima, then the int8 deltas. */
+int esd_exact_deltas(const uint8_t *idx, const int64_t *restrict g, int64_t T, int64_t N, int64_t M,
+                     const int64_t *restrict sg_lut, const int64_t *restrict carry_lut, int64_t half,
+                     int8_t *deltas, int64_t *restrict shifts)
+{
     int32_t sg16[256], carry[256];
     for (int64_t i = 0; i < 256; i++) {
         sg16[i] = i < 2 * half ? (int32_t)(sg_lut[i] << (ELIG_BITS - SG_BITS)) : 0;
         carry[i] = i < 2 * half ? (int32_t)carry_lut[i] : 0;
     }
-    int64_t *mx = (int64_t *)calloc((size_t)(T + 1), sizeof(int64_t));
-    if (!mx)
-        return -1;
-    for (int pass = 0; pass < 2; pass++) {
-#ifdef _OPENMP
-#pragma omp parallel reduction(| : err)
-#endif
-        {
-            int64_t *c = (int64_t *)malloc(sizeof(int64_t) * (size_t)(M + 1));
-            int64_t *mxl = (int64_t *)calloc((size_t)(T + 1), sizeof(int64_t));
-            if (!c || !mxl) {
-                err = 1;
-            } else {
-                int64_t n;
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 4)
-#endif
-                for (n = 0; n < N; n++) {
-                    if (pass == 0)
-                        exact_max(idx, g, T, N, M, n, sg16, carry, c, mxl);
-                    else
-                        exact_write(idx, g, T, N, M, n, sg16, carry, c, shifts, deltas);
-                }
-                if (pass == 0) {
-#ifdef _OPENMP
-#pragma omp critical
-#endif
-                    for (int64_t t = 0; t < T; t++)
-                        mx[t] = mxl[t] > mx[t] ? mxl[t] : mx[t];
-                }
-            }
-            free(c);
-            free(mxl);
+    size_t nt = (size_t)max_threads();
+    int64_t *c = (int64_t *)malloc(sizeof(int64_t) * (size_t)(M + 1) * nt);
+    int64_t *mx = (int64_t *)calloc((size_t)(T + 1) * nt, sizeof(int64_t));
+    uint8_t *row = (uint8_t *)malloc((size_t)(M + 1) * nt);
+    int err = !c || !mx || !row;
+    if (!err) {
+        exact_args A = {idx, g, T, N, M, sg16, carry, 0, c, mx, row, shifts, deltas};
+        parallel_for(N, 4, exact_body, &A);
+        for (int64_t t = 0; t < T; t++) {
+            int64_t m = 0;
+            for (size_t i = 0; i < nt; i++)
+                m = mx[i * (size_t)(T + 1) + (size_t)t] > m ? mx[i * (size_t)(T + 1) + (size_t)t] : m;
+            int bits = 0;
+            while (bits < 63 && (m >> bits) > 0)
+                bits++;
+            shifts[t] = bits - DELTA_BITS > 0 ? bits - DELTA_BITS : 0;
         }
-        if (err)
-            break;
-        if (pass == 0) {
-            for (int64_t t = 0; t < T; t++) {
-                int bits = 0;
-                while (bits < 63 && (mx[t] >> bits) > 0)
-                    bits++;
-                shifts[t] = bits - DELTA_BITS > 0 ? bits - DELTA_BITS : 0;
-            }
-        }
+        A.pass = 1;
+        parallel_for(N, 4, exact_body, &A);
     }
+    free(c);
     free(mx);
+    free(row);
     return err ? -1 : 0;
 }
 
@@ -1101,32 +1336,39 @@ void esd_int16_peak_one(int64_t iters, int16_t *restrict acc)
         acc[j] = a[j];
 }
 
-/* Every OpenMP thread runs esd_int16_peak_one(iters); returns the integer ops done. */
-int64_t esd_int16_peak(int64_t iters, int16_t *restrict out)
+typedef struct {
+    int64_t iters;
+    int16_t *out; /* per thread: PEAK_LANES */
+} peak_args;
+
+static void peak_body(void *ctx, int64_t i0, int64_t i1, int tid)
 {
-    int64_t threads = 1;
-#ifdef _OPENMP
-#pragma omp parallel
-    {
-#pragma omp single
-        threads = omp_get_num_threads();
+    peak_args *A = (peak_args *)ctx;
+    for (int64_t i = i0; i < i1; i++) {
         int16_t acc[PEAK_LANES];
         for (int j = 0; j < PEAK_LANES; j++)
-            acc[j] = (int16_t)(j + 3);
-        esd_int16_peak_one(iters, acc);
-#pragma omp critical
+            acc[j] = (int16_t)(j + 3 + i);
+        esd_int16_peak_one(A->iters, acc);
         for (int j = 0; j < PEAK_LANES; j++)
-            out[j] = (int16_t)(out[j] + acc[j]);
+            A->out[tid * PEAK_LANES + j] = (int16_t)(A->out[tid * PEAK_LANES + j] + acc[j]);
     }
-#else
-    int16_t acc[PEAK_LANES];
-    for (int j = 0; j < PEAK_LANES; j++)
-        acc[j] = (int16_t)(j + 3);
-    esd_int16_peak_one(iters, acc);
-    for (int j = 0; j < PEAK_LANES; j++)
-        out[j] = (int16_t)(out[j] + acc[j]);
-#endif
-    return threads * iters * PEAK_LANES * 2;
+}
+
+/* One esd_int16_peak_one(iters) per thread of the pool, run at once; returns the integer ops
+ * done. out: PEAK_LANES int16 (the sums, so that nothing is optimised away). */
+int64_t esd_int16_peak(int64_t iters, int16_t *restrict out)
+{
+    int nt = max_threads();
+    int16_t *acc = (int16_t *)calloc((size_t)nt * PEAK_LANES, sizeof(int16_t));
+    if (!acc)
+        return 0;
+    peak_args A = {iters, acc};
+    parallel_for(nt, 1, peak_body, &A);
+    for (int i = 0; i < nt; i++)
+        for (int j = 0; j < PEAK_LANES; j++)
+            out[j] = (int16_t)(out[j] + acc[i * PEAK_LANES + j]);
+    free(acc);
+    return (int64_t)nt * iters * PEAK_LANES * 2;
 }
 
 /* ------------------------------------------------------------------------------------------ */

@@ -28,7 +28,7 @@ from edge_sdfa.errors import UserError
 from edge_sdfa.int8 import arith, reference
 
 NAME = "c"
-ABI_VERSION = 8
+ABI_VERSION = 9
 LIBRARY_STEM = "_c_kernels"
 _CHUNK16 = 255
 _SG_LUT = np.ascontiguousarray(arith.SG_LUT, dtype=np.int64)
@@ -164,11 +164,13 @@ def _declare(lib) -> None:
         "esd_set_call_threads": (I, [I]),
         "esd_row_counts": (I64, [P, I64, I64, P]),
         "esd_csr_fill": (None, [P, I64, I64, P, P, P, I]),
-        "esd_csc": (I, [P, P, P, P, I, I64, I64, I64, P, P, P]),
+        "esd_csc_count": (I64, [P, I64, I64, I64, P]),
+        "esd_csc_fill": (None, [P, I64, I64, I64, P, P, P, I]),
         "esd_gather": (I, [P, P, P, P, I, P, I64, I64, I64, P]),
         "esd_dense_update": (I, [P, P, P, I, P, I64, I64, I64, I64, P, I, I64, P, I64, I64, ctypes.c_uint64, I64,
-                                 P, P, P]),
+                                 P, P]),
         "esd_neuron_run": (I, [P, I, I64, I64, I64, I, I, I, I64, I64, I64, I, I64, I64, P, P, P]),
+        "esd_dense_forward": (I, [P, I64, I64, I64, I64, P, P, I, I, I, I64, I64, I64, I, I64, I64, P, P]),
         "esd_local_deltas": (I, [P, I, P, I, I64, I64, P, I64, I64, I64, I64, I64, P, I64, P, P]),
         "esd_exact_deltas": (I, [P, P, I64, I64, I64, P, P, I64, P, P]),
         "esd_int16_peak": (I64, [I64, P]),
@@ -221,46 +223,67 @@ def as_i8(a: np.ndarray) -> np.ndarray | None:
 
 
 class SpikeIndex:
-    """Sparse views of spikes ``x[T, N, K]`` (uint8): padded CSR rows (forward gather) and, on
-    demand, per-input columns (weight-gradient scatter). ``x`` keeps the array itself."""
+    """Sparse views of spikes ``x[T, N, K]`` (uint8), each built on first use: padded CSR rows
+    (``csr``: the layer-by-layer forward gather) and per-input columns (``csc``: the weight
+    gradient, built from ``x`` directly). ``x`` keeps the array itself."""
 
     def __init__(self, x3: np.ndarray):
-        lib = load()
         self.x = x3
         self.shape = x3.shape
-        t_n, n_n, k_n = x3.shape
-        r_n = t_n * n_n
-        x2 = x3.reshape(r_n, k_n)
-        counts = np.empty(r_n, np.int64)
-        vmax = lib.esd_row_counts(_p(x2), r_n, k_n, _p(counts)) if r_n else 0
-        self.vmax = int(vmax)
-        self.binary = bool(vmax <= 1)
-        self.starts = np.zeros(r_n, np.int64)
-        if r_n > 1:
-            np.cumsum(counts[:-1] + 1, out=self.starts[1:])
-        self.ends = self.starts + counts
-        total = int(self.starts[-1] + counts[-1] + 1) if r_n else 1
-        self.nnz = int(counts.sum())
-        self.idx = np.empty(total, np.int32)
-        self.val = np.empty(total if not self.binary else 1, np.uint8)
-        if r_n and k_n:
-            lib.esd_csr_fill(_p(x2), r_n, k_n, _p(self.starts), _p(self.idx), _p(self.val), int(self.binary))
+        self._csr = None
         self._csc = None
 
+    def csr(self):
+        """(starts, ends, idx, val, binary): row r's nonzeros at idx[starts[r]:ends[r]]."""
+        if self._csr is None:
+            lib = load()
+            t_n, n_n, k_n = self.shape
+            r_n = t_n * n_n
+            x2 = self.x.reshape(r_n, k_n)
+            counts = np.empty(r_n, np.int64)
+            vmax = int(lib.esd_row_counts(_p(x2), r_n, k_n, _p(counts))) if r_n else 0
+            binary = vmax <= 1
+            starts = np.zeros(r_n, np.int64)
+            if r_n > 1:
+                np.cumsum(counts[:-1] + 1, out=starts[1:])
+            ends = starts + counts
+            total = int(starts[-1] + counts[-1] + 1) if r_n else 1
+            idx = np.empty(total, np.int32)
+            val = np.empty(total if not binary else 1, np.uint8)
+            if r_n and k_n:
+                lib.esd_csr_fill(_p(x2), r_n, k_n, _p(starts), _p(idx), _p(val), int(binary))
+            self._csr = starts, ends, idx, val, binary
+        return self._csr
+
     def csc(self):
+        """(ptr, smp, sval, vmax): the samples n with a spike at (step t, input k) are
+        ``smp[ptr[k*T+t]:ptr[k*T+t+1]]`` (uint16), their values in sval unless vmax <= 1."""
         if self._csc is None:
+            lib = load()
             t_n, n_n, k_n = self.shape
             ptr = np.empty(t_n * k_n + 1, np.int64)
-            smp = np.empty(max(self.nnz, 1), np.int32)
-            sval = np.empty(max(self.nnz, 1) if not self.binary else 1, np.uint8)
-            _check(load().esd_csc(_p(self.starts), _p(self.ends), _p(self.idx), _p(self.val), int(self.binary),
-                                  t_n, n_n, k_n, _p(ptr), _p(smp), _p(sval)), "csc")
-            self._csc = ptr, smp, sval
+            vmax = int(lib.esd_csc_count(_p(self.x), t_n, n_n, k_n, _p(ptr)))
+            spare = int(ptr[-1]) + _MAX_THREADS  # the fill's branch-free writes into full slots
+            smp = np.empty(spare, np.uint16)
+            sval = np.empty(spare if vmax > 1 else 1, np.uint8)
+            lib.esd_csc_fill(_p(self.x), t_n, n_n, k_n, _p(ptr), _p(smp), _p(sval), int(vmax <= 1))
+            self._csc = ptr, smp, sval, vmax
         return self._csc
+
+    @property
+    def vmax(self) -> int:
+        return self.csc()[3]
+
+    @property
+    def binary(self) -> bool:
+        return self.vmax <= 1
 
     def max_per_column(self) -> int:
         ptr = self.csc()[0]  # input-major: ptr[k * T + t]
         return int(np.diff(ptr).max()) if ptr.size > 1 else 0
+
+
+_MAX_THREADS = 64  # ESD_MAX_THREADS
 
 
 def prepare_inputs(x: np.ndarray):
@@ -271,7 +294,7 @@ def prepare_inputs(x: np.ndarray):
         return np.asarray(x)
     if x.shape[2] * 255 * 128 >= (1 << 31) or x.shape[0] * x.shape[1] >= (1 << 31):
         return np.asarray(x)
-    return SpikeIndex(xu)
+    return SpikeIndex(xu)  # cheap: the sparse views are built when a kernel needs them
 
 
 def _array(inputs) -> np.ndarray:
@@ -296,8 +319,9 @@ def dense_current(inputs, w8: np.ndarray, bias: np.ndarray | None) -> np.ndarray
     m_n = wi.shape[1]
     out = np.empty((t_n * n_n, m_n), np.int32)
     if out.size:
-        _check(load().esd_gather(_p(inputs.starts), _p(inputs.ends), _p(inputs.idx), _p(inputs.val),
-                                 int(inputs.binary), _p(wi), t_n * n_n, m_n, GATHER_TILE, _p(out)), "gather")
+        starts, ends, idx, val, binary = inputs.csr()
+        _check(load().esd_gather(_p(starts), _p(ends), _p(idx), _p(val), int(binary), _p(wi), t_n * n_n, m_n,
+                                 GATHER_TILE, _p(out)), "gather")
     small = k_n * 255 * 128 < (1 << 30) and (bias is None or int(np.abs(bias).max(initial=0)) < (1 << 30))
     if not small:
         out = out.astype(np.int64)
@@ -381,18 +405,48 @@ def neuron_run(neuron, const: dict, cur: np.ndarray, sg_exp: int | None = None):
     return spikes, (sgi if want == 2 else None)
 
 
+def dense_layer(inputs, w8: np.ndarray, bias: np.ndarray | None, neuron, const: dict, sg_exp: int | None = None):
+    """``neuron_run(dense_current(inputs, w8, bias))`` in one pass, sample by sample: the int32
+    currents exist only per sample ([T, M] per thread), never as ``[T, N, M]``. Same
+    ``(spikes, sg)``; None where the bounds of the int32 currents do not hold (then the caller
+    runs the two entry points)."""
+    if not isinstance(inputs, SpikeIndex) or not isinstance(w8, np.ndarray) or w8.dtype != np.int8 or w8.ndim != 2:
+        return None
+    t_n, n_n, k_n = inputs.shape
+    if w8.shape[0] != k_n or k_n * 255 * 128 >= (1 << 30) or n_n == 0 or w8.shape[1] == 0:
+        return None
+    if bias is not None:
+        if bias.shape != (w8.shape[1],) or int(np.abs(bias.astype(np.int64)).max(initial=0)) >= (1 << 30):
+            return None
+        bias = np.ascontiguousarray(bias, dtype=np.int32)
+    w = np.ascontiguousarray(w8)
+    m_n = w.shape[1]
+    spikes = np.empty((t_n, n_n, m_n), np.uint8)
+    want = 2 if sg_exp is not None else 0
+    sgi = np.empty(spikes.shape if want == 2 else (1,), np.uint8)
+    sg_shift = (sg_exp if sg_exp is not None else 0) - arith.SG_RES_BITS
+    _check(load().esd_dense_forward(_p(inputs.x), t_n, n_n, k_n, m_n, _p(w), None if bias is None else _p(bias),
+                                    0 if neuron.kind == "lif" else 1, int(bool(neuron.decay_input)),
+                                    int(neuron.v_reset is None), int(const["vth"]), int(const["vreset"]),
+                                    int(const["decay"]), want, int(sg_shift), _SG_HALF, _p(spikes), _p(sgi)),
+           "dense_forward")
+    return spikes, (sgi if want == 2 else None)
+
+
 # ---------------------------------------------------------------------------------------------
 # local errors and the fused update
 
 
-def local_deltas(sg: np.ndarray, e: np.ndarray, b: np.ndarray | None):
-    """``reference.local_deltas`` in C (projection, LUT and the per-step int8 shift fused)."""
+def local_deltas(sg: np.ndarray, e: np.ndarray, b: np.ndarray | None, out: np.ndarray | None = None):
+    """``reference.local_deltas`` in C (projection, LUT and the per-step int8 shift fused).
+    ``out``: an int8 array of sg's shape for the deltas, which may be ``sg.view(np.int8)`` (the
+    indices are then consumed: no second [T, N, M] array)."""
     project = b is not None
     e_max = int(np.abs(e).max()) if e.size else 0
     b_max = int(np.abs(b.astype(np.int64)).max()) if project and b.size else 1
     g_bound = e.shape[-1] * e_max * b_max if project else e_max
     if g_bound * int(_SG_LUT.max()) >= (1 << 62):
-        return reference.local_deltas(sg, e, b)
+        return reference.local_deltas(sg, e, b, out)
     sg = np.ascontiguousarray(sg, dtype=np.uint8)
     t_n, n_n, m_n = sg.shape
     if e.ndim == 3 and e.shape[0] == t_n and e.shape[0] > 1 and e.strides[0] == 0:
@@ -403,7 +457,7 @@ def local_deltas(sg: np.ndarray, e: np.ndarray, b: np.ndarray | None):
     bb = np.ascontiguousarray(b, dtype=dt) if project else None
     if not project and e.shape[2] != m_n:
         raise ValueError(f"local_deltas: errors {e.shape} do not fit {sg.shape}")
-    deltas = np.empty(sg.shape, np.int8)
+    deltas = _out_int8(out, sg.shape)
     shifts = np.zeros(t_n, np.int64)
     if sg.size:
         _check(load().esd_local_deltas(_p(sg), 1, _p(e), int(small), e.shape[0], e.shape[2],
@@ -412,18 +466,27 @@ def local_deltas(sg: np.ndarray, e: np.ndarray, b: np.ndarray | None):
     return deltas, shifts
 
 
-def exact_deltas(sg: np.ndarray, e: np.ndarray, b: np.ndarray | None, carry: np.ndarray):
+def _out_int8(out: np.ndarray | None, shape) -> np.ndarray:
+    if out is None:
+        return np.empty(shape, np.int8)
+    if out.dtype != np.int8 or out.shape != tuple(shape) or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous int8 array of shape {tuple(shape)}")
+    return out
+
+
+def exact_deltas(sg: np.ndarray, e: np.ndarray, b: np.ndarray | None, carry: np.ndarray,
+                 out: np.ndarray | None = None):
     """``reference.exact_deltas`` with the eligibility recurrence and the int8 shift in C (the
     once-per-batch projection ``e @ b`` is the reference's exact float64 BLAS)."""
     g = np.ascontiguousarray(e if b is None else reference.project(e, b), dtype=np.int64)
     if g.size and int(np.abs(g).max()) > arith.G_LIMIT:
-        return reference.exact_deltas(sg, e, b, carry)  # raises: the rule is not defined there
+        return reference.exact_deltas(sg, e, b, carry, out)  # raises: the rule is not defined there
     sg = np.ascontiguousarray(sg, dtype=np.uint8)
     t_n, n_n, m_n = sg.shape
     if g.shape != (n_n, m_n):
         raise ValueError(f"exact_deltas: errors {g.shape} do not fit {sg.shape}")
     carry = np.ascontiguousarray(carry, dtype=np.int64)
-    deltas = np.empty(sg.shape, np.int8)
+    deltas = _out_int8(out, sg.shape)
     shifts = np.zeros(t_n, np.int64)
     if sg.size:
         _check(load().esd_exact_deltas(_p(sg), _p(g), t_n, n_n, m_n, _p(_SG_LUT), _p(carry), _SG_HALF,
@@ -445,37 +508,47 @@ def _int32_plan(index: SpikeIndex, shifts: np.ndarray) -> tuple[bool, int]:
 
 
 def _update_fits(index: SpikeIndex, shifts: np.ndarray, m: int, k: int) -> bool:
-    """The int64 gradient, its int32 per-step sums and ``grad * m + r`` cannot wrap."""
+    """The int64 gradient, its int32 per-step sums and ``grad * m + r`` cannot wrap (and the
+    samples fit the uint16 index)."""
     n_n = index.shape[1]
-    if n_n * 255 * 128 >= (1 << 31):
+    if n_n * 255 * 128 >= (1 << 31) or n_n > (1 << 16):
         return False
     grad_bound = n_n * index.vmax * 128 * sum(1 << int(s) for s in shifts)
     return grad_bound < (1 << 63) and arith.update_fits_int64(grad_bound, m, k)
 
 
-def dense_update(inputs, deltas: np.ndarray, shifts: np.ndarray, master: np.ndarray, m: int, k: int, key: int):
-    """``reference.dense_update`` fused in C; the reference runs outside the C bounds."""
+def dense_update(inputs, deltas: np.ndarray, shifts: np.ndarray, master: np.ndarray, m: int, k: int, key: int,
+                 out: tuple[np.ndarray, np.ndarray] | None = None):
+    """``reference.dense_update`` fused in C; the reference runs outside the C bounds. ``out``:
+    ``(master_out, w8_out)`` (int16 and int8, master's shape, C-contiguous) receive the result and
+    are returned; ``master_out`` may be ``master`` itself (the update in place)."""
     shifts = np.ascontiguousarray(shifts, dtype=np.int64)
     di = as_i8(deltas)
     if (not isinstance(inputs, SpikeIndex) or di is None or deltas.ndim != 3 or master.dtype != np.int16
-            or master.ndim != 2 or (shifts < 0).any() or (shifts > 62).any()
+            or master.ndim != 2 or (shifts < 0).any() or (shifts > 62).any() or inputs.shape[1] > (1 << 16)
             or not 0 <= k <= 62 or not 0 <= m < (1 << 62) or not _update_fits(inputs, shifts, m, k)):
-        return reference.dense_update(_array(inputs), deltas, shifts, master, m, k, key)
+        return reference.dense_update(_array(inputs), deltas, shifts, master, m, k, key, out)
     k_n, m_n = master.shape
     t_n, n_n, _ = inputs.shape
     if inputs.shape[2] != k_n or di.shape[2] != m_n or inputs.shape[:2] != di.shape[:2]:
         raise ValueError(f"dense_update: shapes x{inputs.shape} d{deltas.shape} master{master.shape} do not align")
-    master = np.ascontiguousarray(master)
-    new_master = np.empty_like(master)
-    new_w8 = np.empty((k_n, m_n), np.int8)
+    if out is None:
+        new_master, new_w8 = np.array(master, order="C"), np.empty((k_n, m_n), np.int8)
+    else:
+        new_master, new_w8 = out
+        for a, dt in ((new_master, np.int16), (new_w8, np.int8)):
+            if a.dtype != dt or a.shape != master.shape or not a.flags.c_contiguous or not a.flags.writeable:
+                raise ValueError(f"dense_update: out arrays must be writeable C-contiguous {master.shape}")
+        if new_master is not master:
+            new_master[...] = master
     sat = np.zeros(2, np.int64)
     if master.size:
-        ptr, smp, sval = inputs.csc()
+        ptr, smp, sval, _ = inputs.csc()
         use32, s_min = _int32_plan(inputs, shifts)
         _check(load().esd_dense_update(_p(ptr), _p(smp), _p(sval), int(inputs.binary), _p(di), t_n, n_n, k_n, m_n,
-                                       _p(shifts), int(use32), s_min, _p(master), int(m), int(k),
-                                       int(key) & ((1 << 64) - 1), UPDATE_TILE, _p(new_master), _p(new_w8),
-                                       _p(sat)), "dense_update")
+                                       _p(shifts), int(use32), s_min, _p(new_master), int(m), int(k),
+                                       int(key) & ((1 << 64) - 1), UPDATE_TILE, _p(new_w8), _p(sat)),
+               "dense_update")
     return new_master, new_w8, int(sat[0]), int(sat[1])
 
 

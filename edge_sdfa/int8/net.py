@@ -184,13 +184,19 @@ def forward(spec: NetworkSpec, qnet: QNet, x: np.ndarray, kernels: Kernels = Non
     for i, layer in enumerate(spec.layers):
         if has_synapses(layer):
             q = qnet[i]
+            fused = None
             if isinstance(layer, Dense):
                 x3 = rows.reshape(t_steps, n, -1)
                 cur = mvm(i, rows.reshape(t_steps * n, -1)) if mvm is not None else None
                 prepared = None
                 if cur is None:
                     prepared = ks.prepare_inputs(x3)
-                    cur = ks.dense_current(prepared, q.w8, q.bias)
+                    dense_layer = getattr(ks, "dense_layer", None)  # currents streamed per sample
+                    if dense_layer is not None:
+                        fused = dense_layer(prepared, q.w8, q.bias, layer.neuron,
+                                            arith.neuron_constants(layer.neuron, q.exp), q.exp if i in keep else None)
+                    if fused is None:
+                        cur = ks.dense_current(prepared, q.w8, q.bias)
                 elif q.bias is not None:
                     cur = cur + q.bias.astype(np.int64)
                 if i in keep:
@@ -204,10 +210,14 @@ def forward(spec: NetworkSpec, qnet: QNet, x: np.ndarray, kernels: Kernels = Non
                 cur = _conv_current(layer, q, rows, ks, mvm, i, channels_last)
                 if i in keep:
                     trace.inputs[i] = rows.reshape(t_steps, n, -1)
-            oh_ow_c = cur.shape[1:]
-            cur = cur.reshape(t_steps, n, -1)
-            const = arith.neuron_constants(layer.neuron, q.exp)
-            spikes, sg = ks.neuron_run(layer.neuron, const, cur, q.exp if i in keep else None)
+            if fused is not None:
+                spikes, sg = fused
+            else:
+                oh_ow_c = cur.shape[1:]
+                cur = cur.reshape(t_steps, n, -1)
+                const = arith.neuron_constants(layer.neuron, q.exp)
+                spikes, sg = ks.neuron_run(layer.neuron, const, cur, q.exp if i in keep else None)
+                del cur
             if i in keep:
                 trace.sg_index[i] = sg
             if not isinstance(layer, Dense) and channels_last:
@@ -279,8 +289,10 @@ def step_errors(counts_by_step: np.ndarray, labels: np.ndarray, loss: str, mode:
 
 def sdfa_update(spec: NetworkSpec, qnet: QNet, x: np.ndarray, y: np.ndarray, feedback: dict[int, np.ndarray],
                 config: UpdateConfig, update_index: int, kernels: Kernels = None, *,
-                mvm: MVM | None = None) -> tuple[QNet, UpdateStats]:
-    """One int8 SDFA update on the batch ``x[T, N, ...]``; returns new layers (inputs untouched).
+                mvm: MVM | None = None, in_place: bool = False) -> tuple[QNet, UpdateStats]:
+    """One int8 SDFA update on the batch ``x[T, N, ...]``; returns new layers (inputs untouched),
+    or with ``in_place`` writes the trained layers' ``master`` and ``w8`` arrays in place (where
+    they are writeable C-contiguous int16/int8 arrays; no second copy of the weights exists).
 
     Only Dense layers train in int8. ``online``: the per-step local term needs only the current
     step's state, so a streaming executor (Lava, the RRAM simulator) can run it step by step.
@@ -306,22 +318,38 @@ def sdfa_update(spec: NetworkSpec, qnet: QNet, x: np.ndarray, y: np.ndarray, fee
     new = list(qnet)
     stats = UpdateStats(arith.loss_value(trace.counts, t_steps, y, spec.loss),
                         int(np.sum(trace.counts.argmax(1) == y)), 0, 0, {})
-    for i in train:
+    # last layer first, each layer's trace dropped once used: the deltas take the memory of the
+    # surrogate indices, and a layer's spike index goes before the next layer's deltas exist
+    for i in reversed(train):
         q = qnet[i]
         b = None if i == last else feedback[i]
+        sg = trace.sg_index.pop(i)
+        d_out = sg.view(np.int8) if (sg.dtype == np.uint8 and sg.flags.c_contiguous and sg.flags.writeable) else None
         if mode == "exact":
-            deltas, shifts = ks.exact_deltas(trace.sg_index[i], e, b, arith.carry_lut(spec.layers[i].neuron))
+            deltas, shifts = ks.exact_deltas(sg, e, b, arith.carry_lut(spec.layers[i].neuron), out=d_out)
         else:
-            deltas, shifts = ks.local_deltas(trace.sg_index[i], e, b)
+            deltas, shifts = ks.local_deltas(sg, e, b, out=d_out)
+        del sg, d_out
         m, k = arith.update_scale(config.lr, n, t_steps, spec.layers[i].neuron.input_gain, q.exp,
                                   None if i == last else fn.feedback_norm(spec), mode)
         key = arith.rounding_key(config.seed, update_index, i)
-        master, w8, sat, sat_w8 = ks.dense_update(trace.prepared[i], deltas, shifts, q.master, m, k, key)
+        prepared = trace.prepared.pop(i)
+        trace.inputs.pop(i, None)
+        out = (q.master, q.w8) if in_place and _writable_pair(q) else None
+        master, w8, sat, sat_w8 = ks.dense_update(prepared, deltas, shifts, q.master, m, k, key, out=out)
+        del prepared, deltas
         new[i] = replace(q, master=master, w8=w8)
         stats.saturated_master += sat
         stats.saturated_w8 += sat_w8
         stats.shifts[i] = [int(s_) for s_ in shifts]
+    stats.shifts = dict(sorted(stats.shifts.items()))
     return new, stats
+
+
+def _writable_pair(q: QLayer) -> bool:
+    """The layer's master and w8 can take the update in place."""
+    return all(isinstance(a, np.ndarray) and a.dtype == dt and a.flags.c_contiguous and a.flags.writeable
+               and a.shape == q.master.shape for a, dt in ((q.master, np.int16), (q.w8, np.int8)))
 
 
 def real_gradients(spec: NetworkSpec, qnet: QNet, x: np.ndarray, y: np.ndarray, feedback: dict[int, np.ndarray],

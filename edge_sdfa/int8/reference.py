@@ -13,15 +13,21 @@ Entry points (shapes: T steps, N samples, K inputs, M outputs, C classes):
 - ``neuron_run(neuron, const, cur[T, N, M], sg_exp)`` -> ``(spikes uint8, sg uint8 | None)``: the
   fixed-point neuron from rest over T steps (``arith.neuron_step_int``); with ``sg_exp`` (the
   layer's weight exponent) also the surrogate LUT index of every ``h - vth``.
-- ``local_deltas(sg[T, N, M], e[T, N, C], b[C, M] | None)`` -> ``(deltas int8, shifts int64[T])``:
-  ``g_t = e_t @ b`` (hidden layer) or ``e_t`` (output layer), ``to_int8_dynamic(g_t * LUT[sg_t])``.
+- ``local_deltas(sg[T, N, M], e[T, N, C], b[C, M] | None, out=None)`` -> ``(deltas int8, shifts
+  int64[T])``: ``g_t = e_t @ b`` (hidden layer) or ``e_t`` (output layer), ``to_int8_dynamic(g_t *
+  LUT[sg_t])``; ``out`` (int8, sg's shape) receives the deltas and may be ``sg.view(np.int8)``.
 - ``exact_deltas(sg[T, N, M], e[N, C], b[C, M] | None, carry int64[len(SG_LUT)])`` ->
   ``(deltas int8, shifts int64[T])``: the exact rule, ``g = e @ b`` or ``e`` once, then
   ``arith.exact_deltas(sg, g, carry)`` (BPTT through the layer's membrane, ``carry =
-  arith.carry_lut(neuron)``).
+  arith.carry_lut(neuron)``); ``out`` as for ``local_deltas``.
 - ``dense_update(inputs, deltas, shifts, master int16[K, M], m, k, key)`` ->
   ``(master, w8, saturated_master, saturated_w8)``: ``grad = sum_t (x_t^T delta_t) << shift_t``,
-  ``arith.apply_update`` on the rows of active inputs, ``arith.w8_from_master``.
+  ``arith.apply_update`` on the rows of active inputs, ``arith.w8_from_master``; with ``out =
+  (master_out, w8_out)`` the results are written there (``master_out`` may be ``master``: in place).
+
+A set may also provide ``dense_layer(inputs, w8, bias, neuron, const, sg_exp)`` -> ``(spikes, sg)``
+or None: ``neuron_run(neuron, const, dense_current(inputs, w8, bias), sg_exp)`` fused (the C set
+streams the currents per sample); ``net.forward`` uses it where present.
 """
 from __future__ import annotations
 
@@ -100,19 +106,24 @@ def neuron_run(neuron, const: dict, cur: np.ndarray, sg_exp: int | None = None):
     return spikes, sg
 
 
-def local_deltas(sg: np.ndarray, e: np.ndarray, b: np.ndarray | None):
+def local_deltas(sg: np.ndarray, e: np.ndarray, b: np.ndarray | None, out: np.ndarray | None = None):
     g = e if b is None else project(e, b)
     t_n = sg.shape[0]
-    deltas = np.empty(sg.shape, np.int8)
+    deltas = np.empty(sg.shape, np.int8) if out is None else out  # step t's indices are read before written
     shifts = np.zeros(t_n, np.int64)
     for t in range(t_n):
         deltas[t], shifts[t] = arith.to_int8_dynamic(g[t].astype(np.int64) * arith.SG_LUT[sg[t]])
     return deltas, shifts
 
 
-def exact_deltas(sg: np.ndarray, e: np.ndarray, b: np.ndarray | None, carry: np.ndarray):
+def exact_deltas(sg: np.ndarray, e: np.ndarray, b: np.ndarray | None, carry: np.ndarray,
+                 out: np.ndarray | None = None):
     g = np.asarray(e, np.int64) if b is None else project(e, b)
-    return arith.exact_deltas(sg, g, carry)
+    deltas, shifts = arith.exact_deltas(sg, g, carry)
+    if out is None:
+        return deltas, shifts
+    out[...] = deltas
+    return out, shifts
 
 
 def gradient(x: np.ndarray, deltas: np.ndarray, shifts: np.ndarray) -> np.ndarray:
@@ -126,10 +137,15 @@ def gradient(x: np.ndarray, deltas: np.ndarray, shifts: np.ndarray) -> np.ndarra
 
 
 def dense_update(inputs: np.ndarray, deltas: np.ndarray, shifts: np.ndarray, master: np.ndarray,
-                 m: int, k: int, key: int):
+                 m: int, k: int, key: int, out: tuple[np.ndarray, np.ndarray] | None = None):
     x = np.asarray(inputs)
     grad = gradient(x, deltas, shifts)
     rows = np.flatnonzero(x.reshape(-1, x.shape[-1]).any(axis=0))
     new_master, sat = arith.apply_update(master, grad, m, k, key, rows)
     w8 = arith.w8_from_master(new_master)
-    return new_master, w8, sat, int(np.count_nonzero(np.abs(w8) == 127))
+    sat_w8 = int(np.count_nonzero(np.abs(w8) == 127))
+    if out is not None:  # (master_out, w8_out), master_out may be master itself
+        out[0][...] = new_master
+        out[1][...] = w8
+        new_master, w8 = out
+    return new_master, w8, sat, sat_w8
