@@ -21,6 +21,16 @@
 #include <string.h>
 #include <unistd.h>
 
+/* a loop whose stores never feed its loads: vectorised without a runtime alias check (GCC's
+ * check on the rows of a sum sends some call sites to its scalar copy) */
+#if defined(__clang__)
+#define ESD_IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#elif defined(__GNUC__)
+#define ESD_IVDEP _Pragma("GCC ivdep")
+#else
+#define ESD_IVDEP
+#endif
+
 #if defined(__GNUC__) || defined(__clang__)
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 #else
@@ -417,115 +427,70 @@ static ALWAYS_INLINE int64_t list_nonzeros(const uint8_t *restrict row, int64_t 
     return p;
 }
 
-/* The update's spike index, built from x [T, N, K] directly: per input k and step t the samples n
- * with a spike, input-major so that all steps of one input are contiguous: smp[ptr[k*T+t] :
- * ptr[k*T+t+1]] (uint16: N <= 65536; values in sval unless binary). ptr has K*T+1 slots.
- * Columns are split between threads in blocks of CSC_BLOCK inputs; each thread scans its
- * columns of every row. */
-#define CSC_BLOCK 64
-
+/* The update's spike index, built from x [T, N, K] directly: a bitmap bits [T, K, W] (W = ceil(N /
+ * 64) words) with bit n of bits[t, k] set where x[t, n, k] != 0. Step-major, so that threads
+ * (one step at a time) write disjoint memory; a row k of the weight gradient reads its T * W
+ * words and takes the values of non-binary inputs from x itself. stats[t]: 0 (wide) any value
+ * above 1, 1 the most samples of one (t, k), 2 the nonzeros. bits must be zeroed. */
 typedef struct {
     const uint8_t *x;
-    int64_t T, N, K;
-    int64_t *ptr;
-    uint16_t *smp;
-    uint8_t *sval;
-    int binary;
-    int64_t *vmax; /* per thread */
-} csc_args;
+    int64_t T, N, K, W;
+    uint64_t *bits;
+    int64_t *stats; /* per step: 3 */
+} bits_args;
 
-static void csc_count_body(void *ctx, int64_t b0, int64_t b1, int tid)
+static void bits_body(void *ctx, int64_t t0, int64_t t1, int tid)
 {
-    csc_args *A = (csc_args *)ctx;
-    const int64_t T = A->T, N = A->N, K = A->K;
-    uint32_t cnt[CSC_BLOCK];
-    unsigned mx = 0;
-    for (int64_t blk = b0; blk < b1; blk++) {
-        int64_t k0 = blk * CSC_BLOCK, k1 = k0 + CSC_BLOCK < K ? k0 + CSC_BLOCK : K, kw = k1 - k0;
-        for (int64_t t = 0; t < T; t++) {
-            for (int64_t j = 0; j < kw; j++)
-                cnt[j] = 0;
-            for (int64_t n = 0; n < N; n++) {
-                const uint8_t *restrict row = A->x + (t * N + n) * K + k0;
-                for (int64_t j = 0; j < kw; j++) {
-                    unsigned v = row[j];
-                    cnt[j] += v != 0;
-                    mx = v > mx ? v : mx;
-                }
-            }
-            for (int64_t j = 0; j < kw; j++)
-                A->ptr[(k0 + j) * T + t + 1] = cnt[j];
-        }
-    }
-    if ((int64_t)mx > A->vmax[tid])
-        A->vmax[tid] = mx;
-}
-
-/* Fills ptr (counts, then their prefix sums); returns the largest value of x (1: binary). */
-int64_t esd_csc_count(const uint8_t *restrict x, int64_t T, int64_t N, int64_t K, int64_t *restrict ptr)
-{
-    int64_t vmax[ESD_MAX_THREADS] = {0};
-    csc_args A = {x, T, N, K, ptr, NULL, NULL, 0, vmax};
-    ptr[0] = 0;
-    parallel_for((K + CSC_BLOCK - 1) / CSC_BLOCK, 1, csc_count_body, &A);
-    for (int64_t i = 0; i < T * K; i++)
-        ptr[i + 1] += ptr[i];
-    int64_t m = 0;
-    for (int i = 0; i < ESD_MAX_THREADS; i++)
-        m = vmax[i] > m ? vmax[i] : m;
-    return m;
-}
-
-static void csc_fill_body(void *ctx, int64_t b0, int64_t b1, int tid)
-{
-    csc_args *A = (csc_args *)ctx;
-    const int64_t T = A->T, N = A->N, K = A->K;
-    int64_t pos[CSC_BLOCK], end[CSC_BLOCK];
-    const int64_t spare = A->ptr[T * K] + tid; /* one spare entry per thread */
-    for (int64_t blk = b0; blk < b1; blk++) {
-        int64_t k0 = blk * CSC_BLOCK, k1 = k0 + CSC_BLOCK < K ? k0 + CSC_BLOCK : K, kw = k1 - k0;
-        for (int64_t t = 0; t < T; t++) {
-            for (int64_t j = 0; j < kw; j++) {
-                pos[j] = A->ptr[(k0 + j) * T + t];
-                end[j] = A->ptr[(k0 + j) * T + t + 1];
-            }
-            for (int64_t n = 0; n < N; n++) {
-                const uint8_t *restrict row = A->x + (t * N + n) * K + k0;
-                int64_t j = 0;
+    bits_args *A = (bits_args *)ctx;
+    const int64_t N = A->N, K = A->K, W = A->W;
+    (void)tid;
+    for (int64_t t = t0; t < t1; t++) {
+        uint64_t *bt = A->bits + t * K * W;
+        uint64_t over = 0;
+        int64_t nnz = 0;
+        for (int64_t n = 0; n < N; n++) {
+            const uint8_t *restrict row = A->x + (t * N + n) * K;
+            uint64_t *bn = bt + (n >> 6);
+            const uint64_t bit = (uint64_t)1 << (n & 63);
+            int64_t k = 0;
 #if ESD_WORD_SCAN
-                for (; j + 8 <= kw; j += 8) {
-                    uint64_t w = load8(row + j);
-                    for (uint64_t nz = w ? nonzero_bytes(w) : 0; nz; nz &= nz - 1) {
-                        int64_t jj = j + (__builtin_ctzll(nz) >> 3);
-                        A->smp[pos[jj]] = (uint16_t)n;
-                        if (!A->binary)
-                            A->sval[pos[jj]] = row[jj];
-                        pos[jj]++;
-                    }
+            for (; k + 8 <= K; k += 8) {
+                uint64_t w = load8(row + k);
+                if (!w)
+                    continue;
+                over |= w & 0xfefefefefefefefeULL;
+                for (uint64_t nz = nonzero_bytes(w); nz; nz &= nz - 1) {
+                    bn[(k + (__builtin_ctzll(nz) >> 3)) * W] |= bit;
+                    nnz++;
                 }
+            }
 #endif
-                /* branch-free: every input writes n at its slot's next position (kept only where
-                 * x != 0; a later spike overwrites it); a full slot writes into the spare entry */
-                for (; j < kw; j++) {
-                    uint8_t v = row[j];
-                    int64_t q = pos[j] < end[j] ? pos[j] : spare;
-                    A->smp[q] = (uint16_t)n;
-                    if (!A->binary)
-                        A->sval[q] = v;
-                    pos[j] += v != 0;
+            for (; k < K; k++) {
+                uint8_t v = row[k];
+                over |= v & 0xfe;
+                if (v) {
+                    bn[k * W] |= bit;
+                    nnz++;
                 }
             }
         }
+        int64_t most = 0;
+        for (int64_t k = 0; k < K; k++) {
+            int64_t c = 0;
+            for (int64_t w = 0; w < W; w++)
+                c += __builtin_popcountll(bt[k * W + w]);
+            most = c > most ? c : most;
+        }
+        A->stats[3 * t] = over != 0;
+        A->stats[3 * t + 1] = most;
+        A->stats[3 * t + 2] = nnz;
     }
 }
 
-/* smp (and sval unless binary) for the ptr of esd_csc_count; smp and sval have ptr[K*T] +
- * ESD_MAX_THREADS slots (the spare ones take the branch-free fill's writes into full slots). */
-void esd_csc_fill(const uint8_t *restrict x, int64_t T, int64_t N, int64_t K, const int64_t *restrict ptr,
-                  uint16_t *restrict smp, uint8_t *restrict sval, int binary)
+void esd_spike_bits(const uint8_t *x, int64_t T, int64_t N, int64_t K, int64_t W, uint64_t *bits, int64_t *stats)
 {
-    csc_args A = {x, T, N, K, (int64_t *)ptr, smp, sval, binary, NULL};
-    parallel_for((K + CSC_BLOCK - 1) / CSC_BLOCK, 1, csc_fill_body, &A);
+    bits_args A = {x, T, N, K, W, bits, stats};
+    parallel_for(T, 1, bits_body, &A);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -547,6 +512,7 @@ void esd_csc_fill(const uint8_t *restrict x, int64_t T, int64_t N, int64_t K, co
             const int8_t *restrict w5 = w + (int64_t)sel[p + 5] * ld;                                    \
             const int8_t *restrict w6 = w + (int64_t)sel[p + 6] * ld;                                    \
             const int8_t *restrict w7 = w + (int64_t)sel[p + 7] * ld;                                    \
+            ESD_IVDEP                                                                                    \
             for (int64_t c = 0; c < tw; c++)                                                             \
                 acc[c] += (int16_t)((((int16_t)w0[c] + (int16_t)w1[c]) + ((int16_t)w2[c] + (int16_t)w3[c])) + \
                                     (((int16_t)w4[c] + (int16_t)w5[c]) + ((int16_t)w6[c] + (int16_t)w7[c]))); \
@@ -556,18 +522,19 @@ void esd_csc_fill(const uint8_t *restrict x, int64_t T, int64_t N, int64_t K, co
             const int8_t *restrict w1 = w + (int64_t)sel[p + 1] * ld;                                    \
             const int8_t *restrict w2 = w + (int64_t)sel[p + 2] * ld;                                    \
             const int8_t *restrict w3 = w + (int64_t)sel[p + 3] * ld;                                    \
+            ESD_IVDEP                                                                                    \
             for (int64_t c = 0; c < tw; c++)                                                             \
                 acc[c] += (int16_t)(((int16_t)w0[c] + (int16_t)w1[c]) + ((int16_t)w2[c] + (int16_t)w3[c])); \
             p += 4;                                                                                      \
         }                                                                                                \
         for (; p < b; p++) {                                                                             \
             const int8_t *restrict w0 = w + (int64_t)sel[p] * ld;                                        \
+            ESD_IVDEP                                                                                    \
             for (int64_t c = 0; c < tw; c++)                                                             \
                 acc[c] += w0[c];                                                                         \
         }                                                                                                \
     }
 SUM_ROWS16(sum_rows16, int32_t)
-SUM_ROWS16(sum_rows16_u16, uint16_t)
 
 /* acc32[0:tw] = sum_{p in [a, b)} val[p] * w[sel[p] * ld + 0:tw] exactly (the caller bounds it). */
 static ESD_CLONES void sum_rows32(const int8_t *restrict w, int64_t ld, const int32_t *restrict sel,
@@ -647,9 +614,9 @@ static inline uint64_t splitmix64(uint64_t z)
 }
 
 typedef struct {
-    const int64_t *ptr;
-    const uint16_t *smp;
-    const uint8_t *sval;
+    const uint64_t *bits; /* [T, K, W] */
+    int64_t W;
+    const uint8_t *x;     /* [T, N, K]: the values of non-binary inputs */
     int binary;
     const int8_t *d; /* [T, N, M] */
     int64_t T, N, K, M;
@@ -685,22 +652,24 @@ static ALWAYS_INLINE void flush16(const grad_args *A, int s, int first, const in
  * chunks of at most CHUNK16 rows. use32: the caller proved that sum_t (rows at (t, k) * 128) <<
  * (shift_t - s_min) < 2**31, so the chunks add up in int32 at the smallest shift s_min. */
 static ALWAYS_INLINE void row_grad(const grad_args *A, int64_t k, int64_t c0, int64_t tw, int64_t *restrict g,
-                            int16_t *restrict acc16, int32_t *restrict acc32)
+                                   int16_t *restrict acc16, int32_t *restrict acc32, int32_t *restrict sel)
 {
-    const int64_t T = A->T, M = A->M, NM = A->N * A->M;
-    const int64_t *pk = A->ptr + k * T;
+    const int64_t T = A->T, N = A->N, M = A->M, K = A->K, W = A->W, NM = N * M;
     const int8_t *d = A->d + c0;
     if (!A->binary) {
         for (int64_t c = 0; c < tw; c++)
             g[c] = 0;
         for (int64_t t = 0; t < T; t++) {
             int s = (int)A->shifts[t];
-            for (int64_t p = pk[t]; p < pk[t + 1]; p++) {
-                const int8_t *restrict dr = d + t * NM + (int64_t)A->smp[p] * M;
-                int64_t v = A->sval[p];
-                for (int64_t c = 0; c < tw; c++)
-                    g[c] += (int64_t)((uint64_t)(v * dr[c]) << s);
-            }
+            const uint64_t *b = A->bits + (t * K + k) * W;
+            for (int64_t w = 0; w < W; w++)
+                for (uint64_t bm = b[w]; bm; bm &= bm - 1) {
+                    int64_t n = (w << 6) + __builtin_ctzll(bm);
+                    const int8_t *restrict dr = d + t * NM + n * M;
+                    int64_t v = A->x[(t * N + n) * K + k];
+                    for (int64_t c = 0; c < tw; c++)
+                        g[c] += (int64_t)((uint64_t)(v * dr[c]) << s);
+                }
         }
         return;
     }
@@ -711,24 +680,18 @@ static ALWAYS_INLINE void row_grad(const grad_args *A, int64_t k, int64_t c0, in
         while (t1 < T && A->shifts[t1] == A->shifts[t])
             t1++;
         int s = (int)A->shifts[t];
-        int64_t held = 0; /* rows in acc16 */
+        /* the error rows r = u * N + n of every sample active at (u, k), u in [t, t1): one list */
+        int64_t cnt = 0;
         for (int64_t u = t; u < t1; u++) {
-            const int8_t *du = d + u * NM;
-            for (int64_t a = pk[u], end = pk[u + 1]; a < end;) {
-                int64_t b = a + (CHUNK16 - held) < end ? a + (CHUNK16 - held) : end;
-                if (held == 0)
-                    memset(acc16, 0, sizeof(int16_t) * (size_t)tw);
-                sum_rows16_u16(du, M, A->smp, a, b, acc16, tw);
-                held += b - a;
-                a = b;
-                if (held == CHUNK16) {
-                    flush16(A, s, first, acc16, acc32, g, tw);
-                    first = 0;
-                    held = 0;
-                }
-            }
+            const uint64_t *b = A->bits + (u * K + k) * W;
+            for (int64_t w = 0; w < W; w++)
+                for (uint64_t bm = b[w]; bm; bm &= bm - 1)
+                    sel[cnt++] = (int32_t)(u * N + (w << 6) + __builtin_ctzll(bm));
         }
-        if (held) {
+        for (int64_t a = 0; a < cnt; a += CHUNK16) {
+            int64_t e = a + CHUNK16 < cnt ? a + CHUNK16 : cnt;
+            memset(acc16, 0, sizeof(int16_t) * (size_t)tw);
+            sum_rows16(d, M, sel, a, e, acc16, tw);
             flush16(A, s, first, acc16, acc32, g, tw);
             first = 0;
         }
@@ -746,13 +709,18 @@ static ALWAYS_INLINE void row_grad(const grad_args *A, int64_t k, int64_t c0, in
 
 static inline int k_active(const grad_args *A, int64_t k)
 {
-    return A->ptr[(k + 1) * A->T] > A->ptr[k * A->T];
+    for (int64_t t = 0; t < A->T; t++)
+        for (int64_t w = 0; w < A->W; w++)
+            if (A->bits[(t * A->K + k) * A->W + w])
+                return 1;
+    return 0;
 }
 
 /* One row k (columns c0 : c0 + tw) of esd_dense_update; adds its saturation counts. */
 static ESD_CLONES void update_row(const grad_args *A, int64_t k, int64_t c0, int64_t tw, int16_t *restrict master,
                                   int64_t m, int64_t kbits, uint64_t key, int8_t *restrict w8, int64_t *restrict g,
-                                  int16_t *restrict acc16, int32_t *restrict acc32, int64_t *n_sat, int64_t *n_127)
+                                  int16_t *restrict acc16, int32_t *restrict acc32, int32_t *restrict sel,
+                                  int64_t *n_sat, int64_t *n_127)
 {
     const int64_t M = A->M;
     int16_t *restrict mrow = master + k * M + c0;
@@ -763,7 +731,7 @@ static ESD_CLONES void update_row(const grad_args *A, int64_t k, int64_t c0, int
     const int kb = (int)kbits;
     int64_t ls = 0, l127 = 0;
     if (k_active(A, k)) {
-        row_grad(A, k, c0, tw, g, acc16, acc32);
+        row_grad(A, k, c0, tw, g, acc16, acc32, sel);
         const uint64_t base = (uint64_t)(k * M + c0);
         for (int64_t c = 0; c < tw; c++) {
             uint64_t z = splitmix64((base + (uint64_t)c) ^ key);
@@ -805,6 +773,7 @@ typedef struct {
     int16_t *acc16; /* per thread: tile + 1 each */
     int32_t *acc32;
     int64_t *g;
+    int32_t *sel; /* per thread: T * N + 1 */
     int64_t *n_sat, *n_127; /* per thread */
 } update_args;
 
@@ -817,16 +786,17 @@ static void update_body(void *ctx, int64_t k0, int64_t k1, int tid)
         for (int64_t c0 = 0; c0 < M; c0 += U->tile) {
             int64_t tw = M - c0 < U->tile ? M - c0 : U->tile;
             update_row(U->G, k, c0, tw, U->master, U->m, U->kbits, U->key, U->w8, U->g + off, U->acc16 + off,
-                       U->acc32 + off, &U->n_sat[tid], &U->n_127[tid]);
+                       U->acc32 + off, U->sel + (size_t)tid * (size_t)(U->G->T * U->G->N + 1), &U->n_sat[tid],
+                       &U->n_127[tid]);
         }
 }
 
-int esd_dense_update(const int64_t *ptr, const uint16_t *smp, const uint8_t *sval, int binary, const int8_t *d,
-                     int64_t T, int64_t N, int64_t K, int64_t M, const int64_t *shifts, int use32, int64_t s_min,
+int esd_dense_update(const uint64_t *bits, int64_t W, const uint8_t *x, int binary, const int8_t *d, int64_t T,
+                     int64_t N, int64_t K, int64_t M, const int64_t *shifts, int use32, int64_t s_min,
                      int16_t *restrict master, int64_t m, int64_t kbits, uint64_t key, int64_t tile,
                      int8_t *restrict w8, int64_t *sat)
 {
-    grad_args A = {ptr, smp, sval, binary, d, T, N, K, M, shifts, use32, s_min};
+    grad_args A = {bits, W, x, binary, d, T, N, K, M, shifts, use32, s_min};
     int64_t n_sat[ESD_MAX_THREADS] = {0}, n_127[ESD_MAX_THREADS] = {0};
     if (tile <= 0 || tile > M)
         tile = M;
@@ -834,14 +804,16 @@ int esd_dense_update(const int64_t *ptr, const uint16_t *smp, const uint8_t *sva
     int16_t *acc16 = (int16_t *)malloc(sizeof(int16_t) * each);
     int32_t *acc32 = (int32_t *)malloc(sizeof(int32_t) * each);
     int64_t *g = (int64_t *)malloc(sizeof(int64_t) * each);
-    int err = !acc16 || !acc32 || !g;
+    int32_t *sel = (int32_t *)malloc(sizeof(int32_t) * (size_t)(T * N + 1) * (size_t)max_threads());
+    int err = !acc16 || !acc32 || !g || !sel;
     if (!err) {
-        update_args U = {&A, master, m, kbits, key, tile, w8, acc16, acc32, g, n_sat, n_127};
+        update_args U = {&A, master, m, kbits, key, tile, w8, acc16, acc32, g, sel, n_sat, n_127};
         parallel_for(K, 16, update_body, &U);
     }
     free(acc16);
     free(acc32);
     free(g);
+    free(sel);
     sat[0] = sat[1] = 0;
     for (int i = 0; i < ESD_MAX_THREADS; i++) {
         sat[0] += n_sat[i];

@@ -164,10 +164,9 @@ def _declare(lib) -> None:
         "esd_set_call_threads": (I, [I]),
         "esd_row_counts": (I64, [P, I64, I64, P]),
         "esd_csr_fill": (None, [P, I64, I64, P, P, P, I]),
-        "esd_csc_count": (I64, [P, I64, I64, I64, P]),
-        "esd_csc_fill": (None, [P, I64, I64, I64, P, P, P, I]),
+        "esd_spike_bits": (None, [P, I64, I64, I64, I64, P, P]),
         "esd_gather": (I, [P, P, P, P, I, P, I64, I64, I64, P]),
-        "esd_dense_update": (I, [P, P, P, I, P, I64, I64, I64, I64, P, I, I64, P, I64, I64, ctypes.c_uint64, I64,
+        "esd_dense_update": (I, [P, I64, P, I, P, I64, I64, I64, I64, P, I, I64, P, I64, I64, ctypes.c_uint64, I64,
                                  P, P]),
         "esd_neuron_run": (I, [P, I, I64, I64, I64, I, I, I, I64, I64, I64, I, I64, I64, P, P, P]),
         "esd_dense_forward": (I, [P, I64, I64, I64, I64, P, P, I, I, I, I64, I64, I64, I, I64, I64, P, P]),
@@ -224,14 +223,14 @@ def as_i8(a: np.ndarray) -> np.ndarray | None:
 
 class SpikeIndex:
     """Sparse views of spikes ``x[T, N, K]`` (uint8), each built on first use: padded CSR rows
-    (``csr``: the layer-by-layer forward gather) and per-input columns (``csc``: the weight
-    gradient, built from ``x`` directly). ``x`` keeps the array itself."""
+    (``csr``: the layer-by-layer forward gather) and a per-(step, input) bitmap of the samples
+    (``bits``: the weight gradient, built from ``x`` directly). ``x`` keeps the array itself."""
 
     def __init__(self, x3: np.ndarray):
         self.x = x3
         self.shape = x3.shape
         self._csr = None
-        self._csc = None
+        self._bits = None
 
     def csr(self):
         """(starts, ends, idx, val, binary): row r's nonzeros at idx[starts[r]:ends[r]]."""
@@ -255,35 +254,31 @@ class SpikeIndex:
             self._csr = starts, ends, idx, val, binary
         return self._csr
 
-    def csc(self):
-        """(ptr, smp, sval, vmax): the samples n with a spike at (step t, input k) are
-        ``smp[ptr[k*T+t]:ptr[k*T+t+1]]`` (uint16), their values in sval unless vmax <= 1."""
-        if self._csc is None:
-            lib = load()
+    def bits(self):
+        """(bits, words, vmax, most): the weight gradient's index, a bitmap ``bits[T, K, words]``
+        (uint64, bit n of ``[t, k]`` set where ``x[t, n, k] != 0``), the largest value of x, and
+        the most samples of one (step, input)."""
+        if self._bits is None:
             t_n, n_n, k_n = self.shape
-            ptr = np.empty(t_n * k_n + 1, np.int64)
-            vmax = int(lib.esd_csc_count(_p(self.x), t_n, n_n, k_n, _p(ptr)))
-            spare = int(ptr[-1]) + _MAX_THREADS  # the fill's branch-free writes into full slots
-            smp = np.empty(spare, np.uint16)
-            sval = np.empty(spare if vmax > 1 else 1, np.uint8)
-            lib.esd_csc_fill(_p(self.x), t_n, n_n, k_n, _p(ptr), _p(smp), _p(sval), int(vmax <= 1))
-            self._csc = ptr, smp, sval, vmax
-        return self._csc
+            words = max(1, (n_n + 63) // 64)
+            bits = np.zeros((t_n, k_n, words), np.uint64)
+            stats = np.zeros((t_n, 3), np.int64)
+            load().esd_spike_bits(_p(self.x), t_n, n_n, k_n, words, _p(bits), _p(stats))
+            wide = bool(stats[:, 0].any())
+            vmax = int(self.x.max()) if wide else int(stats[:, 2].sum() > 0)
+            self._bits = bits, words, vmax, int(stats[:, 1].max(initial=0))
+        return self._bits
 
     @property
     def vmax(self) -> int:
-        return self.csc()[3]
+        return self.bits()[2]
 
     @property
     def binary(self) -> bool:
         return self.vmax <= 1
 
     def max_per_column(self) -> int:
-        ptr = self.csc()[0]  # input-major: ptr[k * T + t]
-        return int(np.diff(ptr).max()) if ptr.size > 1 else 0
-
-
-_MAX_THREADS = 64  # ESD_MAX_THREADS
+        return self.bits()[3]
 
 
 def prepare_inputs(x: np.ndarray):
@@ -543,9 +538,9 @@ def dense_update(inputs, deltas: np.ndarray, shifts: np.ndarray, master: np.ndar
             new_master[...] = master
     sat = np.zeros(2, np.int64)
     if master.size:
-        ptr, smp, sval, _ = inputs.csc()
+        bits, words, _, _ = inputs.bits()
         use32, s_min = _int32_plan(inputs, shifts)
-        _check(load().esd_dense_update(_p(ptr), _p(smp), _p(sval), int(inputs.binary), _p(di), t_n, n_n, k_n, m_n,
+        _check(load().esd_dense_update(_p(bits), words, _p(inputs.x), int(inputs.binary), _p(di), t_n, n_n, k_n, m_n,
                                        _p(shifts), int(use32), s_min, _p(new_master), int(m), int(k),
                                        int(key) & ((1 << 64) - 1), UPDATE_TILE, _p(new_w8), _p(sat)),
                "dense_update")
