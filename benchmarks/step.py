@@ -202,7 +202,7 @@ def worker(method: str, shape: str, batch: int, steps: int, density: float, repe
                                             in_place=in_place)
             state["i"] += 1
 
-        tr = net.forward(spec, qnet, x, k, keep=set(spec.synaptic_layers()))
+        tr = net.forward(spec, qnet, x, None, keep=set(spec.synaptic_layers()))  # numpy: every input array
         extra["input_density"] = [round(float(np.count_nonzero(tr.inputs[i]) / tr.inputs[i].size), 4)
                                   for i in spec.synaptic_layers()]
         del tr  # the density probe's trace is not the update's memory

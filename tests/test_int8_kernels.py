@@ -470,6 +470,14 @@ def test_c_dense_layer_equals_gather_then_neurons(c_set, neuron, counts, k_in):
                 assert got[1] is None
             else:
                 np.testing.assert_array_equal(got[1], want[1])
+    _, sg_only = c_set.dense_layer(c_set.prepare_inputs(x), w, bias, neuron, const, 5, spikes=False)
+    spikes, sg = c_set.dense_layer(c_set.prepare_inputs(x), w, bias, neuron, const, 5)
+    np.testing.assert_array_equal(sg_only, sg)
+    carried = c_set.spikes_from_surrogate(sg_only)  # the next layer reads the spikes from the indices
+    np.testing.assert_array_equal(carried.x, spikes)
+    w2 = _int8(rng, (77, 13), True)
+    np.testing.assert_array_equal(c_set.dense_layer(carried, w2, None, neuron, const, None)[0],
+                                  c_set.dense_layer(c_set.prepare_inputs(spikes), w2, None, neuron, const, None)[0])
     big_bias = np.full(77, 1 << 30, np.int64)  # outside the int32 bound: the caller runs the two steps
     assert c_set.dense_layer(c_set.prepare_inputs(x), w, big_bias, neuron, const, None) is None
 

@@ -396,34 +396,37 @@ static ALWAYS_INLINE uint64_t nonzero_bytes(uint64_t w)
 #endif
 
 /* idx[0:p] = the k with row[k] != 0 in order, val[0:p] their values; returns p; *wide |= any
- * value above 1 (then the row is not binary). */
+ * value above 1 (then the row is not binary). xmask != 0: the input is binary, 1 where
+ * row[k] & xmask (the spikes of a layer read from its surrogate indices: index >= half). */
 static ALWAYS_INLINE int64_t list_nonzeros(const uint8_t *restrict row, int64_t K, int32_t *restrict idx,
-                                          uint8_t *restrict val, uint64_t *wide)
+                                          uint8_t *restrict val, uint64_t *wide, uint8_t xmask)
 {
     int64_t p = 0, k = 0;
     uint64_t over = 0;
+    const uint8_t bm = xmask ? xmask : 0xff;
 #if ESD_WORD_SCAN
+    const uint64_t wm = (uint64_t)bm * 0x0101010101010101ULL;
     for (; k + 8 <= K; k += 8) {
-        uint64_t w = load8(row + k);
+        uint64_t w = load8(row + k) & wm;
         if (!w)
             continue;
         over |= w & 0xfefefefefefefefeULL;
         for (uint64_t nz = nonzero_bytes(w); nz; nz &= nz - 1) {
             int64_t j = k + (__builtin_ctzll(nz) >> 3);
             idx[p] = (int32_t)j;
-            val[p] = row[j];
+            val[p] = xmask ? 1 : row[j];
             p++;
         }
     }
 #endif
     for (; k < K; k++) {
-        uint8_t xv = row[k];
+        uint8_t xv = row[k] & bm;
         idx[p] = (int32_t)k;
-        val[p] = xv;
+        val[p] = xmask ? 1 : xv;
         over |= xv & 0xfe;
         p += xv != 0;
     }
-    *wide |= over;
+    *wide |= xmask ? 0 : over;
     return p;
 }
 
@@ -437,6 +440,7 @@ typedef struct {
     int64_t T, N, K, W;
     uint64_t *bits;
     int64_t *stats; /* per step: 3 */
+    uint8_t xmask;  /* as list_nonzeros */
 } bits_args;
 
 static void bits_body(void *ctx, int64_t t0, int64_t t1, int tid)
@@ -452,10 +456,12 @@ static void bits_body(void *ctx, int64_t t0, int64_t t1, int tid)
             const uint8_t *restrict row = A->x + (t * N + n) * K;
             uint64_t *bn = bt + (n >> 6);
             const uint64_t bit = (uint64_t)1 << (n & 63);
+            const uint8_t bm8 = A->xmask ? A->xmask : 0xff;
             int64_t k = 0;
 #if ESD_WORD_SCAN
+            const uint64_t wm = (uint64_t)bm8 * 0x0101010101010101ULL;
             for (; k + 8 <= K; k += 8) {
-                uint64_t w = load8(row + k);
+                uint64_t w = load8(row + k) & wm;
                 if (!w)
                     continue;
                 over |= w & 0xfefefefefefefefeULL;
@@ -466,7 +472,7 @@ static void bits_body(void *ctx, int64_t t0, int64_t t1, int tid)
             }
 #endif
             for (; k < K; k++) {
-                uint8_t v = row[k];
+                uint8_t v = row[k] & bm8;
                 over |= v & 0xfe;
                 if (v) {
                     bn[k * W] |= bit;
@@ -474,6 +480,8 @@ static void bits_body(void *ctx, int64_t t0, int64_t t1, int tid)
                 }
             }
         }
+        if (A->xmask)
+            over = 0;
         int64_t most = 0;
         for (int64_t k = 0; k < K; k++) {
             int64_t c = 0;
@@ -487,9 +495,10 @@ static void bits_body(void *ctx, int64_t t0, int64_t t1, int tid)
     }
 }
 
-void esd_spike_bits(const uint8_t *x, int64_t T, int64_t N, int64_t K, int64_t W, uint64_t *bits, int64_t *stats)
+void esd_spike_bits(const uint8_t *x, int xmask, int64_t T, int64_t N, int64_t K, int64_t W, uint64_t *bits,
+                    int64_t *stats)
 {
-    bits_args A = {x, T, N, K, W, bits, stats};
+    bits_args A = {x, T, N, K, W, bits, stats, (uint8_t)xmask};
     parallel_for(T, 1, bits_body, &A);
 }
 
@@ -861,10 +870,11 @@ static ALWAYS_INLINE void neuron_sample(
             }
             int64_t s = h >= vth;
             v[c] = soft ? h - vth * s : (s ? vr : h);
-            sp[c] = (uint8_t)s;
+            if (want != 3)
+                sp[c] = (uint8_t)s;
             if (want == 1)
                 hs[off + c] = h;
-            else if (want == 2)
+            else if (want >= 2)
                 sgi[off + c] = (uint8_t)sg_index(h, vth, sg_shift, half);
         }
     }
@@ -886,6 +896,7 @@ static ESD_CLONES void neuron_one(const void *cur, int cur32, int64_t cstride, i
 {
     /* the common cases, specialised: int32 currents, LIF, hard reset */
     NEURON_CASE(1, 0, 1, 0, 2)
+    NEURON_CASE(1, 0, 1, 0, 3)
     NEURON_CASE(1, 0, 1, 0, 0)
     NEURON_CASE(1, 0, 1, 0, 1)
     NEURON_CASE(1, 0, 1, 1, 2)
@@ -955,6 +966,7 @@ typedef struct {
     uint8_t *val;    /* per thread: K + 1 */
     int16_t *acc16;  /* per thread: M + 1 */
     int64_t *v;      /* per thread: M + 1 */
+    uint8_t xmask;   /* as list_nonzeros */
 } forward_args;
 
 static void forward_body(void *ctx, int64_t n0, int64_t n1, int tid)
@@ -969,7 +981,7 @@ static void forward_body(void *ctx, int64_t n0, int64_t n1, int tid)
     for (int64_t n = n0; n < n1; n++) {
         for (int64_t t = 0; t < T; t++) {
             uint64_t wide = 0;
-            int64_t p = list_nonzeros(A->x + (t * N + n) * K, K, idx, val, &wide);
+            int64_t p = list_nonzeros(A->x + (t * N + n) * K, K, idx, val, &wide, A->xmask);
             int32_t *ct = cur + t * M;
             sum_rows32(A->w, M, idx, val, 0, p, wide == 0, acc16, ct, M);
             if (A->bias)
@@ -981,9 +993,10 @@ static void forward_body(void *ctx, int64_t n0, int64_t n1, int tid)
     }
 }
 
-/* x uint8 [T, N, K], w int8 [K, M], bias int32 [M] or NULL; neuron as esd_neuron_run; want 0
- * (spikes only) or 2 (also the surrogate LUT index into sgi [T, N, M]). */
-int esd_dense_forward(const uint8_t *x, int64_t T, int64_t N, int64_t K, int64_t M, const int8_t *w,
+/* x uint8 [T, N, K] (xmask: as list_nonzeros), w int8 [K, M], bias int32 [M] or NULL; neuron as
+ * esd_neuron_run; want 0 (spikes only), 2 (also the surrogate LUT index into sgi [T, N, M]) or 3
+ * (the index only: the spikes are index >= half, read by the next layer with xmask). */
+int esd_dense_forward(const uint8_t *x, int xmask, int64_t T, int64_t N, int64_t K, int64_t M, const int8_t *w,
                       const int32_t *bias, int kind, int decay_input, int soft, int64_t vth, int64_t vr,
                       int64_t decay, int want, int64_t sg_shift, int64_t half, uint8_t *spikes, uint8_t *sgi)
 {
@@ -996,7 +1009,8 @@ int esd_dense_forward(const uint8_t *x, int64_t T, int64_t N, int64_t K, int64_t
     int err = !cur || !idx || !val || !acc16 || !v;
     if (!err) {
         forward_args A = {x, T, N, K, M, w, bias, kind, kind != 0 ? 0 : decay_input != 0, soft != 0, vth, vr, decay,
-                          want == 2 ? 2 : 0, sg_shift, half, spikes, sgi, cur, idx, val, acc16, v};
+                          want == 2 || want == 3 ? want : 0, sg_shift, half, spikes, sgi, cur, idx, val, acc16, v,
+                          (uint8_t)xmask};
         parallel_for(N, 1, forward_body, &A);
     }
     free(cur);

@@ -164,12 +164,12 @@ def _declare(lib) -> None:
         "esd_set_call_threads": (I, [I]),
         "esd_row_counts": (I64, [P, I64, I64, P]),
         "esd_csr_fill": (None, [P, I64, I64, P, P, P, I]),
-        "esd_spike_bits": (None, [P, I64, I64, I64, I64, P, P]),
+        "esd_spike_bits": (None, [P, I, I64, I64, I64, I64, P, P]),
         "esd_gather": (I, [P, P, P, P, I, P, I64, I64, I64, P]),
         "esd_dense_update": (I, [P, I64, P, I, P, I64, I64, I64, I64, P, I, I64, P, I64, I64, ctypes.c_uint64, I64,
                                  P, P]),
         "esd_neuron_run": (I, [P, I, I64, I64, I64, I, I, I, I64, I64, I64, I, I64, I64, P, P, P]),
-        "esd_dense_forward": (I, [P, I64, I64, I64, I64, P, P, I, I, I, I64, I64, I64, I, I64, I64, P, P]),
+        "esd_dense_forward": (I, [P, I, I64, I64, I64, I64, P, P, I, I, I, I64, I64, I64, I, I64, I64, P, P]),
         "esd_local_deltas": (I, [P, I, P, I, I64, I64, P, I64, I64, I64, I64, I64, P, I64, P, P]),
         "esd_exact_deltas": (I, [P, P, I64, I64, I64, P, P, I64, P, P]),
         "esd_int16_peak": (I64, [I64, P]),
@@ -226,11 +226,19 @@ class SpikeIndex:
     (``csr``: the layer-by-layer forward gather) and a per-(step, input) bitmap of the samples
     (``bits``: the weight gradient, built from ``x`` directly). ``x`` keeps the array itself."""
 
-    def __init__(self, x3: np.ndarray):
-        self.x = x3
+    def __init__(self, x3: np.ndarray, mask: int = 0):
+        self._raw = x3
+        self.mask = mask  # nonzero: binary spikes where raw & mask (a layer's surrogate indices)
         self.shape = x3.shape
         self._csr = None
         self._bits = None
+
+    @property
+    def x(self) -> np.ndarray:
+        """The spikes as an array (built anew from the surrogate indices where ``mask`` is set)."""
+        if not self.mask:
+            return self._raw
+        return (self._raw & np.uint8(self.mask) != 0).view(np.uint8)
 
     def csr(self):
         """(starts, ends, idx, val, binary): row r's nonzeros at idx[starts[r]:ends[r]]."""
@@ -238,7 +246,7 @@ class SpikeIndex:
             lib = load()
             t_n, n_n, k_n = self.shape
             r_n = t_n * n_n
-            x2 = self.x.reshape(r_n, k_n)
+            x2 = np.ascontiguousarray(self.x).reshape(r_n, k_n)
             counts = np.empty(r_n, np.int64)
             vmax = int(lib.esd_row_counts(_p(x2), r_n, k_n, _p(counts))) if r_n else 0
             binary = vmax <= 1
@@ -263,9 +271,9 @@ class SpikeIndex:
             words = max(1, (n_n + 63) // 64)
             bits = np.zeros((t_n, k_n, words), np.uint64)
             stats = np.zeros((t_n, 3), np.int64)
-            load().esd_spike_bits(_p(self.x), t_n, n_n, k_n, words, _p(bits), _p(stats))
+            load().esd_spike_bits(_p(self._raw), self.mask, t_n, n_n, k_n, words, _p(bits), _p(stats))
             wide = bool(stats[:, 0].any())
-            vmax = int(self.x.max()) if wide else int(stats[:, 2].sum() > 0)
+            vmax = int(self._raw.max()) if wide else int(stats[:, 2].sum() > 0)
             self._bits = bits, words, vmax, int(stats[:, 1].max(initial=0))
         return self._bits
 
@@ -279,6 +287,21 @@ class SpikeIndex:
 
     def max_per_column(self) -> int:
         return self.bits()[3]
+
+
+_SPIKE_MASK = 0xFF & ~(_SG_HALF - 1)  # index >= half: one of these bits is set
+assert _SG_HALF & (_SG_HALF - 1) == 0 and _SG_HALF <= 128
+
+
+def spikes_from_surrogate(sg: np.ndarray):
+    """A layer's spikes read from its surrogate LUT indices ``sg[T, N, M]`` (uint8), for the next
+    layer: a spike is ``index >= half`` (``h >= vth``), so the [T, N, M] spike array need not
+    exist. A SpikeIndex over ``sg`` (prepare_inputs of the spikes), or the spike array itself
+    outside the C bounds."""
+    view = SpikeIndex(sg, _SPIKE_MASK)
+    if sg.shape[2] * 255 * 128 >= (1 << 31) or sg.shape[0] * sg.shape[1] >= (1 << 31):
+        return view.x
+    return view
 
 
 def prepare_inputs(x: np.ndarray):
@@ -400,11 +423,13 @@ def neuron_run(neuron, const: dict, cur: np.ndarray, sg_exp: int | None = None):
     return spikes, (sgi if want == 2 else None)
 
 
-def dense_layer(inputs, w8: np.ndarray, bias: np.ndarray | None, neuron, const: dict, sg_exp: int | None = None):
+def dense_layer(inputs, w8: np.ndarray, bias: np.ndarray | None, neuron, const: dict, sg_exp: int | None = None,
+                spikes: bool = True):
     """``neuron_run(dense_current(inputs, w8, bias))`` in one pass, sample by sample: the int32
     currents exist only per sample ([T, M] per thread), never as ``[T, N, M]``. Same
     ``(spikes, sg)``; None where the bounds of the int32 currents do not hold (then the caller
-    runs the two entry points)."""
+    runs the two entry points). ``spikes=False`` (with ``sg_exp``): ``(None, sg)``, the spikes
+    being ``spikes_from_surrogate(sg)``."""
     if not isinstance(inputs, SpikeIndex) or not isinstance(w8, np.ndarray) or w8.dtype != np.int8 or w8.ndim != 2:
         return None
     t_n, n_n, k_n = inputs.shape
@@ -416,16 +441,17 @@ def dense_layer(inputs, w8: np.ndarray, bias: np.ndarray | None, neuron, const: 
         bias = np.ascontiguousarray(bias, dtype=np.int32)
     w = np.ascontiguousarray(w8)
     m_n = w.shape[1]
-    spikes = np.empty((t_n, n_n, m_n), np.uint8)
-    want = 2 if sg_exp is not None else 0
-    sgi = np.empty(spikes.shape if want == 2 else (1,), np.uint8)
+    want = 0 if sg_exp is None else (2 if spikes else 3)
+    out = np.empty((t_n, n_n, m_n) if want != 3 else (1,), np.uint8)
+    sgi = np.empty((t_n, n_n, m_n) if want else (1,), np.uint8)
     sg_shift = (sg_exp if sg_exp is not None else 0) - arith.SG_RES_BITS
-    _check(load().esd_dense_forward(_p(inputs.x), t_n, n_n, k_n, m_n, _p(w), None if bias is None else _p(bias),
+    _check(load().esd_dense_forward(_p(inputs._raw), inputs.mask, t_n, n_n, k_n, m_n, _p(w),
+                                    None if bias is None else _p(bias),
                                     0 if neuron.kind == "lif" else 1, int(bool(neuron.decay_input)),
                                     int(neuron.v_reset is None), int(const["vth"]), int(const["vreset"]),
-                                    int(const["decay"]), want, int(sg_shift), _SG_HALF, _p(spikes), _p(sgi)),
+                                    int(const["decay"]), want, int(sg_shift), _SG_HALF, _p(out), _p(sgi)),
            "dense_forward")
-    return spikes, (sgi if want == 2 else None)
+    return (None if want == 3 else out), (sgi if want else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -540,7 +566,7 @@ def dense_update(inputs, deltas: np.ndarray, shifts: np.ndarray, master: np.ndar
     if master.size:
         bits, words, _, _ = inputs.bits()
         use32, s_min = _int32_plan(inputs, shifts)
-        _check(load().esd_dense_update(_p(bits), words, _p(inputs.x), int(inputs.binary), _p(di), t_n, n_n, k_n, m_n,
+        _check(load().esd_dense_update(_p(bits), words, _p(inputs._raw), int(inputs.binary), _p(di), t_n, n_n, k_n, m_n,
                                        _p(shifts), int(use32), s_min, _p(new_master), int(m), int(k),
                                        int(key) & ((1 << 64) - 1), UPDATE_TILE, _p(new_w8), _p(sat)),
                "dense_update")

@@ -110,7 +110,8 @@ def dequantize(spec: NetworkSpec, qnet: QNet) -> fn.Params:
 class Int8Trace:
     """Per synaptic layer, what the update needs: inputs and the surrogate LUT index of h."""
 
-    inputs: dict[int, np.ndarray] = field(default_factory=dict)    # [T, N, in] integer
+    inputs: dict[int, np.ndarray] = field(default_factory=dict)    # [T, N, in] integer (not for a layer
+    # whose input the kernel set reads from the previous layer's surrogate indices: see prepared)
     prepared: dict[int, object] = field(default_factory=dict)      # the kernel set's view of inputs
     sg_index: dict[int, np.ndarray] = field(default_factory=dict)  # [T, N, out] uint8
     counts: np.ndarray | None = None                               # [N, classes] output spike counts
@@ -181,26 +182,33 @@ def forward(spec: NetworkSpec, qnet: QNet, x: np.ndarray, kernels: Kernels = Non
             return trace
     shapes = spec.shapes()
     rows = np.ascontiguousarray(x).reshape(t_steps * n, *x.shape[2:])
+    carried = None  # the next dense layer's input, read from this layer's surrogate indices
     for i, layer in enumerate(spec.layers):
         if has_synapses(layer):
             q = qnet[i]
             fused = None
             if isinstance(layer, Dense):
-                x3 = rows.reshape(t_steps, n, -1)
+                prepared, carried = carried, None
+                x3 = rows.reshape(t_steps, n, -1) if prepared is None else None
                 cur = mvm(i, rows.reshape(t_steps * n, -1)) if mvm is not None else None
-                prepared = None
                 if cur is None:
-                    prepared = ks.prepare_inputs(x3)
+                    if prepared is None:
+                        prepared = ks.prepare_inputs(x3)
                     dense_layer = getattr(ks, "dense_layer", None)  # currents streamed per sample
                     if dense_layer is not None:
+                        # a recorded layer feeding a dense layer keeps only its surrogate indices
+                        stream = (i in keep and mvm is None and i + 1 < len(spec.layers)
+                                  and isinstance(spec.layers[i + 1], Dense) and hasattr(ks, "spikes_from_surrogate"))
+                        kw = {"spikes": False} if stream else {}
                         fused = dense_layer(prepared, q.w8, q.bias, layer.neuron,
-                                            arith.neuron_constants(layer.neuron, q.exp), q.exp if i in keep else None)
+                                            arith.neuron_constants(layer.neuron, q.exp), q.exp if i in keep else None, **kw)
                     if fused is None:
                         cur = ks.dense_current(prepared, q.w8, q.bias)
                 elif q.bias is not None:
                     cur = cur + q.bias.astype(np.int64)
                 if i in keep:
-                    trace.inputs[i] = x3
+                    if x3 is not None:
+                        trace.inputs[i] = x3
                     trace.prepared[i] = prepared if prepared is not None else ks.prepare_inputs(x3)
             else:
                 # a conv layer nobody records runs its neurons in the channels-last order of the
@@ -220,6 +228,12 @@ def forward(spec: NetworkSpec, qnet: QNet, x: np.ndarray, kernels: Kernels = Non
                 del cur
             if i in keep:
                 trace.sg_index[i] = sg
+            if spikes is None:
+                carried = ks.spikes_from_surrogate(sg)
+                if isinstance(carried, np.ndarray):  # outside the set's bounds: the spike array
+                    spikes, carried = carried, None
+                else:
+                    continue
             if not isinstance(layer, Dense) and channels_last:
                 spikes = np.ascontiguousarray(spikes.reshape(t_steps * n, *oh_ow_c).transpose(0, 3, 1, 2))
             rows = spikes.reshape(t_steps * n, *shapes[i + 1])
