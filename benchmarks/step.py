@@ -202,10 +202,10 @@ def worker(method: str, shape: str, batch: int, steps: int, density: float, repe
                                             in_place=in_place)
             state["i"] += 1
 
-        tr = net.forward(spec, qnet, x, None, keep=set(spec.synaptic_layers()))  # numpy: every input array
-        extra["input_density"] = [round(float(np.count_nonzero(tr.inputs[i]) / tr.inputs[i].size), 4)
-                                  for i in spec.synaptic_layers()]
-        del tr  # the density probe's trace is not the update's memory
+        def density():  # after the peak RSS is read: the probe's numpy forward is not the update's memory
+            tr = net.forward(spec, qnet, x, None, keep=set(spec.synaptic_layers()))
+            return [round(float(np.count_nonzero(tr.inputs[i]) / tr.inputs[i].size), 4) for i in spec.synaptic_layers()]
+
         extra["in_place"] = in_place
         extra["kernels"] = k.NAME
         if k.NAME == "c":
@@ -224,9 +224,9 @@ def worker(method: str, shape: str, batch: int, steps: int, density: float, repe
                 _, grads, _ = fn.sdfa_exact_grads(spec, state["p"], xf, y, feedback)
             state["p"], state["o"] = fn.optimizer_step(state["p"], grads, state["o"], 1e-3)
 
-        tr = fn.forward(spec, params, xf)
-        extra["input_density"] = [round(float((tr.inputs[i] != 0).mean()), 4) for i in spec.synaptic_layers()]
-        del tr
+        def density():
+            tr = fn.forward(spec, params, xf)
+            return [round(float((tr.inputs[i] != 0).mean()), 4) for i in spec.synaptic_layers()]
     cpu0 = time.process_time()
     t0 = time.perf_counter()
     update()
@@ -244,6 +244,7 @@ def worker(method: str, shape: str, batch: int, steps: int, density: float, repe
     rss_mb = _vm_hwm_mb()
     if rss_mb is None:
         rss_mb = ru_mb
+    extra["input_density"] = density()
     extra["ru_maxrss_mb"] = round(ru_mb, 1)  # on Linux includes the parent's RSS at fork time
     extra["cpu_s_per_update"] = round(float(np.median(cpu)), 5)  # all threads; less load-sensitive
     r = t_rows = steps * batch
