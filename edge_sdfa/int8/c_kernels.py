@@ -263,13 +263,13 @@ class SpikeIndex:
         return self._csr
 
     def bits(self):
-        """(bits, words, vmax, most): the weight gradient's index, a bitmap ``bits[T, K, words]``
-        (uint64, bit n of ``[t, k]`` set where ``x[t, n, k] != 0``), the largest value of x, and
-        the most samples of one (step, input)."""
+        """(bits, words, vmax, most): the weight gradient's index, a bitmap ``bits[T, words, K]``
+        (uint64, bit n % 64 of ``[t, n // 64, k]`` set where ``x[t, n, k] != 0``), the largest
+        value of x, and the most samples of one (step, input)."""
         if self._bits is None:
             t_n, n_n, k_n = self.shape
             words = max(1, (n_n + 63) // 64)
-            bits = np.zeros((t_n, k_n, words), np.uint64)
+            bits = np.zeros((t_n, words, k_n), np.uint64)
             stats = np.zeros((t_n, 3), np.int64)
             load().esd_spike_bits(_p(self._raw), self.mask, t_n, n_n, k_n, words, _p(bits), _p(stats))
             wide = bool(stats[:, 0].any())
