@@ -4,8 +4,11 @@ Export writes a NetworkSpec and its float parameters as a ``nir.NIRGraph`` in Sp
 convention (NIR time constants in seconds with ``dt`` in the graph metadata):
 
 - Dense -> ``Linear`` (or ``Affine`` with a bias), Conv2d -> ``Conv2d``, Flatten -> ``Flatten``,
-  avg Pool2d -> ``AvgPool2d``, max Pool2d -> ``SumPool2d`` followed by ``Threshold(0.5)`` (exact
-  for binary spikes: the max of a 0/1 window is ``sum > 0.5``; NIR has no max-pool node).
+  avg Pool2d -> ``AvgPool2d``, max Pool2d -> ``AvgPool2d`` followed by ``IF(r=1/dt, v_threshold=
+  0.5/k^2, v_reset=0)`` (exact for binary spikes: it spikes where the window holds one and is back
+  at 0 after every step; NIR has no max-pool node, and importers read this; the older
+  ``SumPool2d -> Threshold(0.5)`` still imports).
+- ``target`` (``export-nir --for``): the form one framework's importer runs (docs/nir.md, "Export").
 - LIF(tau, v_th, v_reset, decay_input) -> ``LIF(tau=tau*dt, r=1 (decay_input) or tau,
   v_leak=v_reset, v_threshold, v_reset)``; IF -> ``IF(r=1/dt, v_threshold, v_reset)``.
 - What NIR does not store goes into metadata: graph ``metadata`` holds ``dt``, ``time_steps``,
