@@ -43,11 +43,13 @@ EXPECTED = {
     **_row("if_conv-max", spikingjelly=E, snntorch=R, norse=R, rockpool=R, sinabs=R),
     # NIR 1.0 has no reset mode: every importer resets to v_reset
     **_row("lif-subtract_mlp", spikingjelly=D, snntorch=D, norse=D, rockpool=R, sinabs=R),
+    # decay_input=False is r = tau: Norse's LIFBox ignores r (--for norse folds it into the weights)
+    **_row("lif-nodecay_mlp", spikingjelly=E, snntorch=E, norse=D, rockpool=R, sinabs=R),
     # export-nir --for <target>, run by that framework
     **{(f"{fl}_{arch}_for-snntorch", "snntorch"): E
        for fl, arch in [("lif", "conv"), ("lif", "conv-max"), ("if", "mlp"), ("if", "conv"), ("if", "conv-max")]},
     **{(f"{fl}_{arch}_for-norse", "norse"): E
-       for fl, arch in [("lif", "conv"), ("lif", "conv-max"), ("if", "conv"), ("if", "conv-max")]},
+       for fl, arch in [("lif", "conv"), ("lif", "conv-max"), ("if", "conv"), ("if", "conv-max"), ("lif-nodecay", "mlp")]},
     # Rockpool and Sinabs emit floor(v/v_th) spikes per step: exact while no membrane reaches 2 v_th
     **{(f"{fl}_mlp_for-rockpool", "rockpool"): s
        for fl, s in [("lif-subtract", D), ("if-subtract", D), ("lif-subtract-low", E), ("if-subtract-low", E)]},
@@ -158,3 +160,15 @@ def test_sinabs_export_has_no_v_reset(tmp_path):
     with h5py.File(EXPORTS / "lif-subtract_conv_for-sinabs" / "model.nir") as f:
         neurons = [n for n in f["node/nodes"].values() if n["type"][()] in (b"LIF", b"IF")]
         assert neurons and not any("v_reset" in n for n in neurons)
+
+
+def test_a_neuron_after_a_pool_that_is_no_max_pool_is_refused_naming_it():
+    graph = nir_run.read_graph(EXPORTS / "if_conv-max" / "model.nir")
+    node = graph.nodes["pool1_max"]
+    node.v_threshold = np.full_like(node.v_threshold, 0.25)  # one spike of 4 gives 0.25: not below it
+    with pytest.raises(UserError, match=r"NIR node 'pool1_max' \(IF\) follows the pool 'pool1'.*v_threshold 0.25"):
+        nir_io.import_graph(graph)
+    node.v_threshold = np.full_like(node.v_threshold, 0.125)
+    node.v_reset = np.full_like(node.v_reset, 0.1)
+    with pytest.raises(UserError, match=r"'pool1_max'.*v_reset 0.1"):
+        nir_io.import_graph(graph)

@@ -16,6 +16,7 @@ Exports a target refuses (``export-nir --for`` fails in one line) are listed in
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -42,14 +43,15 @@ FLAVOURS = {"lif": "neuron=lif,tau=3", "lif-subtract": "neuron=lif,tau=3,reset=s
 LOW_DRIVE = {("lif-subtract-low", "mlp"): 2.1, ("lif-subtract-low", "conv"): 2.2,
              ("if-subtract-low", "mlp"): 0.5, ("if-subtract-low", "conv"): 0.4}
 FLAVOURS.update({f"{fl}-low": FLAVOURS[fl] for fl in ("lif-subtract", "if-subtract")})
+FLAVOURS["lif-nodecay"] = FLAVOURS["lif"]  # decay_input=False (no arch option: set on the spec)
 
 # the nir target (run by every framework)
 NIR_CASES = [("lif", "mlp"), ("lif", "conv"), ("lif", "conv-max"), ("if", "mlp"), ("if", "conv"), ("if", "conv-max"),
-             ("lif-subtract", "mlp")]
+             ("lif-subtract", "mlp"), ("lif-nodecay", "mlp")]
 # exports for one importer (export-nir --for <target>), run by that framework only
 TARGETED = {
     "snntorch": [("lif", "conv"), ("lif", "conv-max"), ("if", "mlp"), ("if", "conv"), ("if", "conv-max")],
-    "norse": [("lif", "conv"), ("lif", "conv-max"), ("if", "conv"), ("if", "conv-max")],
+    "norse": [("lif", "conv"), ("lif", "conv-max"), ("if", "conv"), ("if", "conv-max"), ("lif-nodecay", "mlp")],
     "rockpool": [(fl, "mlp") for fl in ("lif-subtract", "if-subtract", "lif-subtract-low", "if-subtract-low")],
     "sinabs": [(fl, arch) for fl in ("lif-subtract", "if-subtract", "lif-subtract-low", "if-subtract-low")
                for arch in ("mlp", "conv")],
@@ -63,11 +65,15 @@ def network(fl: str, arch: str):
     """The seeded float network of one flavour x arch (weights with enough drive to spike)."""
     text, shape = ARCHS[arch]
     spec = parse_arch(f"{text},{FLAVOURS[fl]}", shape, 6)
+    if fl == "lif-nodecay":
+        spec = dataclasses.replace(spec, layers=tuple(
+            dataclasses.replace(layer, neuron=dataclasses.replace(layer.neuron, decay_input=False))
+            if has_synapses(layer) else layer for layer in spec.layers))
     rng = np.random.default_rng(7)
     if (fl, arch) in LOW_DRIVE:
         span, lo, gain = 1.0, 0.0, LOW_DRIVE[(fl, arch)]   # weights in [0, gain) / sqrt(fan_in)
     else:
-        span, lo, gain = 2.0, -0.8, 5.0 if fl.startswith("lif") else 2.0
+        span, lo, gain = 2.0, -0.8, 5.0 if fl.startswith("lif") and fl != "lif-nodecay" else 2.0
     params = [{k: ((rng.random(v.shape) * span + lo) * gain / np.sqrt(np.prod(v.shape[1:]))).astype(np.float32)
                for k, v in p.items()} for p in fn.init_params(spec, 7)]
     x = (np.random.default_rng(21).random((T, N, *shape)) < 0.35).astype(np.uint8)
@@ -97,6 +103,7 @@ def main():
         out = fn.forward(spec, params, x.astype(np.float32)).outputs[-1].reshape(T, N, -1)
         np.savez_compressed(d / "spikes_edge-sdfa.npz", spikes=out.astype(np.uint8))
         info = {"flavour": fl, "arch": arch, "target": target, "network": f"{ARCHS[arch][0]},{FLAVOURS[fl]}",
+                "decay_input": fl != "lif-nodecay",
                 "spikes": int(out.sum()), "peak_v_over_v_th": round(peak_over_threshold(spec, params, x), 4)}
         (d / "info.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
         print(d.name, "spikes", int(out.sum()), "peak v/v_th", info["peak_v_over_v_th"])
