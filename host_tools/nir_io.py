@@ -170,6 +170,9 @@ def export_graph(spec: NetworkSpec, params, *, dt: float = DEFAULT_DT, metadata:
     order.append("output")
     meta = {"dt": float(dt), "time_steps": int(spec.time_steps), "loss": spec.loss, "readout": "spike_rate",
             "encoding": "spike frames (uint8 counts per step)", "producer": "edge-sdfa", "target": target}
+    rules = {layer.neuron.spike_if for layer in spec.layers if has_synapses(layer)}
+    if target == "nir" and len(rules) == 1:
+        meta["spike_if"] = rules.pop()  # the model's condition (a targeted export has its importer's)
     extra = dict(metadata or {})
     for key in ("encoding",):
         if key in extra:

@@ -88,6 +88,8 @@ def semantics(graph, *, framework: str | None = None, dt: float | None = None, r
         why = "--framework"
     rules = dict(FRAMEWORK_RULES[framework])
     target = str(dict(graph.metadata or {}).get("target", "nir"))
+    if framework == "edge-sdfa" and target == "nir" and str(dict(graph.metadata).get("spike_if")) in SPIKE_IF:
+        rules["spike_if"] = str(graph.metadata["spike_if"])  # the exported model's own condition
     if framework == "edge-sdfa" and target in EXPORT_TARGET_RULES:  # our export for one importer (docs/nir.md)
         rules.update(EXPORT_TARGET_RULES[target])
         notes.append(f"exported for {target}: read with the rules its importer runs ({EXPORT_TARGET_RULES[target]})")

@@ -172,3 +172,13 @@ def test_a_neuron_after_a_pool_that_is_no_max_pool_is_refused_naming_it():
     node.v_reset = np.full_like(node.v_reset, 0.1)
     with pytest.raises(UserError, match=r"'pool1_max'.*v_reset 0.1"):
         nir_io.import_graph(graph)
+
+
+def test_a_strict_spike_condition_survives_the_nir_target(tmp_path):
+    """A '>' model (imported from snnTorch or Norse) exported with the nir target reads back as '>'."""
+    spec = parse_arch("mlp:24-16-6,neuron=lif,tau=3", (24,), 6)
+    spec = dataclasses.replace(spec, layers=tuple(dataclasses.replace(l, neuron=dataclasses.replace(l.neuron, spike_if=">"))
+                                                  for l in spec.layers))
+    params = fn.init_params(spec, 0)
+    imp = nir_io.import_graph(nir_io.export_nir(spec, params, tmp_path / "m.nir"))
+    assert imp.spec == spec
