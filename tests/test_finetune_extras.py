@@ -11,7 +11,7 @@ import pytest
 from edge_sdfa import augment
 from edge_sdfa.bundle import read_bundle
 from edge_sdfa.errors import BundleError, UserError
-from edge_sdfa.finetune import DEFAULT_BUNDLE, DEFAULT_USER_BATCH, FinetuneConfig, epoch_lr, finetune
+from edge_sdfa.finetune import DEFAULT_BUNDLE, DEFAULT_USER_BATCH, FinetuneConfig, epoch_lr
 from edge_sdfa.manifest import Manifest
 
 pytestmark = pytest.mark.unit
@@ -177,3 +177,26 @@ def test_extras_give_the_same_weights_on_every_kernel_set(tmp_path, ks):
     raw["finetune"] = {**raw["finetune"], "epochs": 3}
     (plain / "manifest.json").write_text(json.dumps(raw))
     assert any(not np.array_equal(a.master, b.master) for a, b in zip(ref, _final_weights(plain, "numpy", tmp_path)))
+
+
+@pytest.mark.parametrize("trigger", [2.0, 0.5])
+def test_adaptive_rehearsal_doubles_only_after_an_epoch_past_the_trigger(tmp_path, trigger):
+    from edge_sdfa.backend import NumpyBackend
+    from edge_sdfa.finetune import prepare, train
+
+    prep = prepare(DEFAULT_BUNDLE, str(DEFAULT_USER_BATCH), store=tmp_path / "store",
+                   config=FinetuneConfig(epochs=12, rehearsal_trigger=trigger))
+    assert prep.config.rehearsal_max == 4.0                      # the embedded bundle's default
+    n_user, n_reh = len(prep.train_idx), prep.rehearsal_per_epoch
+    n_max = min(len(prep.rehearsal[1]), 4 * n_user)
+    training = train(NumpyBackend(kernels="numpy"), prep)
+    updates = [training.history[0].updates] + [b.updates - a.updates for a, b in zip(training.history, training.history[1:])]
+    bs = prep.config.batch_size
+    doubled = 0
+    for i, report in enumerate(training.history):
+        assert updates[i] == -(-(n_user + n_reh) // bs)          # this epoch ran with n_reh rehearsal samples
+        past = report.scores.holdout < training.before.holdout - trigger * prep.config.margin - 1e-9
+        if past and n_reh < n_max:
+            n_reh, doubled = min(2 * n_reh, n_max), doubled + 1
+    if trigger == 0.5:
+        assert doubled >= 1                                     # the default user's holdout does fall
