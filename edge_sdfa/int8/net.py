@@ -137,6 +137,7 @@ def _conv_current(layer, q: QLayer, rows: np.ndarray, ks: ModuleType, mvm, i: in
 
 
 _STACK_PLANS: dict[tuple, tuple] = {}
+_STACK_PLANS_KEPT = 4   # a fine-tune makes new weights every update: each plan pins its arrays
 
 
 def _dense_stack_out(spec: NetworkSpec, qnet: QNet, ks: ModuleType, x: np.ndarray) -> np.ndarray | None:
@@ -151,9 +152,10 @@ def _dense_stack_out(spec: NetworkSpec, qnet: QNet, ks: ModuleType, x: np.ndarra
     if hit is None:
         plan = ks.stack_plan([(q.w8, q.bias, layer.neuron, arith.neuron_constants(layer.neuron, q.exp))
                               for layer, q in dense])
-        if len(_STACK_PLANS) >= 16:
-            _STACK_PLANS.clear()
-        hit = _STACK_PLANS[key] = (plan, dense)  # ``dense`` keeps the keyed objects alive
+        while len(_STACK_PLANS) >= _STACK_PLANS_KEPT:
+            _STACK_PLANS.pop(next(iter(_STACK_PLANS)))  # the oldest
+        # the plan points into w8 and bias: keep those (and the layers) alive, not the masters
+        hit = _STACK_PLANS[key] = (plan, [(layer, q.w8, q.bias) for layer, q in dense])
     if hit[0] is None:
         return None
     t_steps, n = x.shape[:2]
