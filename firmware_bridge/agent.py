@@ -1,7 +1,8 @@
 """The device agent: serves requests on one port, forever, whatever arrives.
 
 Protocol duties live here (authentication, the reply cache that makes retried requests
-idempotent, the telemetry buffer, fine-tune jobs); what the requests *do* lives in
+idempotent, the telemetry buffer, fine-tune jobs); each request's handler is in its
+``messages.DEFINITIONS`` entry, and the store operations they call are
 ``firmware_bridge.device.DeviceOps``. A bad request or a failing operation gets an ERROR with a
 code; the loop goes on.
 """
@@ -17,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from firmware_bridge.auth import RequestGuard, Unauthorized
-from firmware_bridge.framing import PROTOCOL_VERSION, SUPPORTED_VERSIONS, ProtocolError
+from firmware_bridge.framing import PROTOCOL_VERSION, ProtocolError
 from firmware_bridge.link import Channel, LinkClosed
-from firmware_bridge.messages import (AUTHENTICATED, DEFINITIONS, HEAD, REPLIES, Message, MsgType, encode_message,
-                                      parse_message, split_chunk)
+from firmware_bridge.messages import (AUTHENTICATED, DEFINITIONS, HEAD, REPLIES, Message, MsgType, RequestError,
+                                      encode_message, parse_message)
 from firmware_bridge.transfer import Staging, TransferError
 
 log = logging.getLogger("edge_sdfa.agent")
@@ -32,16 +33,6 @@ _MAX_JOBS = 64
 _MUTATING = frozenset(t for t, d in DEFINITIONS.items() if d.mutating)
 # Replies remembered so that a retry (after a lost reply or a reconnect) is answered, not re-run.
 _CACHED = frozenset(t for t, d in DEFINITIONS.items() if d.cached)
-CAPABILITIES = ["put_bundle", "skip_held_files", "codecs:zlib,lzma", "new_model", "finetune", "eval",
-                "predict", "status", "get_weights", "commit", "revert", "reset", "job", "telemetry",
-                "resume", "request_auth"]
-
-
-class RequestError(Exception):
-    def __init__(self, code: str, message: str, **meta: Any):
-        super().__init__(message)
-        self.code = code
-        self.meta = meta
 
 
 @dataclass
@@ -138,13 +129,13 @@ class Agent:
 
     # ------------------------------------------------------------- requests
     def handle(self, msg: Message) -> Message:
-        handler: Callable[[Message], Any] | None = getattr(self, f"_h_{msg.type.name.lower()}", None)
+        handler = DEFINITIONS[msg.type].handle
         if handler is None:
             return _error(msg.seq, "bad_request", f"{msg.type.name} is not a request")
         try:
             if msg.type in _MUTATING and self._busy():
                 raise RequestError("busy", "a fine-tune is running; wait for it to finish")
-            meta, blob = handler(msg)
+            meta, blob = handler(self, msg)
             return Message(MsgType.OK, msg.seq, meta, blob)
         except RequestError as exc:
             return _error(msg.seq, exc.code, str(exc), **exc.meta)
@@ -159,65 +150,9 @@ class Agent:
     def _busy(self) -> bool:
         return self._job is not None and self._job.is_alive()
 
-    def _h_hello(self, msg: Message):
-        info = dict(self.ops.hello())
-        nonce = self.guard.new_session().hex() if self.guard is not None else None
-        info.update(protocol=PROTOCOL_VERSION, versions=list(SUPPORTED_VERSIONS), insecure=self.insecure,
-                    nonce=nonce, auth_required=sorted(t.name for t in AUTHENTICATED) if self.guard else [],
-                    capabilities=CAPABILITIES)
-        return info, b""
-
-    def _h_status(self, msg: Message):
-        st = dict(self.ops.status())
-        job = self.jobs.get(self._job_id, {"state": "idle"})
-        st["job"] = {"job": self._job_id, "state": job["state"]}
-        st["uploads"] = [{"kind": u.kind, "offset": u.offset, "size": u.size} for u in self.staging.sessions()]
-        return st, b""
-
-    def _h_put_bundle(self, msg: Message):
-        m = msg.meta
-        if m["kind"] == "bundle":
-            new_model = bool(m.get("new_model", False))
-            plan = self.ops.plan_bundle(m.get("manifest"), new_model)
-            if "sha" not in m:
-                return plan, b""   # the offer: which files the device lacks
-            files = m.get("files_sent")
-            if files != plan["need"]:
-                raise RequestError("bad_request", "files_sent must list exactly the files the device needs")
-            if m.get("raw_size") != plan["need_bytes"]:
-                raise RequestError("bad_request", f"raw_size must be {plan['need_bytes']} (the needed files)")
-            info = {"manifest": m["manifest"], "new_model": new_model, "files": files}
-            key = f"bundle:{plan['model_id']}"
-        else:
-            info, key = {}, m["kind"]
-        if not isinstance(m.get("sha"), str) or not isinstance(m.get("size"), int):
-            raise RequestError("bad_request", "PUT_BUNDLE needs sha and size")
-        up = self.staging.begin(m["sha"], m["size"], m["kind"], key=key, raw_size=m.get("raw_size"),
-                                codec=m.get("codec", "none"), info=info)
-        return {"offset": up.offset, "size": up.size}, b""
-
-    def _h_put_chunk(self, msg: Message):
-        prefix, offset, data = split_chunk(msg.blob)
-        try:
-            up = self.staging.write(prefix, offset, data)
-        except TransferError as exc:
-            if exc.code == "gap":
-                raise RequestError("gap", str(exc), offset=self.staging.held(prefix)) from None
-            raise
-        return {"offset": up.offset}, b""
-
-    def _h_put_end(self, msg: Message):
-        up = self.staging.finish(msg.meta["sha"])
-        try:
-            result = self.ops.accept_upload(up)
-        finally:
-            self.staging.discard(up.sha)
-        return {"kind": up.kind, **result}, b""
-
-    def _h_finetune(self, msg: Message):
-        data = msg.meta.get("data")
-        config = msg.meta.get("config") or {}
-        path = self.ops.data_path(data)   # a bad name fails now, not in the job
+    def start_job(self, work: Callable[[Callable[[dict[str, Any]], None]], dict[str, Any]]) -> int:
+        """Run ``work(emit)`` (a fine-tune) in the background as the next job; its events and outcome
+        go to the telemetry buffer and ``jobs``. Returns the job id."""
         self._job_id += 1
         job = self._job_id
         self.jobs[job] = {"job": job, "state": "running"}
@@ -227,7 +162,7 @@ class Agent:
 
         def run() -> None:
             try:
-                report = self.ops.finetune(path, config, lambda ev: self.telemetry.add({"event": "update", "job": job, **ev}))
+                report = work(lambda ev: self.telemetry.add({"event": "update", "job": job, **ev}))
                 self.jobs[job] = {"job": job, "state": "done", "report": report}
                 self.telemetry.add({"event": "done", "job": job, "report": report})
             except Exception as exc:
@@ -237,40 +172,11 @@ class Agent:
 
         self._job = threading.Thread(target=run, name=f"finetune-{job}", daemon=True)
         self._job.start()
-        return {"job": job}, b""
+        return job
 
-    def _h_job(self, msg: Message):
-        job = self.jobs.get(int(msg.meta["job"]))
-        if job is None:
-            raise RequestError("no_job", f"no job {msg.meta['job']} on the device")
-        return dict(job), b""
-
-    def _h_telemetry(self, msg: Message):
-        events, nxt = self.telemetry.since(int(msg.meta["since"]))
-        job = self.jobs.get(self._job_id, {"state": "idle"})
-        return {"events": events, "next": nxt, "job": {"job": self._job_id, "state": job["state"]}}, b""
-
-    def _h_eval(self, msg: Message):
-        return dict(self.ops.evaluate(self.ops.data_path(msg.meta.get("data")))), b""
-
-    def _h_predict(self, msg: Message):
-        return dict(self.ops.predict(msg.meta.get("data"), msg.blob, int(msg.meta.get("limit", 256)))), b""
-
-    def _h_commit(self, msg: Message):
-        return dict(self.ops.commit()), b""
-
-    def _h_revert(self, msg: Message):
-        return dict(self.ops.revert()), b""
-
-    def _h_reset(self, msg: Message):
-        return dict(self.ops.reset()), b""
-
-    def _h_get_weights(self, msg: Message):
-        data, sha = self.ops.weights()
-        offset = int(msg.meta["offset"])
-        if not 0 <= offset <= len(data):
-            raise RequestError("bad_request", f"offset {offset} outside 0..{len(data)}")
-        return {"size": len(data), "sha256": sha, "offset": offset}, data[offset:offset + 256 * 1024]
+    def job_state(self) -> dict[str, Any]:
+        """The newest job's id and state (``idle`` before the first)."""
+        return {"job": self._job_id, "state": self.jobs.get(self._job_id, {"state": "idle"})["state"]}
 
 
 def _error(seq: int, code: str, message: str, **meta: Any) -> Message:

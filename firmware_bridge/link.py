@@ -105,7 +105,7 @@ class Channel:
 
     def __init__(self, port: Port, *, role: str = "host", window: int = 48 * 1024,
                  max_segments: int = 768, seg_size: int | None = None, rto: float = 0.2,
-                 min_rto: float = 0.05, max_rto: float = 10.0, fixed_size: bool = False,
+                 min_rto: float = 0.2, max_rto: float = 10.0, fixed_size: bool = False,
                  line_rate: float | None = None):
         self.port = port
         self.role = role

@@ -1,12 +1,16 @@
-"""Messages carried by the reliable stream: a type, a request id, JSON fields and a binary blob.
+"""The messages of the bridge, each in one place: number, fields, flags and what the device does.
 
 Layout: ``u8 type | u32 id | u16 len(fields) | fields (UTF-8 JSON object) | blob``. A reply
 carries its request's id. A PUT_CHUNK blob starts with a binary chunk header (8-byte prefix of
 the upload id, u64 offset). ``parse_message`` is total: any bytes give a Message or a
 ProtocolError, and every field a handler reads is type-checked here (``DEFINITIONS``).
 
-A new request: its number in ``MsgType``, its ``Definition`` here, its handler ``Agent._h_<name>``;
-the host sends it with ``client.call(dev, MsgType.<NAME>, fields)``.
+A new request is one edit of this file: its number in ``MsgType`` and one ``Definition`` in
+``DEFINITIONS`` with its handler, a function ``(agent, msg) -> (fields, blob)`` written above the
+table. The handler reaches the device only through the agent it is given (``agent.ops``,
+``agent.staging``, ``agent.start_job``), so the host imports this module without running or
+importing any device code; the host sends the request with ``client.call(dev, MsgType.<NAME>,
+fields)``.
 """
 from __future__ import annotations
 
@@ -15,9 +19,13 @@ import json
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
-from firmware_bridge.framing import ProtocolError
+from firmware_bridge.framing import PROTOCOL_VERSION, SUPPORTED_VERSIONS, ProtocolError
+from firmware_bridge.transfer import TransferError
+
+if TYPE_CHECKING:
+    from firmware_bridge.agent import Agent
 
 HEAD = struct.Struct(">BIH")
 CHUNK_HEADER = struct.Struct(">8sQ")
@@ -45,6 +53,23 @@ class MsgType(enum.IntEnum):
 
 REPLIES = (MsgType.OK, MsgType.ERROR)
 
+
+@dataclass(frozen=True)
+class Message:
+    type: MsgType
+    seq: int                      # the request id (a reply carries its request's)
+    meta: dict[str, Any] = field(default_factory=dict)
+    blob: bytes = b""
+
+
+class RequestError(Exception):
+    """A request the device refuses: its ERROR reply carries ``code`` and ``meta``."""
+
+    def __init__(self, code: str, message: str, **meta: Any):
+        super().__init__(message)
+        self.code = code
+        self.meta = meta
+
 Fields = dict[str, tuple[type | tuple[type, ...], bool]]  # field -> (type, required)
 
 
@@ -56,48 +81,161 @@ class Definition:
     is refused); ``authenticated``: changes or reveals device state, so signed under --trust
     (``firmware_bridge.auth``); ``patience``: how long ``client.call`` waits for the reply (None:
     as long as the device answers pings); ``mutating``: refused while a fine-tune runs;
-    ``cached``: the agent keeps its reply, so a retried request is answered, not re-run. The
-    device's handler is ``Agent._h_<name>``.
+    ``cached``: the agent keeps its reply, so a retried request is answered, not re-run;
+    ``handle``: what the device does, ``(agent, msg) -> (reply fields, reply blob)`` (None for
+    replies).
     """
     fields: Fields = field(default_factory=dict)
     authenticated: bool = False
     patience: float | None = None
     mutating: bool = False
     cached: bool = False
+    handle: Callable[[Agent, Message], tuple[dict[str, Any], bytes]] | None = None
+
+
+# ----------------------------------------------------------------------------- what the device does
+# What HELLO announces besides the names of the requests it serves.
+FEATURES = ("skip_held_files", "codecs:zlib,lzma", "new_model", "resume", "request_auth")
+Reply = tuple[dict[str, Any], bytes]
+
+
+def hello(agent: Agent, msg: Message) -> Reply:
+    info = dict(agent.ops.hello())
+    guard = agent.guard
+    info.update(protocol=PROTOCOL_VERSION, versions=list(SUPPORTED_VERSIONS), insecure=agent.insecure,
+                nonce=guard.new_session().hex() if guard is not None else None,
+                auth_required=sorted(t.name for t in AUTHENTICATED) if guard else [],
+                capabilities=capabilities())
+    return info, b""
+
+
+def status(agent: Agent, msg: Message) -> Reply:
+    st = dict(agent.ops.status())
+    st["job"] = agent.job_state()
+    st["uploads"] = [{"kind": u.kind, "offset": u.offset, "size": u.size} for u in agent.staging.sessions()]
+    return st, b""
+
+
+def put_bundle(agent: Agent, msg: Message) -> Reply:
+    m = msg.meta
+    if m["kind"] == "bundle":
+        new_model = bool(m.get("new_model", False))
+        plan = agent.ops.plan_bundle(m.get("manifest"), new_model)
+        if "sha" not in m:
+            return plan, b""   # the offer: which files the device lacks
+        files = m.get("files_sent")
+        if files != plan["need"]:
+            raise RequestError("bad_request", "files_sent must list exactly the files the device needs")
+        if m.get("raw_size") != plan["need_bytes"]:
+            raise RequestError("bad_request", f"raw_size must be {plan['need_bytes']} (the needed files)")
+        info = {"manifest": m["manifest"], "new_model": new_model, "files": files}
+        key = f"bundle:{plan['model_id']}"
+    else:
+        info, key = {}, m["kind"]
+    if not isinstance(m.get("sha"), str) or not isinstance(m.get("size"), int):
+        raise RequestError("bad_request", "PUT_BUNDLE needs sha and size")
+    up = agent.staging.begin(m["sha"], m["size"], m["kind"], key=key, raw_size=m.get("raw_size"),
+                             codec=m.get("codec", "none"), info=info)
+    return {"offset": up.offset, "size": up.size}, b""
+
+
+def put_chunk(agent: Agent, msg: Message) -> Reply:
+    prefix, offset, data = split_chunk(msg.blob)
+    try:
+        up = agent.staging.write(prefix, offset, data)
+    except TransferError as exc:
+        if exc.code == "gap":
+            raise RequestError("gap", str(exc), offset=agent.staging.held(prefix)) from None
+        raise
+    return {"offset": up.offset}, b""
+
+
+def put_end(agent: Agent, msg: Message) -> Reply:
+    up = agent.staging.finish(msg.meta["sha"])
+    try:
+        result = agent.ops.accept_upload(up)
+    finally:
+        agent.staging.discard(up.sha)
+    return {"kind": up.kind, **result}, b""
+
+
+def finetune(agent: Agent, msg: Message) -> Reply:
+    path = agent.ops.data_path(msg.meta.get("data"))   # a bad name fails now, not in the job
+    config = msg.meta.get("config") or {}
+    return {"job": agent.start_job(lambda emit: agent.ops.finetune(path, config, emit))}, b""
+
+
+def job(agent: Agent, msg: Message) -> Reply:
+    found = agent.jobs.get(int(msg.meta["job"]))
+    if found is None:
+        raise RequestError("no_job", f"no job {msg.meta['job']} on the device")
+    return dict(found), b""
+
+
+def telemetry(agent: Agent, msg: Message) -> Reply:
+    events, nxt = agent.telemetry.since(int(msg.meta["since"]))
+    return {"events": events, "next": nxt, "job": agent.job_state()}, b""
+
+
+def evaluate(agent: Agent, msg: Message) -> Reply:
+    return dict(agent.ops.evaluate(agent.ops.data_path(msg.meta.get("data")))), b""
+
+
+def predict(agent: Agent, msg: Message) -> Reply:
+    return dict(agent.ops.predict(msg.meta.get("data"), msg.blob, int(msg.meta.get("limit", 256)))), b""
+
+
+def commit(agent: Agent, msg: Message) -> Reply:
+    return dict(agent.ops.commit()), b""
+
+
+def revert(agent: Agent, msg: Message) -> Reply:
+    return dict(agent.ops.revert()), b""
+
+
+def reset(agent: Agent, msg: Message) -> Reply:
+    return dict(agent.ops.reset()), b""
+
+
+def get_weights(agent: Agent, msg: Message) -> Reply:
+    data, sha = agent.ops.weights()
+    offset = int(msg.meta["offset"])
+    if not 0 <= offset <= len(data):
+        raise RequestError("bad_request", f"offset {offset} outside 0..{len(data)}")
+    return {"size": len(data), "sha256": sha, "offset": offset}, data[offset:offset + 256 * 1024]
 
 
 _DATA = (str, type(None))
 DEFINITIONS: dict[MsgType, Definition] = {
-    MsgType.HELLO: Definition(),
+    MsgType.HELLO: Definition(handle=hello),
     MsgType.PUT_BUNDLE: Definition({"kind": (str, True), "size": (int, False), "sha": (str, False),
                                     "raw_size": (int, False), "codec": (str, False), "manifest": (dict, False),
-                                    "new_model": (bool, False), "files_sent": (list, False)}, True, 60.0, cached=True),
-    MsgType.PUT_CHUNK: Definition(),
-    MsgType.PUT_END: Definition({"sha": (str, True)}, True, 300.0, mutating=True, cached=True),
+                                    "new_model": (bool, False), "files_sent": (list, False)}, True, 60.0, cached=True,
+                                   handle=put_bundle),
+    MsgType.PUT_CHUNK: Definition(handle=put_chunk),
+    MsgType.PUT_END: Definition({"sha": (str, True)}, True, 300.0, mutating=True, cached=True, handle=put_end),
     MsgType.FINETUNE: Definition({"data": (_DATA, False), "config": (dict, False)}, True, mutating=True,
-                                  cached=True),
-    MsgType.EVAL: Definition({"data": (_DATA, False)}, True, 600.0, mutating=True),
-    MsgType.STATUS: Definition(),
-    MsgType.GET_WEIGHTS: Definition({"offset": (int, True)}, True),
-    MsgType.COMMIT: Definition(authenticated=True, patience=120.0, mutating=True, cached=True),
-    MsgType.REVERT: Definition(authenticated=True, patience=120.0, mutating=True, cached=True),
-    MsgType.RESET: Definition(authenticated=True, patience=120.0, mutating=True, cached=True),
-    MsgType.PREDICT: Definition({"data": (_DATA, False), "limit": (int, False)}, True, 600.0, mutating=True),
-    MsgType.JOB: Definition({"job": (int, True)}),
-    MsgType.TELEMETRY: Definition({"since": (int, True)}),
+                                  cached=True, handle=finetune),
+    MsgType.EVAL: Definition({"data": (_DATA, False)}, True, 600.0, mutating=True, handle=evaluate),
+    MsgType.STATUS: Definition(handle=status),
+    MsgType.GET_WEIGHTS: Definition({"offset": (int, True)}, True, handle=get_weights),
+    MsgType.COMMIT: Definition(authenticated=True, patience=120.0, mutating=True, cached=True, handle=commit),
+    MsgType.REVERT: Definition(authenticated=True, patience=120.0, mutating=True, cached=True, handle=revert),
+    MsgType.RESET: Definition(authenticated=True, patience=120.0, mutating=True, cached=True, handle=reset),
+    MsgType.PREDICT: Definition({"data": (_DATA, False), "limit": (int, False)}, True, 600.0, mutating=True,
+                                 handle=predict),
+    MsgType.JOB: Definition({"job": (int, True)}, handle=job),
+    MsgType.TELEMETRY: Definition({"since": (int, True)}, handle=telemetry),
     MsgType.OK: Definition(),
     MsgType.ERROR: Definition({"code": (str, True), "message": (str, True)}),
 }
 AUTHENTICATED = frozenset(t for t, d in DEFINITIONS.items() if d.authenticated)
+
+
+def capabilities() -> list[str]:
+    """What HELLO announces: every request this agent serves, by name, and the features."""
+    return [t.name.lower() for t, d in DEFINITIONS.items() if d.handle is not None] + list(FEATURES)
 _AUTH = {"ctr": int, "sig": str}
-
-
-@dataclass(frozen=True)
-class Message:
-    type: MsgType
-    seq: int                      # the request id (a reply carries its request's)
-    meta: dict[str, Any] = field(default_factory=dict)
-    blob: bytes = b""
 
 
 def canonical(meta: dict[str, Any]) -> bytes:

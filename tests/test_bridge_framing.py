@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import struct
+import subprocess
+import sys
 import zlib
 
 import pytest
@@ -167,12 +169,22 @@ def test_authenticated_set_is_what_the_issue_lists():
 
 
 def test_every_message_has_a_definition_and_every_request_a_handler():
-    from firmware_bridge.agent import Agent
     from firmware_bridge.messages import DEFINITIONS, REPLIES
 
     assert set(DEFINITIONS) == set(MsgType)
-    handlers = {name[3:].upper() for name in vars(Agent) if name.startswith("_h_")}
+    handlers = {t.name for t, d in DEFINITIONS.items() if d.handle is not None}
     assert handlers == {t.name for t in MsgType if t not in REPLIES}
+
+
+@pytest.mark.integration
+def test_the_message_table_imports_no_device_code():
+    # The host imports the table with the handlers in it: they must reach the device only through
+    # the agent they are given.
+    code = ("import sys, firmware_bridge.messages, firmware_bridge.client; "
+            "bad = [m for m in ('firmware_bridge.agent', 'firmware_bridge.device', 'edge_sdfa.store', "
+            "'edge_sdfa.finetune') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 # ----------------------------------------------------------------------------- request signatures

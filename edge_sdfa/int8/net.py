@@ -121,25 +121,24 @@ class Int8Trace:
 def _conv_current(layer, q: QLayer, rows: np.ndarray, ks: ModuleType, mvm, i: int,
                   channels_last: bool = False) -> np.ndarray:
     """Conv currents ``[B, C, OH, OW]``, or with ``channels_last`` ``[B, OH, OW, C]`` (the
-    gather's own layout: no transposed copy of the currents)."""
-    from edge_sdfa.ops import im2col
+    kernel set's own layout: no transposed copy of the currents)."""
+    cur = None
+    if mvm is not None:
+        from edge_sdfa.ops import im2col
 
-    cols = im2col(rows, layer.kernel_size, layer.stride, layer.padding)
-    flat = cols.reshape(-1, cols.shape[-1])
-    cur = mvm(i, flat) if mvm is not None else None
+        cols = im2col(rows, layer.kernel_size, layer.stride, layer.padding)
+        cur = mvm(i, cols.reshape(-1, cols.shape[-1]))
+        if cur is not None:
+            cur = cur.reshape(*cols.shape[:3], -1)
+            if q.bias is not None:
+                cur = cur + q.bias.astype(np.int64)
     if cur is None:
-        w = q.w8.reshape(q.w8.shape[0], -1).T
-        cur = ks.dense_current(ks.prepare_inputs(flat[None]), w, None)
-    cur = cur.reshape(*cols.shape[:3], -1)
-    if channels_last:
-        return cur if q.bias is None else cur + q.bias.astype(np.int64)
-    cur = cur.transpose(0, 3, 1, 2)
-    if q.bias is not None:
-        cur = cur + q.bias[:, None, None].astype(np.int64)
-    return cur
+        cur = ks.conv_current(rows, q.w8, q.bias, layer.stride, layer.padding)
+    return cur if channels_last else cur.transpose(0, 3, 1, 2)
 
 
 _STACK_PLANS: dict[tuple, tuple] = {}
+_STACK_PLANS_KEPT = 4   # a fine-tune makes new weights every update: each plan pins its arrays
 
 
 def _dense_stack_out(spec: NetworkSpec, qnet: QNet, ks: ModuleType, x: np.ndarray) -> np.ndarray | None:
@@ -154,9 +153,10 @@ def _dense_stack_out(spec: NetworkSpec, qnet: QNet, ks: ModuleType, x: np.ndarra
     if hit is None:
         plan = ks.stack_plan([(q.w8, q.bias, layer.neuron, arith.neuron_constants(layer.neuron, q.exp))
                               for layer, q in dense])
-        if len(_STACK_PLANS) >= 16:
-            _STACK_PLANS.clear()
-        hit = _STACK_PLANS[key] = (plan, dense)  # ``dense`` keeps the keyed objects alive
+        while len(_STACK_PLANS) >= _STACK_PLANS_KEPT:
+            _STACK_PLANS.pop(next(iter(_STACK_PLANS)))  # the oldest
+        # the plan points into w8 and bias: keep those (and the layers) alive, not the masters
+        hit = _STACK_PLANS[key] = (plan, [(layer, q.w8, q.bias) for layer, q in dense])
     if hit[0] is None:
         return None
     t_steps, n = x.shape[:2]
