@@ -25,6 +25,12 @@ before" is measured in the same run.
   rows then carry ``speedup_vs_reference_measured`` and ``rss_fraction_of_reference`` (goals: >= 10,
   <= 0.1).
 
+``--worker-python peer`` runs this tree's workers under the peer's interpreter (this tree on
+``PYTHONPATH``), so that both sides of the comparison import the same Python and numpy; the int8
+workers update their weights in place (``sdfa_update(in_place=True)``; ``--no-in-place``: new
+arrays per update, as ``edge-sdfa finetune`` does). ``benchmarks/update_memory.py`` breaks the
+int8 worker's peak RSS down by what the process holds.
+
 The int8 rows also carry (``--stages``, default on) the per-stage breakdown of the update
 (``benchmarks/update_stages.py``: spike index, forward gather, neuron steps, output error, local
 errors = projection + surrogate/eligibility + int8 shift, weight update = gradient + stochastic
