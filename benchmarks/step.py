@@ -442,7 +442,8 @@ def main(argv=None) -> int:
             notes["peer"] = "not measured: no PyTorch found"
         if args.worker_python == "peer":
             if peer_python is None:
-                raise SystemExit("error: --worker-python peer needs --peer with an interpreter that imports torch")
+                print("error: --worker-python peer needs --peer with an interpreter that imports torch", file=sys.stderr)
+                return 2
             args.worker_python = peer_python
         if args.baseline_tree:
             notes["baseline_tree"] = os.path.abspath(args.baseline_tree)
