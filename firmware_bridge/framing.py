@@ -12,8 +12,10 @@ Frame kinds (the reliable stream in ``firmware_bridge.link`` is built from them)
 * ``SYNACK`` device -> host: ``u32 session | u8 version``.
 * ``REFUSE`` device -> host: ``u32 session | versions...``: the host's version is not spoken.
 * ``DATA``   ``u8 session | u32 offset | bytes``: a segment of the sender's byte stream.
-* ``ACK``    ``u8 session | u32 cumulative | u16 starts...``: all bytes below ``cumulative`` and
-  the segments starting at ``cumulative + start`` (selective acknowledgement).
+* ``ACK``    ``u8 session | u32 cumulative | u32 echo | u16 starts...``: all bytes below
+  ``cumulative`` and the segments starting at ``cumulative + start`` (selective acknowledgement);
+  ``echo`` is the offset of the DATA frame that triggered it (0xFFFFFFFF: a PING), for round-trip
+  samples (v3; v2 had no echo).
 * ``PING``   ``u8 session``: "are you there"; answered with an ACK.
 """
 from __future__ import annotations
@@ -24,8 +26,8 @@ from dataclasses import dataclass
 
 from cobs import cobs
 
-PROTOCOL_VERSION = 2
-SUPPORTED_VERSIONS = (2,)
+PROTOCOL_VERSION = 3
+SUPPORTED_VERSIONS = (3,)
 CRC = struct.Struct(">I")
 DELIMITER = b"\x00"
 MAX_BODY = 8 * 1024
