@@ -47,6 +47,8 @@ REORDER = 3                        # transmissions a frame may be overtaken by b
 TAIL_DELIVERY = 0.9                # tail copies: enough that one arrives with this probability
 MAX_COPIES = 6
 QUEUE_S = 0.3                      # seconds of measured delivery the window may hold
+BULK_MIN_RTO = 0.2                 # seconds: the timer's floor unless a noisy line's tail waits
+TAIL = 8                           # segments in flight, nothing new to send: the tail of a message
 MAX_BACKOFF = 2                    # timer doublings without progress (TCP: 64, for congestion a serial line has not)
 
 
@@ -230,7 +232,14 @@ class Channel:
         drain = 0.0 if not self.line_rate else self.in_flight_bytes / self.line_rate
         if self.srtt is None:
             return self._init_rto + drain
-        return min(self.max_rto, max(self.min_rto, self.srtt + 4 * self.rttvar + drain))
+        # While new segments go out, losses are found from the echoes of later ones; a timer there
+        # mostly catches a stalled (loaded) process, and its re-sends are ambiguous copies: wait
+        # at least Linux TCP's 200 ms. Once everything was sent, the tail on a noisy line has
+        # nothing behind it and waits for the timer, so there it may go down to ``min_rto``
+        # (a probe timeout, as TCP's tail loss probe).
+        tail = self.snd_next >= self.out_base + len(self.out)
+        floor = self.min_rto if tail and self.p_err > 0.005 else max(self.min_rto, BULK_MIN_RTO)
+        return min(self.max_rto, max(floor, self.srtt + 4 * self.rttvar + drain))
 
     def _pick_size(self) -> int:
         """Payload size of new segments: best goodput for the estimated byte error rate; it may
@@ -554,7 +563,7 @@ class Channel:
         self.order.append((self.txn, start))
         # The tail of a message on a noisy line (few small segments, nothing behind them to reveal
         # a loss early) goes out in copies: one round trip instead of several timer periods.
-        copies = self._tail_copies(len(wire)) if len(self.inflight) <= 8 and len(wire) < 128 else 1
+        copies = self._tail_copies(len(wire)) if len(self.inflight) <= TAIL and len(wire) < 128 else 1
         out += wire * copies
         self.stats.frames_out += copies
         return len(wire) * copies
