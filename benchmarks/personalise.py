@@ -47,6 +47,7 @@ import personal_lib as pl  # noqa: E402
 from edge_sdfa import bundle as bundle_mod  # noqa: E402
 from edge_sdfa.finetune import split_validation  # noqa: E402
 from edge_sdfa.int8 import net as qn  # noqa: E402
+from edge_sdfa.manifest import Manifest  # noqa: E402
 from edge_sdfa.userdata import save_user_data  # noqa: E402
 
 METHODS = ("device", "backprop_same_layers", "backprop_all_layers", "last_layer")
@@ -67,6 +68,9 @@ def digits_suite(variant: dict | None = None, name: str = "digits") -> tuple[Pat
     if not (out / "default_bundle" / "manifest.json").exists():
         shutil.rmtree(out, ignore_errors=True)
         me.build(out, 0, **(variant or {}))
+    want = (variant or {}).get("finetune_defaults") or me.FINETUNE_DEFAULTS
+    if bundle_mod.read_manifest(out / "default_bundle").get("finetune") != want:
+        set_finetune_defaults(out / "default_bundle", want)  # same pretraining (seeded): only the defaults moved
     pools = me.digit_pools(0)
     images, labels, src = pools["images"], pools["labels"], pools["user"]
     users = {}
@@ -74,6 +78,26 @@ def digits_suite(variant: dict | None = None, name: str = "digits") -> tuple[Pat
         x = rate_code(shift(images[src]), me.TIME_STEPS, seed=3)
         users[user] = {"x": x, "y": labels[src], "source": src, "shift": desc}
     return out / "default_bundle", users
+
+
+def set_finetune_defaults(bundle_dir: Path, defaults: dict) -> None:
+    """Rewrite an unsigned bundle's fine-tuning defaults in place (the manifest is checked first)."""
+    path = Path(bundle_dir) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["finetune"] = dict(defaults)
+    Manifest.from_dict(manifest, str(path))
+    path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+
+def bundle_variant(bundle_dir: Path, overrides: dict, tmp: Path) -> Path:
+    """A copy of the bundle under ``tmp`` with ``overrides`` merged into its fine-tuning defaults
+    (a candidate per-network default; ``None`` removes a field)."""
+    out = Path(tmp) / "variant_bundle"
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(bundle_dir, out)
+    defaults = {**bundle_mod.read_manifest(bundle_dir).get("finetune", {}), **overrides}
+    set_finetune_defaults(out, {k: v for k, v in defaults.items() if v is not None})
+    return out
 
 
 def events_suite() -> tuple[Path, dict]:
@@ -297,6 +321,9 @@ def main(argv=None):
                          "fine-tuning defaults: rerun only the device after changing them)")
     ap.add_argument("--device-opts", default="", help="extra finetune options for the device path, e.g. "
                     "'--rehearsal-max 4' (reported as a user's choice, not the bundle's defaults)")
+    ap.add_argument("--bundle-defaults", default=None,
+                    help="JSON merged into the bundles' fine-tuning defaults (a candidate per-network default, for "
+                         "the ablation), e.g. '{\"augment_shift\": 0}'")
     ap.add_argument("--float-job", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.float_job:
@@ -313,13 +340,20 @@ def main(argv=None):
     users = {k: v for k, v in users.items() if wanted is None or k in wanted}
     methods = [m for m in METHODS if m in args.methods.split(",")]
     device_opts = shlex.split(args.device_opts)
-    rows += run_suite(bundle_dir, users, seeds, methods, 100, log, device_opts)
-    if not args.no_events:
-        ev_dir, ev_users = events_suite()
-        ev_users = {k: v for k, v in ev_users.items() if wanted is None or k in wanted}
-        if ev_users:
-            rows += run_suite(ev_dir, ev_users, seeds[:1] if args.quick else seeds, methods,
-                              10 if args.quick else 30, log, device_opts)
+    overrides = json.loads(args.bundle_defaults) if args.bundle_defaults else {}
+    with tempfile.TemporaryDirectory(prefix="personalise-variant-") as tmp:
+        if users:
+            if overrides:
+                bundle_dir = bundle_variant(bundle_dir, overrides, Path(tmp) / "digits")
+            rows += run_suite(bundle_dir, users, seeds, methods, 100, log, device_opts)
+        if not args.no_events:
+            ev_dir, ev_users = events_suite()
+            ev_users = {k: v for k, v in ev_users.items() if wanted is None or k in wanted}
+            if ev_users:
+                if overrides:
+                    ev_dir = bundle_variant(ev_dir, overrides, Path(tmp) / "events")
+                rows += run_suite(ev_dir, ev_users, seeds[:1] if args.quick else seeds, methods,
+                                  10 if args.quick else 30, log, device_opts)
     summary = {}
     for m in METHODS:
         sel = [r for r in rows if r["method"] == m]
@@ -327,6 +361,7 @@ def main(argv=None):
             summary[m] = {"recovery": float(np.mean([r["recovery"] for r in sel])),
                           "after": float(np.mean([r["after"] for r in sel])), "users": len(sel)}
     report = {"rows": rows, "summary": summary, "goal": goals(rows), "seeds": seeds, "device_opts": device_opts,
+              "bundle_defaults": overrides,
               "seconds": time.perf_counter() - t0}
     if args.ablation:
         report["ablation"] = ablation(seeds, log)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
-from edge_sdfa import bundle as bundle_mod
+from edge_sdfa import augment, bundle as bundle_mod
 from edge_sdfa.backend import load_backend
 from edge_sdfa.errors import DataError, UserError
 from edge_sdfa.executors import open_executor, run_frozen
@@ -53,6 +53,17 @@ def default_store_dir() -> Path:
     return Path(base) / "store"
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def epoch_lr(cfg: "FinetuneConfig", epoch: int) -> float:
+    """The learning rate of epoch ``epoch`` (1-based): constant, or cosine from lr to lr/10."""
+    if cfg.lr_schedule == "constant" or cfg.epochs <= 1:
+        return cfg.lr
+    frac = (epoch - 1) / (cfg.epochs - 1)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     epochs: int | None = None          # None: the bundle's default
@@ -68,6 +79,14 @@ class FinetuneConfig:
     rehearsal_max: float | None = None     # adaptive rehearsal: the ratio doubles (up to this) after an
                                            # epoch that lost more than half the holdout margin
     max_saturation: float = 0.05       # guard: fraction of head weights at +-127
+    augment_shift: int | None = None   # shifted copies of the user's train samples: up to this many px
+    augment_copies: int | None = None  # shifted copies per user train sample and epoch (besides the sample)
+    pull: float | None = None          # L2-SP: fraction of (master - active master) undone after each epoch
+    rehearsal_trigger: float | None = None  # adaptive rehearsal doubles after an epoch whose holdout fell by
+                                            # more than this many margins (default 1)
+    augment_rehearsal: bool | None = None  # shift the rehearsal samples too (augment_shift px, one copy)
+    lr_schedule: str | None = None     # constant | cosine (lr per epoch, from lr down to lr/10 at the last)
+    image_shape: tuple[int, ...] | None = None  # the input as an image (the bundle's), for augment_shift
     backend_options: dict = field(default_factory=dict)
 
     def resolved(self, defaults: dict) -> "FinetuneConfig":
@@ -78,7 +97,15 @@ class FinetuneConfig:
             split_seed=self.split_seed, val_fraction=self.val_fraction, margin=self.margin,
             rehearsal_ratio=float(pick(self.rehearsal_ratio, "rehearsal_ratio", 1.0)),
             rehearsal_max=float(pick(self.rehearsal_max, "rehearsal_max", 0.0)),
-            max_saturation=self.max_saturation, backend_options=dict(self.backend_options))
+            max_saturation=self.max_saturation,
+            augment_shift=int(pick(self.augment_shift, "augment_shift", 0)),
+            augment_copies=int(pick(self.augment_copies, "augment_copies", 1)),
+            pull=float(pick(self.pull, "pull", 0.0)),
+            rehearsal_trigger=float(pick(self.rehearsal_trigger, "rehearsal_trigger", 1.0)),
+            augment_rehearsal=bool(pick(self.augment_rehearsal, "augment_rehearsal", False)),
+            lr_schedule=str(pick(self.lr_schedule, "lr_schedule", "constant")),
+            image_shape=tuple(pick(self.image_shape, "image_shape", ())) or None,
+            backend_options=dict(self.backend_options))
         if cfg.epochs < 0 or cfg.batch_size < 1 or not (cfg.lr > 0 and math.isfinite(cfg.lr)):
             raise UserError("epochs must be >= 0, batch size >= 1 and lr a positive number")
         if not (cfg.rehearsal_ratio >= 0 and math.isfinite(cfg.rehearsal_max)):
@@ -87,6 +114,14 @@ class FinetuneConfig:
             cfg = replace(cfg, rehearsal_max=cfg.rehearsal_ratio)
         if not 0 < cfg.val_fraction < 1:
             raise UserError("the validation fraction must be between 0 and 1")
+        if not (cfg.rehearsal_trigger >= 0 and math.isfinite(cfg.rehearsal_trigger)):
+            raise UserError("the rehearsal trigger must be a number >= 0")
+        if cfg.augment_shift < 0 or cfg.augment_copies < 0 or not 0 <= cfg.pull <= 1:
+            raise UserError("augment_shift and augment_copies must be >= 0 and pull in [0, 1]")
+        if cfg.lr_schedule not in LR_SCHEDULES:
+            raise UserError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}")
+        if cfg.augment_shift and cfg.image_shape is None:
+            raise UserError("augment_shift needs the input's image shape (the bundle's finetune.image_shape)")
         temporal_mode(cfg.mode)
         return cfg
 
@@ -304,18 +339,35 @@ def _prepare(bundle, st, data, test_data, source, config) -> Prepared:
     reh = bundle.rehearsal()
     rehearsal = (run_frozen(executor, reh[0]), reh[1]) if reh is not None else None
     train_idx, val_idx = split_validation(y_user, cfg.val_fraction, cfg.split_seed)
-    n_reh = 0 if rehearsal is None else min(len(rehearsal[1]), int(round(cfg.rehearsal_ratio * len(train_idx))))
+    n_reh = 0 if rehearsal is None else min(len(rehearsal[1]),
+                                            int(round(cfg.rehearsal_ratio * _user_per_epoch(cfg, len(train_idx)))))
     return Prepared(store=st, bundle=bundle, config=cfg, h_user=h_user, y_user=y_user, train_idx=train_idx,
                     val_idx=val_idx, h_holdout=h_hold, y_holdout=y_hold, h_test=h_test, y_test=y_test,
                     rehearsal=rehearsal, rehearsal_per_epoch=n_reh,
                     update_offset=st.rounding_counter() if st is not None else 0)  # a new store starts at 0
 
 
-def program(backend, prep: Prepared) -> None:
-    """Load the active head and the resolved update rule into the backend."""
+def _user_per_epoch(cfg: FinetuneConfig, n_train: int) -> int:
+    """User samples an epoch trains on: the train part and its shifted copies."""
+    return n_train * (1 + (cfg.augment_copies if cfg.augment_shift else 0))
+
+
+def user_epoch_samples(prep: Prepared, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The user's samples of one epoch: the train part, and with ``augment_shift`` that many
+    shifted copies of it (each sample its own random shift; ``rng`` is the epoch's stream)."""
+    cfg = prep.config
+    xs, ys = prep.h_user[prep.train_idx], prep.y_user[prep.train_idx]
+    if not cfg.augment_shift:
+        return xs, ys
+    copies = [augment.shift_samples(xs, cfg.image_shape, cfg.augment_shift, rng) for _ in range(cfg.augment_copies)]
+    return np.concatenate([xs, *copies]), np.concatenate([ys] * (1 + cfg.augment_copies))
+
+
+def program(backend, prep: Prepared, layers: qn.QNet | None = None, lr: float | None = None) -> None:
+    """Load the active head (or ``layers``) and the resolved update rule (or its rate ``lr``) into the backend."""
     cfg, bundle = prep.config, prep.bundle
-    update_cfg = qn.UpdateConfig(lr=cfg.lr, mode=cfg.mode, seed=cfg.seed, feedback_seed=bundle.feedback_seed)
-    backend.program(bundle.head_spec(), bundle.head(), bundle.feedback_seed, update_cfg)
+    update_cfg = qn.UpdateConfig(lr=cfg.lr if lr is None else lr, mode=cfg.mode, seed=cfg.seed, feedback_seed=bundle.feedback_seed)
+    backend.program(bundle.head_spec(), bundle.head() if layers is None else layers, bundle.feedback_seed, update_cfg)
 
 
 @dataclass(frozen=True)
@@ -386,13 +438,22 @@ def epochs(backend, prep: Prepared, before: Scores | None = None) -> Iterator[Ep
     updates, update_seconds, costs = 0, 0.0, None
     n_reh = prep.rehearsal_per_epoch
     n_max = 0 if prep.rehearsal is None else min(len(prep.rehearsal[1]),
-                                                   int(round(cfg.rehearsal_max * len(prep.train_idx))))
+                                                   int(round(cfg.rehearsal_max * _user_per_epoch(cfg, len(prep.train_idx)))))
+    aug_rng = np.random.default_rng([cfg.seed, 13])   # apart, so that rng's stream does not depend on it
+    pull_m = augment.pull_fraction(cfg.pull)
+    anchor = backend.read_weights() if pull_m else None
     for epoch in range(1, cfg.epochs + 1):
-        xs, ys = prep.h_user[prep.train_idx], prep.y_user[prep.train_idx]
+        lr = epoch_lr(cfg, epoch)
+        if lr != epoch_lr(cfg, max(epoch - 1, 1)):
+            program(backend, prep, backend.read_weights(), lr)
+        xs, ys = user_epoch_samples(prep, aug_rng)
         if n_reh:
             h_reh, y_reh = prep.rehearsal
             pick = rng.choice(len(y_reh), n_reh, replace=False)
-            xs, ys = np.concatenate([xs, h_reh[pick]]), np.concatenate([ys, y_reh[pick]])
+            x_reh = h_reh[pick]
+            if cfg.augment_rehearsal and cfg.augment_shift:
+                x_reh = augment.shift_samples(x_reh, cfg.image_shape, cfg.augment_shift, aug_rng)
+            xs, ys = np.concatenate([xs, x_reh]), np.concatenate([ys, y_reh[pick]])
         order = rng.permutation(len(ys))
         losses, sat_w8 = [], 0
         for start in range(0, len(order), cfg.batch_size):
@@ -406,9 +467,11 @@ def epochs(backend, prep: Prepared, before: Scores | None = None) -> Iterator[Ep
             c = backend.cost()
             if c is not None:
                 costs = (costs or CostTotals()).add(c)
+        if pull_m:
+            program(backend, prep, augment.pull_towards(backend.read_weights(), anchor, pull_m), lr)
         total_w = sum(q.w8.size for q in backend.read_weights() if q.w8 is not None)
         now = score(backend, prep)
-        if before is not None and n_reh and not improves_holdout(now, before, cfg.margin):
+        if before is not None and n_reh and not improves_holdout(now, before, cfg.margin * cfg.rehearsal_trigger):
             n_reh = min(2 * n_reh, n_max) if n_max > n_reh else n_reh
         yield EpochReport(epoch=epoch, epochs=cfg.epochs, loss=float(np.mean(losses)) if losses else float("nan"),
                           scores=now, updates=updates,

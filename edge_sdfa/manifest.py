@@ -51,8 +51,17 @@ FINETUNE_FIELDS = {  # the bundle's fine-tuning defaults: name -> (kind, low, hi
     "batch_size": ("int", 1, 65_536),
     "lr": ("number", 0.0, 1e6),
     "rehearsal_ratio": ("number", 0.0, 100.0),
+    "rehearsal_max": ("number", 0.0, 100.0),      # adaptive rehearsal's ceiling
+    "rehearsal_trigger": ("number", 0.0, 100.0),  # ... and its trigger, in holdout margins
     "mode": ("choice", TEMPORAL_MODES, None),
+    "augment_shift": ("int", 0, 8),               # px; needs image_shape and partition 0
+    "augment_copies": ("int", 0, 16),
+    "pull": ("number", 0.0, 1.0),                 # L2-SP fraction per epoch
+    "augment_rehearsal": ("bool", None, None),
+    "lr_schedule": ("choice", ("constant", "cosine"), None),
+    "image_shape": ("shape", 2, 3),               # the network's input as (H, W) or (C, H, W)
 }
+MAX_IMAGE_SIDE = 65_536
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,7 +260,7 @@ class Manifest:
                 raise _fail(where, "frozen.file", f"must be an .npz file for format npz, got {ffile!r}")
 
         exps = _exps(where, d["quant"], network, partition, fmt)
-        finetune = _finetune(where, d.get("finetune", {}))
+        finetune = _finetune(where, d.get("finetune", {}), network, partition)
         metadata = _dict(where, "metadata", d.get("metadata", {}))
         signature = d.get("signature")
         if signature is not None:
@@ -410,14 +419,23 @@ def _check_exponent(where: str, name: str, layer, exp: int) -> None:
                                  f"point, outside the int32 range")
 
 
-def _finetune(where: str, value: Any) -> dict:
+def _finetune(where: str, value: Any, network: NetworkSpec, partition: int) -> dict:
     ft = _dict(where, "finetune", value)
     out = {}
     for key, v in ft.items():
         if key not in FINETUNE_FIELDS:
             raise _fail(where, f"finetune.{key}", f"is not a known field (known: {', '.join(FINETUNE_FIELDS)})")
         kind, low, high = FINETUNE_FIELDS[key]
-        if kind == "int":
+        if kind == "shape":
+            dims = [_int(where, f"finetune.{key}[{i}]", d, 1, MAX_IMAGE_SIDE)
+                    for i, d in enumerate(_list(where, f"finetune.{key}", v, low, high))]
+            if math.prod(dims) != math.prod(network.input_shape):
+                raise _fail(where, f"finetune.{key}", f"{dims} does not hold the network's input "
+                                                      f"{list(network.input_shape)}")
+            out[key] = dims
+        elif kind == "bool":
+            out[key] = _bool(where, f"finetune.{key}", v)
+        elif kind == "int":
             out[key] = _int(where, f"finetune.{key}", v, low, high)
         elif kind == "number":
             out[key] = _number(where, f"finetune.{key}", v, low, high, low_open=key == "lr")
@@ -425,4 +443,9 @@ def _finetune(where: str, value: Any) -> dict:
             raise _fail(where, f"finetune.{key}", f"must be one of {', '.join(low)}, got {_show(v)}")
         else:
             out[key] = v
+    if out.get("augment_shift"):
+        if "image_shape" not in out:
+            raise _fail(where, "finetune.augment_shift", "needs finetune.image_shape (the input as an image)")
+        if partition != 0:
+            raise _fail(where, "finetune.augment_shift", "shifts the network's input: needs partition 0")
     return out

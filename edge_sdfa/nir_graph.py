@@ -15,7 +15,8 @@ per neuron (per output channel after a Conv2d).
 
 ``walk(graph)`` returns the chain as stages: ``SpikingLayer`` (a synaptic node with its neuron
 node), ``FlattenStage`` and ``PoolStage``; a ``SumPool2d`` factor is folded into the next synaptic
-layer's weights and ``SumPool2d/AvgPool2d -> Threshold`` becomes a max pool (exact for spikes).
+layer's weights; ``SumPool2d/AvgPool2d -> Threshold`` and ``SumPool2d/AvgPool2d -> IF/LIF`` (hard reset
+to 0, threshold below one spike's drive: the export's encoding) become a max pool (exact for spikes).
 Every error is a UserError naming the node. NIR does not say which discrete rules the exporter
 ran (reset timing, ``>`` or ``>=``, decay form, dt convention): ``detect_framework`` reads the
 exporter's fingerprint and the host tools' NIR runner holds each framework's rules (docs/nir.md).
@@ -316,6 +317,10 @@ def _conv(st: _State, name: str, node) -> None:
 
 def _neuron(st: _State, name: str, node) -> None:
     kind = type(node).__name__
+    if st.pending is None and st.last_pool is not None and kind in ("IF", "LIF") and st.stages \
+            and isinstance(st.stages[-1], PoolStage):
+        _pool_neuron(st, name, node)
+        return
     if st.pending is None:
         raise UserError(f"NIR node {name!r} ({kind}) has no Affine/Linear/Conv2d before it; every neuron "
                         "layer needs its own synapses here")
@@ -361,6 +366,27 @@ def _threshold(st: _State, name: str, node) -> None:
     if not (0.0 < lo and hi < limit):
         raise UserError(f"NIR node {name!r} (Threshold {lo:g}..{hi:g}) after {pname!r} is not a max-pool of "
                         f"binary spikes (needs 0 < threshold < {limit:g})")
+    st.stages[-1] = PoolStage(pname, k, "max")
+    st.scale, st.last_pool = prev_scale, None
+
+
+def _pool_neuron(st: _State, name: str, node) -> None:
+    """A neuron right after a pool of spikes: a max pool when it spikes on one spike in the window and
+    is back at 0 after every step (hard reset to 0, threshold between 0 and what one spike adds; the
+    export's encoding, docs/nir.md); anything else is refused, naming the node."""
+    kind = type(node).__name__
+    n = read_neuron(node, name, st.shape, st.reset)
+    pname, pkind, k, prev_scale = st.last_pool
+    unit = 1.0 if pkind == "SumPool2d" else 1.0 / (k * k)
+    if kind == "IF":
+        drive = st.dt * n.r
+    else:
+        drive = st.dt / n.tau * n.r if np.all(n.v_leak == 0) and st.dt <= n.tau else np.zeros_like(n.r)
+    one = float(np.min(drive)) * unit
+    if not (n.reset == "hard" and n.v_reset == 0.0 and 0.0 < n.v_threshold < one):
+        raise UserError(f"NIR node {name!r} ({kind}) follows the pool {pname!r} without synapses; read as a max pool "
+                        f"only with a hard reset to 0 and 0 < v_threshold < {one:g} (one spike's drive at dt={st.dt:g}), "
+                        f"got reset {n.reset}, v_reset {n.v_reset:g}, v_threshold {n.v_threshold:g}")
     st.stages[-1] = PoolStage(pname, k, "max")
     st.scale, st.last_pool = prev_scale, None
 

@@ -103,7 +103,7 @@ def export_nir(
     out: str = typer.Option(..., "--out", help="the NIR file to write"),
     frozen_from: Optional[str] = typer.Option(None, "--frozen-from", help="source .nir, for onnx/tflite bundles"),
     dt: Optional[float] = typer.Option(None, "--dt"),
-    target: str = typer.Option("nir", "--for", help="nir (NIR's reading; SpikingJelly) | snntorch | norse (docs/nir.md)"),
+    target: str = typer.Option("nir", "--for", help="nir (NIR's reading; SpikingJelly) | snntorch | norse | rockpool | sinabs (docs/nir.md)"),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Export the (fine-tuned) int8 model of a store or bundle back to NIR."""

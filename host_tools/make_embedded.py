@@ -43,7 +43,10 @@ USER_BATCH_PER_CLASS = 14  # 10 train + 4 validation (the device's val_fraction 
 PRETRAIN = {"method": "sdfa_online", "epochs": 40, "batch_size": 32, "lr": 3e-3}
 FEEDBACK_SEED_OFFSET = 1234
 SHIFT = {"rotation_deg": 25.0, "dilate": (1, 2), "noise_fraction": 0.1, "noise_range": (4.0, 12.0), "seed": 5}
-FINETUNE_DEFAULTS = {"epochs": 30, "batch_size": 8, "lr": 0.6, "rehearsal_ratio": 1.0, "mode": "exact"}
+# adaptive rehearsal (up to 4 rehearsal samples per user sample, doubling after an epoch whose holdout fell by
+# more than 2 margins) chosen on the digit users' validation parts: docs/personalisation.md
+FINETUNE_DEFAULTS = {"epochs": 30, "batch_size": 8, "lr": 0.6, "rehearsal_ratio": 1.0, "mode": "exact",
+                     "rehearsal_max": 4.0, "rehearsal_trigger": 2.0}
 
 
 def shift_user(images: np.ndarray, rotation_deg: float, dilate, noise_fraction: float, noise_range, seed: int) -> np.ndarray:

@@ -4,8 +4,11 @@ Export writes a NetworkSpec and its float parameters as a ``nir.NIRGraph`` in Sp
 convention (NIR time constants in seconds with ``dt`` in the graph metadata):
 
 - Dense -> ``Linear`` (or ``Affine`` with a bias), Conv2d -> ``Conv2d``, Flatten -> ``Flatten``,
-  avg Pool2d -> ``AvgPool2d``, max Pool2d -> ``SumPool2d`` followed by ``Threshold(0.5)`` (exact
-  for binary spikes: the max of a 0/1 window is ``sum > 0.5``; NIR has no max-pool node).
+  avg Pool2d -> ``AvgPool2d``, max Pool2d -> ``AvgPool2d`` followed by ``IF(r=1/dt, v_threshold=
+  0.5/k^2, v_reset=0)`` (exact for binary spikes: it spikes where the window holds one and is back
+  at 0 after every step; NIR has no max-pool node, and importers read this; the older
+  ``SumPool2d -> Threshold(0.5)`` still imports).
+- ``target`` (``export-nir --for``): the form one framework's importer runs (docs/nir.md, "Export").
 - LIF(tau, v_th, v_reset, decay_input) -> ``LIF(tau=tau*dt, r=1 (decay_input) or tau,
   v_leak=v_reset, v_threshold, v_reset)``; IF -> ``IF(r=1/dt, v_threshold, v_reset)``.
 - What NIR does not store goes into metadata: graph ``metadata`` holds ``dt``, ``time_steps``,
@@ -63,57 +66,99 @@ def _nir():
 # export
 
 
-EXPORT_TARGETS = ("nir", "snntorch", "norse")
+EXPORT_TARGETS = ("nir", "snntorch", "norse", "rockpool", "sinabs")
+# the spike condition each target's importer builds (None: NIR's own file, the rule is in node metadata)
+TARGET_SPIKE_IF = {"nir": None, "snntorch": ">", "norse": ">", "rockpool": ">=", "sinabs": ">="}
+SNNTORCH_DT = 1e-4        # snntorch.import_nir hard-codes dt = 1e-4 for LIF/CubaLIF
+HUGE = 2.0 ** 100         # tau / dt of a LIF whose decay rounds to exactly 1 (an IF where only LIF imports)
+ROCKPOOL_SYN = 2.0 ** -64  # Rockpool's synaptic decay exp(-dt/tau_syn) made a pass-through: 1/(that) in the weights
+
+# where each target's importer cannot express the model, one line naming its code path
+_SUBTRACT_ONLY = ("{t}'s importer builds neurons that reset by subtraction and emit floor(v/v_th) spikes per step "
+                  "({where}); a hard reset has no equivalent: export a reset=subtract model, or use the nir target")
+_SUBTRACT_WHERE = {"rockpool": "rockpool.nn.modules.torch.nir._convert_nir_to_rockpool -> LIFTorch: "
+                               "'vmem = vmem - spikes * self.threshold'",
+                   "sinabs": "sinabs.nir._import_sinabs_module -> LIFSqueeze with the defaults "
+                             "spike_fn=MultiSpike, reset_fn=MembraneSubtract()"}
+
+
+def _check_target(spec: NetworkSpec, target: str) -> None:
+    """One-line refusals for what ``target``'s importer cannot run as this model."""
+    for i, layer in enumerate(spec.layers):
+        if has_synapses(layer):
+            n = layer.neuron
+            if target in ("snntorch", "norse") and n.v_reset is None:
+                raise UserError(f"layer {i}: reset by subtraction; the {target} importer resets to zero "
+                                "(NIR 1.0 has no reset mode); export with the nir target and import by hand")
+            if target in ("snntorch", "norse") and n.v_reset:
+                raise UserError(f"layer {i}: v_reset={n.v_reset:g}; the {target} importer resets to 0 "
+                                "(snntorch: reset_mechanism='zero'; norse: LIFBoxParameters/IAFParameters default)")
+            if target in ("rockpool", "sinabs") and n.v_reset is not None:
+                raise UserError(f"layer {i}: " + _SUBTRACT_ONLY.format(t=target, where=_SUBTRACT_WHERE[target]))
+        if target == "rockpool" and not isinstance(layer, Dense):
+            raise UserError(f"layer {i} ({layer.type}): rockpool's importer converts only Linear/Affine and "
+                            "CubaLIF/LI nodes (rockpool.nn.modules.torch.nir._convert_nir_to_rockpool raises "
+                            "NotImplementedError on Conv2d, pooling and Flatten)")
+        if target == "sinabs" and isinstance(layer, Pool2d) and layer.mode == "max":
+            raise UserError(f"layer {i}: max pooling; sinabs' importer has no max-pool or Threshold node and maps "
+                            "IF/LIF to MultiSpike neurons (floor(v/v_th) spikes), so a window with several spikes "
+                            "cannot give one")
 
 
 def export_graph(spec: NetworkSpec, params, *, dt: float = DEFAULT_DT, metadata: dict | None = None,
                  target: str = "nir"):
     """A ``nir.NIRGraph`` of ``spec`` with float ``params`` (Dense weights ``[out, in]``).
 
-    ``target`` fills the room NIR leaves for one importer (docs/nir.md): ``nir`` writes NIR's
-    own reading (SpikingJelly imports it exactly); ``snntorch`` / ``norse`` write Flatten with
-    ``start_dim=-3`` (their importers apply it to a batched tensor; a negative dim means the same
-    with and without a batch), the threshold as the float32
-    just below it (they spike on ``v > v_th``; for float32 membranes ``v > prev(v_th)`` is
-    ``v >= v_th``) and, for snnTorch, IF with ``r = 1`` (its importer refuses any other r)."""
+    ``target`` fills the room NIR leaves for one framework's importer (docs/nir.md, "Export"):
+    ``nir`` writes NIR's own reading (SpikingJelly imports it exactly); ``snntorch``, ``norse``,
+    ``rockpool`` and ``sinabs`` write what that importer maps onto the model's dynamics, or
+    refuse in one line where it cannot (``_check_target``)."""
     nir = _nir()
     if not dt > 0:
         raise UserError(f"dt must be > 0, got {dt}")
     if target not in EXPORT_TARGETS:
         raise UserError(f"export target {target!r} must be one of {', '.join(EXPORT_TARGETS)}")
-    for layer in spec.layers:
-        if has_synapses(layer) and layer.neuron.v_reset is None and target != "nir":
-            raise UserError(f"layer {spec.layers.index(layer)}: reset by subtraction; the {target} importer resets "
-                            "to v_reset (NIR 1.0 has no reset mode); export with the nir target and import by hand")
+    _check_target(spec, target)
+    if target == "snntorch":
+        dt = SNNTORCH_DT  # the importer's fixed dt; the discrete model does not depend on it
     shapes = spec.shapes()
     nodes: dict = {"input": nir.Input(input_type=np.array(spec.input_shape))}
     order = ["input"]
+    scale = 1.0  # a pool written as a sum: 1/k^2 goes into the next synaptic layer
     for i, layer in enumerate(spec.layers):
         out_shape = shapes[i + 1]
+        if has_synapses(layer):
+            gain = scale * _synapse_gain(layer.neuron, target)
+            scale = 1.0
+            w = np.asarray(params[i]["weight"], np.float64) * gain
+            bias = np.asarray(params[i]["bias"], np.float64) * gain if layer.bias else None
         if isinstance(layer, Dense):
-            w = np.asarray(params[i]["weight"], np.float32)
-            if layer.bias:
-                nodes[f"fc{i}"] = nir.Affine(weight=w, bias=np.asarray(params[i]["bias"], np.float32))
+            if bias is not None or target == "sinabs":  # sinabs' importer maps Affine only
+                b = bias if bias is not None else np.zeros(w.shape[0])
+                nodes[f"fc{i}"] = nir.Affine(weight=w.astype(np.float32), bias=b.astype(np.float32))
             else:
-                nodes[f"fc{i}"] = nir.Linear(weight=w)
+                nodes[f"fc{i}"] = nir.Linear(weight=w.astype(np.float32))
             order.append(f"fc{i}")
         elif isinstance(layer, Conv2d):
-            w = np.asarray(params[i]["weight"], np.float32)
-            bias = np.asarray(params[i]["bias"], np.float32) if layer.bias else np.zeros(w.shape[0], np.float32)
-            nodes[f"conv{i}"] = nir.Conv2d(input_shape=tuple(shapes[i][1:]), weight=w, stride=layer.stride,
-                                           padding=layer.padding, dilation=1, groups=1, bias=bias)
+            b = bias if bias is not None else np.zeros(w.shape[0])
+            nodes[f"conv{i}"] = nir.Conv2d(input_shape=tuple(shapes[i][1:]), weight=w.astype(np.float32),
+                                           stride=layer.stride, padding=layer.padding, dilation=1, groups=1,
+                                           bias=b.astype(np.float32))
             order.append(f"conv{i}")
         elif isinstance(layer, Pool2d):
-            k = np.array([layer.kernel_size] * 2)
+            k = layer.kernel_size
+            kk = np.array([k, k])
+            pool_meta = {"edge_sdfa": f"{layer.mode} pool"}
+            as_sum = target in ("norse", "sinabs")  # their importers have no AvgPool2d (it maps to None)
+            pool = nir.SumPool2d if as_sum else nir.AvgPool2d
+            nodes[f"pool{i}"] = pool(kernel_size=kk, stride=kk, padding=np.array([0, 0]), metadata=pool_meta)
+            order.append(f"pool{i}")
+            unit = 1.0 if as_sum else 1.0 / (k * k)  # what one spike in the window adds
             if layer.mode == "avg":
-                nodes[f"pool{i}"] = nir.AvgPool2d(kernel_size=k, stride=k, padding=np.array([0, 0]))
-                order.append(f"pool{i}")
+                scale *= 1.0 / (k * k) if as_sum else 1.0
             else:
-                nodes[f"pool{i}"] = nir.SumPool2d(kernel_size=k, stride=k, padding=np.array([0, 0]),
-                                                  metadata={"edge_sdfa": "maxpool (binary spikes)"})
-                nodes[f"pool{i}_max"] = nir.Threshold(threshold=np.full(out_shape, 0.5, np.float32),
-                                                      metadata={"edge_sdfa": "maxpool (binary spikes)"})
-                order += [f"pool{i}", f"pool{i}_max"]
+                nodes[f"pool{i}_max"] = _maxpool_neuron(nir, out_shape, unit, dt, target)
+                order.append(f"pool{i}_max")
         elif isinstance(layer, Flatten):
             nodes[f"flatten{i}"] = nir.Flatten(input_type={"input": np.array(shapes[i])},
                                                start_dim=0 if target == "nir" else -len(shapes[i]), end_dim=-1)
@@ -125,12 +170,17 @@ def export_graph(spec: NetworkSpec, params, *, dt: float = DEFAULT_DT, metadata:
     order.append("output")
     meta = {"dt": float(dt), "time_steps": int(spec.time_steps), "loss": spec.loss, "readout": "spike_rate",
             "encoding": "spike frames (uint8 counts per step)", "producer": "edge-sdfa", "target": target}
+    rules = {layer.neuron.spike_if for layer in spec.layers if has_synapses(layer)}
+    if target == "nir" and len(rules) == 1:
+        meta["spike_if"] = rules.pop()  # the model's condition (a targeted export has its importer's)
     extra = dict(metadata or {})
     for key in ("encoding",):
         if key in extra:
             meta[key] = str(extra.pop(key))
     meta["edge_sdfa"] = json.dumps({"network": spec.to_dict(), **extra}, sort_keys=True, default=_json_default)
-    return nir.NIRGraph(nodes=nodes, edges=list(zip(order[:-1], order[1:])), metadata=meta)
+    # sinabs' neuron parameters are per channel [C, 1, 1]: NIR's type check compares shapes literally
+    return nir.NIRGraph(nodes=nodes, edges=list(zip(order[:-1], order[1:])), metadata=meta,
+                        type_check=target != "sinabs")
 
 
 def _json_default(obj):
@@ -141,19 +191,78 @@ def _json_default(obj):
     return str(obj)
 
 
+def _synapse_gain(neuron: NeuronSpec, target: str) -> float:
+    """The factor a target's neuron needs in its synapses: what its importer drops from the node."""
+    if target == "norse" and neuron.kind == "lif" and not neuron.decay_input:
+        return neuron.tau  # Norse's LIFBox ignores r (r = tau here)
+    if target == "sinabs":
+        return 1.0 / neuron.tau if neuron.kind == "lif" and neuron.decay_input else 1.0
+    if target == "rockpool":
+        g = 1.0 / neuron.tau if neuron.kind == "lif" and neuron.decay_input else 1.0
+        return g / ROCKPOOL_SYN
+    return 1.0
+
+
+def _threshold_for(neuron: NeuronSpec, target: str) -> float:
+    """The threshold that gives the model's spike condition under the target importer's own."""
+    rule = TARGET_SPIKE_IF[target]
+    v_th = neuron.v_threshold
+    if rule == ">" and neuron.spike_if == ">=":  # float32 membranes: v > prev(v_th) is v >= v_th
+        return float(np.nextafter(np.float32(v_th), np.float32(0)))
+    if rule == ">=" and neuron.spike_if == ">":  # v >= next(v_th) is v > v_th
+        return float(np.nextafter(np.float32(v_th), np.float32(np.inf)))
+    return float(v_th)
+
+
+def _maxpool_neuron(nir, shape, unit: float, dt: float, target: str):
+    """A max pool of binary spikes as the pool's sum/average driving a neuron with threshold half a
+    spike and a hard reset to 0: it spikes once where the window holds a spike, and is back at 0
+    after every step (no leak to speak of). Every importer that has the pool reads this; NIR has
+    no max-pool node. snnTorch's IF import is broken (r must be 1, leaks by 0.9, returns a tuple):
+    there it is a LIF whose decay rounds to 1."""
+    full = lambda v: np.full(shape, v, np.float64)
+    meta = {"edge_sdfa": "max pool (binary spikes): spikes where the window has one", "reset_mode": "hard"}
+    if target == "snntorch":
+        return nir.LIF(tau=full(dt * HUGE), r=full(HUGE), v_leak=full(0.0), v_threshold=full(0.5 * unit),
+                       v_reset=full(0.0), metadata=meta)
+    return nir.IF(r=full(1.0 / dt), v_threshold=full(0.5 * unit), v_reset=full(0.0), metadata=meta)
+
+
 def _neuron_node(nir, neuron: NeuronSpec, shape, dt: float, target: str = "nir"):
     full = lambda v: np.full(shape, v, np.float64)
     v_reset = 0.0 if neuron.v_reset is None else float(neuron.v_reset)
     meta = {"reset_mode": "subtract" if neuron.v_reset is None else "hard", "decay_input": int(neuron.decay_input),
             "spike_condition": f"v {neuron.spike_if} v_threshold"}
     v_th = neuron.v_threshold
-    if target != "nir" and neuron.spike_if == ">=":
-        v_th = float(np.nextafter(np.float32(v_th), np.float32(0)))
-        meta["v_threshold_ge"] = float(neuron.v_threshold)  # what the >= rule compares with
-    if neuron.kind == "if":
-        r = 1.0 if target == "snntorch" else 1.0 / dt
-        return nir.IF(r=full(r), v_threshold=full(v_th), v_reset=full(v_reset), metadata=meta)
-    r = 1.0 if neuron.decay_input else neuron.tau
+    if target != "nir":
+        v_th = _threshold_for(neuron, target)
+        if v_th != neuron.v_threshold:
+            meta["v_threshold_model"] = float(neuron.v_threshold)
+    is_if = neuron.kind == "if"
+    # per-step membrane decay of the model (1 for IF), written in the target's decay form
+    decay = 1.0 if is_if else 1.0 - 1.0 / neuron.tau
+    if target == "rockpool":
+        # CubaLIF (its importer's only LIF): tau_mem with exp(-dt/tau_mem) = the model's decay, the
+        # synaptic filter a pass-through (decay 2^-64, undone in the weights), r so that the
+        # importer's dt = tau_mem / (1 + r) is dt
+        tau_mem = dt * HUGE if is_if else -dt / np.log(decay)
+        tau_syn = dt / (64 * np.log(2.0))
+        return nir.CubaLIF(tau_syn=full(tau_syn), tau_mem=full(tau_mem), r=full(tau_mem / dt - 1.0),
+                           v_leak=full(0.0), v_threshold=full(v_th), v_reset=full(0.0), w_in=full(1.0),
+                           metadata=meta)
+    if target == "sinabs":
+        # LIF with tau in steps, exp(-1/tau) = the model's decay; v_reset dropped when written (nir 1.0.4);
+        # parameters per channel [C, 1, 1] after a conv (its importer's `any(node.v_leak)` fails on [C, H, W])
+        full = lambda v: np.full((shape[0],) + (1,) * (len(shape) - 1), v, np.float64)
+        tau = HUGE if is_if else -1.0 / np.log(decay)
+        return nir.LIF(tau=full(tau), r=full(1.0), v_leak=full(0.0), v_threshold=full(v_th), v_reset=full(0.0),
+                       metadata=meta)
+    if is_if:
+        if target == "snntorch":  # its IF import needs r == 1, leaks by 0.9 and returns a tuple: a LIF with decay 1
+            return nir.LIF(tau=full(dt * HUGE), r=full(HUGE), v_leak=full(0.0), v_threshold=full(v_th),
+                           v_reset=full(v_reset), metadata=meta)
+        return nir.IF(r=full(1.0 / dt), v_threshold=full(v_th), v_reset=full(v_reset), metadata=meta)
+    r = 1.0 if (neuron.decay_input or target == "norse") else neuron.tau
     return nir.LIF(tau=full(neuron.tau * dt), r=full(r), v_leak=full(v_reset), v_threshold=full(v_th),
                    v_reset=full(v_reset), metadata=meta)
 
@@ -169,11 +278,24 @@ def export_nir(spec: NetworkSpec, params, out: str | Path, *, dt: float = DEFAUL
     tmp = out.with_name(out.name + ".tmp")
     try:
         nir.write(str(tmp), graph)
+        if target == "sinabs":
+            _drop_v_reset(tmp)
         tmp.replace(out)
     finally:
         if tmp.exists():
             tmp.unlink()
     return out
+
+
+def _drop_v_reset(path: Path) -> None:
+    """Sinabs 3.1.3 needs nir <= 1.0.4, whose LIF/IF have no v_reset (its ``nir.read`` raises on the
+    key): drop it; reset to 0 is what nir 1.0.8 reads for a missing v_reset, and Sinabs' own."""
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        for node in f["node/nodes"].values():
+            if "v_reset" in node and node["type"][()] in (b"LIF", b"IF"):
+                del node["v_reset"]
 
 
 def params_from_qnet(spec: NetworkSpec, qnet) -> list[dict]:
@@ -307,7 +429,9 @@ def _neuron_spec(n: nir_graph.Neuron, sem, approximate: bool, notes: list):
                     np.zeros_like(n.r))
         gain = np.asarray(c.g, np.float64)
         if kind == "CubaLIF":
-            exact = sem.synaptic == "euler" and np.all(np.abs(c.a_syn) <= 1e-9)
+            # an instantaneous synaptic filter: Euler with tau_syn = dt, or an exp decay below 1e-9
+            # (our Rockpool export's 2^-64: what it carries over is 2^-64 of the last step's current)
+            exact = sem.synaptic in ("euler", "rockpool") and np.all(np.abs(c.a_syn) <= 1e-9)
             if not exact:
                 msg = (f"NIR node {name!r} (CubaLIF): a synaptic current with tau_syn={n.tau_syn:g} s ({sem.framework}, "
                        f"dt={sem.dt if sem.dt else 'per node'}) is a second state per neuron: NeuronSpec has no "
@@ -319,6 +443,9 @@ def _neuron_spec(n: nir_graph.Neuron, sem, approximate: bool, notes: list):
             else:
                 gain = gain * np.asarray(c.g_syn)
         a = float(np.asarray(c.a).ravel()[0])
+        if a == 1.0 and np.all(np.asarray(c.off) == 0):  # a decay that rounds to 1 (our IF for LIF-only importers)
+            return (NeuronSpec("if", 2.0, n.v_threshold, spec_reset, spike_if=sem.spike_if), _snap_arr(gain),
+                    np.zeros_like(n.r))
         steps = _snap(1.0 / (1.0 - a)) if a < 1 else float("inf")
         if not steps > 1.0:
             raise UserError(f"NIR node {name!r} ({kind}): decay {a:g} per step is not a LIF this runtime runs "

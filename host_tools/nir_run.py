@@ -66,6 +66,15 @@ FRAMEWORK_RULES = {  # what each exporter's own simulator does (checked against 
 }
 
 
+# `export-nir --for T` writes the model in the form T's importer runs; read back with T's rules
+EXPORT_TARGET_RULES = {
+    "snntorch": dict(spike_if=">"),   # thresholds one float32 below the model's
+    "norse": dict(spike_if=">"),
+    "rockpool": dict(decay="exp", synaptic="rockpool"),   # CubaLIF, synaptic filter a pass-through
+    "sinabs": dict(decay="exp"),      # LIF, tau in steps
+}
+
+
 def semantics(graph, *, framework: str | None = None, dt: float | None = None, reset: str | None = None,
               spike_if: str | None = None, decay: str | None = None, multi_spike: bool | None = None,
               notes: list[str] | None = None) -> Semantics:
@@ -79,9 +88,11 @@ def semantics(graph, *, framework: str | None = None, dt: float | None = None, r
         why = "--framework"
     rules = dict(FRAMEWORK_RULES[framework])
     target = str(dict(graph.metadata or {}).get("target", "nir"))
-    if framework == "edge-sdfa" and target != "nir":  # our export for a '>' importer: thresholds moved down
-        rules["spike_if"] = ">"
-        notes.append(f"exported for {target}: v_threshold is the float32 below the model's, spike on v > v_threshold")
+    if framework == "edge-sdfa" and target == "nir" and str(dict(graph.metadata).get("spike_if")) in SPIKE_IF:
+        rules["spike_if"] = str(graph.metadata["spike_if"])  # the exported model's own condition
+    if framework == "edge-sdfa" and target in EXPORT_TARGET_RULES:  # our export for one importer (docs/nir.md)
+        rules.update(EXPORT_TARGET_RULES[target])
+        notes.append(f"exported for {target}: read with the rules its importer runs ({EXPORT_TARGET_RULES[target]})")
     for key, value, allowed in (("reset", reset, RESETS), ("spike_if", spike_if, SPIKE_IF), ("decay", decay, DECAYS)):
         if value is not None:
             if value not in allowed:
@@ -102,6 +113,8 @@ def semantics(graph, *, framework: str | None = None, dt: float | None = None, r
         return Semantics(framework, why, d, d, **rules)
     if framework == "rockpool" and dt is None:
         return Semantics(framework, why, None, 1.0, **rules)
+    if framework == "edge-sdfa" and target == "sinabs":
+        return Semantics(framework, why, 1.0, 1.0, **rules)  # tau written in steps
     d = nir_graph.resolve_dt(graph, dt, notes)
     if_dt = 1.0 if framework == "edge-sdfa" and target == "snntorch" else d  # IF written with r = 1 for snnTorch
     return Semantics(framework, why, d, if_dt, **rules)

@@ -70,6 +70,38 @@ def test_dense_current_matches_int64_oracle(ks, t, n, k, m, density, counts, ext
     np.testing.assert_array_equal(got, want)
 
 
+def _conv_oracle(x, w, b, stride, pad):
+    """Direct loops in int64: out[r, oy, ox, o] = sum_{c,ky,kx} x[r, c, oy*s+ky-p, ox*s+kx-p] w[o, c, ky, kx]."""
+    r_n, c_n, h, wd = x.shape
+    o_n, _, k, _ = w.shape
+    xp = np.zeros((r_n, c_n, h + 2 * pad, wd + 2 * pad), np.int64)
+    xp[:, :, pad:pad + h, pad:pad + wd] = x
+    oh, ow = (h + 2 * pad - k) // stride + 1, (wd + 2 * pad - k) // stride + 1
+    out = np.zeros((r_n, oh, ow, o_n), np.int64)
+    for ky in range(k):
+        for kx in range(k):
+            patch = xp[:, :, ky:ky + stride * oh:stride, kx:kx + stride * ow:stride]   # [R, C, OH, OW]
+            out += np.einsum("rcyx,oc->ryxo", patch, w[:, :, ky, kx].astype(np.int64))
+    return out + (0 if b is None else b.astype(np.int64))
+
+
+@SETTINGS
+@given(r=st.integers(1, 4), c=st.integers(1, 5), h=st.integers(1, 9), wd=st.integers(1, 9), o=st.integers(1, 40),
+       k=st.sampled_from([1, 2, 3, 5]), stride=st.integers(1, 3), pad=st.integers(0, 2),
+       density=st.sampled_from([0.0, 0.2, 1.0]), counts=st.booleans(), extremes=st.booleans(), bias=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_conv_current_matches_int64_oracle(ks, r, c, h, wd, o, k, stride, pad, density, counts, extremes, bias, seed):
+    if h + 2 * pad < k or wd + 2 * pad < k:
+        return
+    rng = np.random.default_rng(seed)
+    x = _spikes(rng, (r, c, h, wd), density, counts)
+    w = _int8(rng, (o, c, k, k), extremes)
+    b = rng.integers(-5000, 5000, o).astype(np.int32) if bias else None
+    got = ks.conv_current(x, w, b, stride, pad)
+    assert got.dtype in (np.int32, np.int64)
+    np.testing.assert_array_equal(got, _conv_oracle(x, w, b, stride, pad))
+
+
 def test_dense_current_no_int16_wraparound_and_wide_values(ks):
     x = np.ones((1, 3, 600), np.uint8)  # past the int16 chunk of the binary path
     for v in (-127, 127):

@@ -39,7 +39,7 @@
 #define DECAY_BITS 12
 #define DELTA_BITS 7
 
-int esd_abi_version(void) { return 8; }
+int esd_abi_version(void) { return 9; }
 
 /* The CPU features this build's compiler flags let it use beyond the architecture's baseline, in
  * the kernel's vocabulary (aarch64: HWCAP / the "Features" line of /proc/cpuinfo; x86-64: the
@@ -1195,4 +1195,100 @@ int esd_dense_stack(const uint8_t *x, int64_t T, int64_t N, int64_t K0, int64_t 
     free(sp[0]);
     free(sp[1]);
     return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* conv currents by scattering the input spikes (forward of a conv layer, nothing recorded)
+ *
+ * x: uint8 [R, C, H, W] (spikes or counts); wt: int8 [C, k, k, O] (the weight transposed so that
+ * one input pixel's contribution to one output pixel is a contiguous row of O); out: int32
+ * [R, OH, OW, O], channels last. out[r, oy, ox, o] = sum over c, ky, kx of
+ * x[r, c, oy*s + ky - p, ox*s + kx - p] * w[o, c, ky, kx] (zero outside the input): the same
+ * integer sum as im2col + dense_current, so exact; the caller proved C * k * k * 255 * 128 < 2**31.
+ * Each input spike adds its k * k weight rows, so the work follows the spikes, not the pixels. */
+typedef struct {
+    const uint8_t *x;
+    const int8_t *wt;
+    int64_t C, H, W, O, k, s, p, OH, OW;
+    int32_t *out;
+} conv_args;
+
+static ALWAYS_INLINE void conv_add(int32_t *restrict acc, const int8_t *restrict wrow, int32_t v, int64_t O)
+{
+    if (v == 1 && (O & 15) == 0) /* whole blocks of 16: one vector each, no remainder loop */
+        for (int64_t o0 = 0; o0 < O; o0 += 16)
+            for (int o = 0; o < 16; o++)
+                acc[o0 + o] += wrow[o0 + o];
+    else if (v == 1)
+        for (int64_t o = 0; o < O; o++)
+            acc[o] += wrow[o];
+    else
+        for (int64_t o = 0; o < O; o++)
+            acc[o] += v * (int32_t)wrow[o];
+}
+
+/* An input at y reaches output oy through tap ky when y + p - ky = oy * s; for stride 1 the taps
+ * that land inside the output are one contiguous range, so the inner loops carry no division. */
+static ESD_CLONES void conv_row(const conv_args *A, int64_t r)
+{
+    const int64_t C = A->C, H = A->H, W = A->W, O = A->O, k = A->k, s = A->s, p = A->p, OH = A->OH, OW = A->OW;
+    int32_t *restrict out = A->out + r * OH * OW * O;
+    memset(out, 0, sizeof(int32_t) * (size_t)(OH * OW * O));
+    const uint8_t *restrict xr = A->x + r * C * H * W;
+    /* input lines outermost: the spikes of line y write output lines y + p - k + 1 .. y + p only,
+     * which stay in L1 while every channel of that line is scattered */
+    for (int64_t y = 0; y < H; y++) {
+        int64_t ky0 = 0, ky1 = -1;   /* taps ky0..ky1 (stride 1) */
+        if (s == 1) {
+            ky0 = y + p - (OH - 1) > 0 ? y + p - (OH - 1) : 0;
+            ky1 = y + p < k - 1 ? y + p : k - 1;
+        }
+        for (int64_t c = 0; c < C; c++) {
+            const uint8_t *restrict line = xr + (c * H + y) * W;
+            for (int64_t xx = 0; xx < W; xx++) {
+                const int32_t v = line[xx];
+                if (!v)
+                    continue;
+                const int8_t *restrict wc = A->wt + c * k * k * O;
+                if (s == 1) {
+                    const int64_t kx0 = xx + p - (OW - 1) > 0 ? xx + p - (OW - 1) : 0;
+                    const int64_t kx1 = xx + p < k - 1 ? xx + p : k - 1;
+                    for (int64_t ky = ky0; ky <= ky1; ky++) {
+                        int32_t *restrict row = out + (y + p - ky) * OW * O;
+                        for (int64_t kx = kx0; kx <= kx1; kx++)
+                            conv_add(row + (xx + p - kx) * O, wc + (ky * k + kx) * O, v, O);
+                    }
+                    continue;
+                }
+                for (int64_t ky = 0; ky < k; ky++) {
+                    const int64_t ny = y + p - ky;
+                    if (ny < 0 || ny % s || ny / s >= OH)
+                        continue;
+                    for (int64_t kx = 0; kx < k; kx++) {
+                        const int64_t nx = xx + p - kx;
+                        if (nx < 0 || nx % s || nx / s >= OW)
+                            continue;
+                        conv_add(out + ((ny / s) * OW + nx / s) * O, wc + (ky * k + kx) * O, v, O);
+                    }
+                }
+            }
+        }
+    }
+}
+
+static void conv_body(void *ctx, int64_t r0, int64_t r1, int tid)
+{
+    (void)tid;
+    for (int64_t r = r0; r < r1; r++)
+        conv_row((const conv_args *)ctx, r);
+}
+
+int esd_conv_current(const uint8_t *x, int64_t R, int64_t C, int64_t H, int64_t W, const int8_t *wt, int64_t O,
+                     int64_t k, int64_t s, int64_t p, int64_t OH, int64_t OW, int32_t *out)
+{
+    if (k <= 0 || s <= 0 || p < 0 || OH <= 0 || OW <= 0)
+        return -2;
+    conv_args A = {x, wt, C, H, W, O, k, s, p, OH, OW, out};
+    parallel_for(R, 1, conv_body, &A);
+    return 0;
 }

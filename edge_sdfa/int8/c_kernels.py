@@ -28,7 +28,7 @@ from edge_sdfa.errors import UserError
 from edge_sdfa.int8 import arith, reference
 
 NAME = "c"
-ABI_VERSION = 8
+ABI_VERSION = 9
 LIBRARY_STEM = "_c_kernels"
 _CHUNK16 = 255
 _SG_LUT = np.ascontiguousarray(arith.SG_LUT, dtype=np.int64)
@@ -173,6 +173,7 @@ def _declare(lib) -> None:
         "esd_exact_deltas": (I, [P, P, I64, I64, I64, P, P, I64, P, P]),
         "esd_int16_peak": (I64, [I64, P]),
         "esd_dense_stack": (I, [P, I64, I64, I64, I64, P, P, P, I64, I64, P]),
+        "esd_conv_current": (I, [P, I64, I64, I64, I64, P, I64, I64, I64, I64, I64, I64, P]),
     }
     for fname, (res, args) in sig.items():
         fn = getattr(lib, fname)
@@ -304,6 +305,33 @@ def dense_current(inputs, w8: np.ndarray, bias: np.ndarray | None) -> np.ndarray
     if bias is not None:
         out += bias.astype(out.dtype)
     return out.reshape(t_n, n_n, m_n)
+
+
+def conv_current(x: np.ndarray, w8: np.ndarray, bias: np.ndarray | None, stride: int, padding: int) -> np.ndarray:
+    """``reference.conv_current`` in C (``esd_conv_current``) without a patch matrix: each input
+    spike adds its weight rows to the outputs it reaches, so the work follows the spikes. The reference runs outside the C
+    bounds (inputs not uint8, weights not int8, ``C * k * k * 255 * 128 >= 2**31``)."""
+    xu, wi = as_u8(x), as_i8(w8)
+    if xu is None or wi is None or x.ndim != 4 or wi.ndim != 4 or wi.shape[2] != wi.shape[3]:
+        return reference.conv_current(x, w8, bias, stride, padding)
+    r_n, c_n, h, w = xu.shape
+    o_n, c_w, k = wi.shape[0], wi.shape[1], wi.shape[2]
+    if c_w != c_n:
+        raise ValueError(f"conv_current: weights {w8.shape} do not fit inputs {x.shape}")
+    if c_n * k * k * 255 * 128 >= (1 << 31):
+        return reference.conv_current(x, w8, bias, stride, padding)
+    oh, ow = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    out = np.empty((r_n, oh, ow, o_n), np.int32)
+    if out.size:
+        wt = np.ascontiguousarray(wi.transpose(1, 2, 3, 0))
+        _check(load().esd_conv_current(_p(xu), r_n, c_n, h, w, _p(wt), o_n, k, stride, padding, oh, ow, _p(out)),
+               "conv_current")
+    small = c_n * k * k * 255 * 128 < (1 << 30) and (bias is None or int(np.abs(bias).max(initial=0)) < (1 << 30))
+    if not small:
+        out = out.astype(np.int64)
+    if bias is not None:
+        out += bias.astype(out.dtype)
+    return out
 
 
 class _StackPlan:

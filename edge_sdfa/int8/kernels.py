@@ -15,7 +15,7 @@ from types import ModuleType
 
 from edge_sdfa.errors import UserError
 
-ENTRY_POINTS = ("prepare_inputs", "dense_current", "neuron_run", "local_deltas", "exact_deltas", "dense_update")
+ENTRY_POINTS = ("prepare_inputs", "dense_current", "conv_current", "neuron_run", "local_deltas", "exact_deltas", "dense_update")
 SETS = {
     "numpy": "edge_sdfa.int8.reference",
     "c": "edge_sdfa.int8.c_kernels",

@@ -120,22 +120,20 @@ class Int8Trace:
 def _conv_current(layer, q: QLayer, rows: np.ndarray, ks: ModuleType, mvm, i: int,
                   channels_last: bool = False) -> np.ndarray:
     """Conv currents ``[B, C, OH, OW]``, or with ``channels_last`` ``[B, OH, OW, C]`` (the
-    gather's own layout: no transposed copy of the currents)."""
-    from edge_sdfa.ops import im2col
+    kernel set's own layout: no transposed copy of the currents)."""
+    cur = None
+    if mvm is not None:
+        from edge_sdfa.ops import im2col
 
-    cols = im2col(rows, layer.kernel_size, layer.stride, layer.padding)
-    flat = cols.reshape(-1, cols.shape[-1])
-    cur = mvm(i, flat) if mvm is not None else None
+        cols = im2col(rows, layer.kernel_size, layer.stride, layer.padding)
+        cur = mvm(i, cols.reshape(-1, cols.shape[-1]))
+        if cur is not None:
+            cur = cur.reshape(*cols.shape[:3], -1)
+            if q.bias is not None:
+                cur = cur + q.bias.astype(np.int64)
     if cur is None:
-        w = q.w8.reshape(q.w8.shape[0], -1).T
-        cur = ks.dense_current(ks.prepare_inputs(flat[None]), w, None)
-    cur = cur.reshape(*cols.shape[:3], -1)
-    if channels_last:
-        return cur if q.bias is None else cur + q.bias.astype(np.int64)
-    cur = cur.transpose(0, 3, 1, 2)
-    if q.bias is not None:
-        cur = cur + q.bias[:, None, None].astype(np.int64)
-    return cur
+        cur = ks.conv_current(rows, q.w8, q.bias, layer.stride, layer.padding)
+    return cur if channels_last else cur.transpose(0, 3, 1, 2)
 
 
 _STACK_PLANS: dict[tuple, tuple] = {}

@@ -1,6 +1,6 @@
 """The numpy kernel set: the int8 spec as pure functions (no hooks, no dispatch).
 
-A kernel set is a module with ``NAME`` and the five layer-level entry points below; the registry
+A kernel set is a module with ``NAME`` and the layer-level entry points below; the registry
 (``edge_sdfa.int8.kernels``) lists the sets, and ``edge_sdfa.int8.net`` walks the layers and calls
 the chosen set. This module is the executable specification: every other set (``c_kernels``) and
 backend is tested bit-exact against it (tests/test_conformance.py, tests/golden/int8/).
@@ -10,6 +10,9 @@ Entry points (shapes: T steps, N samples, K inputs, M outputs, C classes):
 - ``prepare_inputs(x[T, N, K])`` -> the set's view of a layer's integer input (here the array
   itself; the C set builds a spike index once and reuses it in the forward and the update).
 - ``dense_current(inputs, w8[K, M], bias[M] | None)`` -> ``cur[T, N, M]`` (int32 or int64), exact.
+- ``conv_current(x[R, C, H, W], w8[O, C, k, k], bias[O] | None, stride, padding)`` -> ``cur[R, OH,
+  OW, O]`` (channels last; int32 or int64), exact: ``im2col(x) @ w8`` flattened C-major like a
+  torch weight, zero padding. R = T * N rows.
 - ``neuron_run(neuron, const, cur[T, N, M], sg_exp)`` -> ``(spikes uint8, sg uint8 | None)``: the
   fixed-point neuron from rest over T steps (``arith.neuron_step_int``); with ``sg_exp`` (the
   layer's weight exponent) also the surrogate LUT index of every ``h - vth``.
@@ -86,6 +89,16 @@ def dense_current(inputs: np.ndarray, w8: np.ndarray, bias: np.ndarray | None) -
     if bias is not None:
         cur += bias.astype(np.int64)
     return cur.reshape(t_n, n_n, -1)
+
+
+def conv_current(x: np.ndarray, w8: np.ndarray, bias: np.ndarray | None, stride: int, padding: int) -> np.ndarray:
+    from edge_sdfa.ops import im2col
+
+    cols = im2col(x, w8.shape[-1], stride, padding)
+    cur = matmul(cols.reshape(-1, cols.shape[-1]), w8.reshape(w8.shape[0], -1).T)
+    if bias is not None:
+        cur += bias.astype(np.int64)
+    return cur.reshape(*cols.shape[:3], -1)
 
 
 def neuron_run(neuron, const: dict, cur: np.ndarray, sg_exp: int | None = None):

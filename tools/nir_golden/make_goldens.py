@@ -298,11 +298,13 @@ def _import_rockpool(graph, x):
 def _import_sinabs(graph, x):
     import sinabs
 
-    net = sinabs.from_nir(graph, batch_size=x.shape[1])
+    t_steps, n = x.shape[:2]
+    net = sinabs.from_nir(graph, batch_size=n)  # Squeeze layers: [batch * time, ...], batch-major
     with torch.no_grad():
-        xt = torch.from_numpy(x).float().permute(1, 0, *range(2, x.ndim))
+        xt = torch.from_numpy(x).float().permute(1, 0, *range(2, x.ndim)).reshape(n * t_steps, *x.shape[2:])
         out = net(xt)
-    return out.numpy().swapaxes(0, 1)
+    out = out[0] if isinstance(out, tuple) else out  # nirtorch's executor returns (output, state)
+    return out.numpy().reshape(n, t_steps, -1).swapaxes(0, 1)
 
 
 IMPORTERS = {"spikingjelly": _import_spikingjelly, "snntorch": _import_snntorch, "norse": _import_norse,
