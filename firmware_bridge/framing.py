@@ -20,6 +20,7 @@ Frame kinds (the reliable stream in ``firmware_bridge.link`` is built from them)
 """
 from __future__ import annotations
 
+import collections
 import struct
 import zlib
 from dataclasses import dataclass
@@ -90,6 +91,8 @@ class FrameDecoder:
         self.limit = max_wire_frame(max_body)
         self._buf = bytearray()
         self._overflow = False
+        # (wire bytes, intact?) of the last blocks received: what the line did to them
+        self.received: collections.deque[tuple[int, bool]] = collections.deque(maxlen=128)
 
     @property
     def buffered(self) -> int:
@@ -106,6 +109,7 @@ class FrameDecoder:
                     self._overflow = True
                     self._buf.clear()
                     out.append(ProtocolError(f"frame longer than {self.limit} bytes dropped"))
+                    self.received.append((self.limit, False))
                 else:
                     self._buf += data[start:piece_end]
             if end < 0:
@@ -117,8 +121,10 @@ class FrameDecoder:
                 self._buf.clear()
                 try:
                     out.append(parse_frame(block))
+                    self.received.append((len(block) + 1, True))
                 except ProtocolError as exc:
                     out.append(exc)
+                    self.received.append((len(block) + 1, False))
             start = end + 1
         return out
 

@@ -216,6 +216,7 @@ class Channel:
         self.fresh = 0             # outcomes since the error rate was last estimated
         self.fresh_losses = 0
         self.p_err = 0.0           # estimated probability that a byte is damaged
+        self._prior_at = -1        # frames_in when p_err was last taken from the frames received
         self.rcv_cum = 0
         self.rcv_segs: dict[int, bytes] = {}
         self.recent: collections.deque[int] = collections.deque(maxlen=RECENT)
@@ -249,6 +250,12 @@ class Channel:
         if self.fresh >= 16 or self.fresh_losses and self.fresh >= 2:
             self.fresh = self.fresh_losses = 0
             self.p_err = estimate_error_rate(self.outcomes)
+        elif len(self.outcomes) < 16 and len(self.decoder.received) >= 8 and self._prior_at != self.stats.frames_in:
+            # Too few of our own frames judged yet (a new session, the first reply): the frames
+            # we received tell what the line does, so the first message is not sent in
+            # segments that cannot arrive (at 5% noise a 128-byte segment arrives 0.1% of the time).
+            self._prior_at = self.stats.frames_in
+            self.p_err = estimate_error_rate(self.decoder.received)
         p = self.p_err
         best = max(SIZES, key=lambda n: n * (1 - p) ** (n + H) / (n + H))
         return min(best, 2 * self.seg_size)

@@ -371,3 +371,17 @@ def test_a_cumulative_ack_of_old_segments_gives_no_round_trip_sample(channel_and
     peer2.send(ACK, ACK_HDR.pack(sess2, 32, 0xFFFFFFFF))       # a PING's ACK covering everything
     peer2.frames(0.2)
     assert ch2.unsent() == 0 and ch2.srtt is None
+
+
+def test_decoder_keeps_what_the_line_did_to_the_blocks_it_received():
+    """(wire bytes, intact?) per block: the prior for the segment size of a new session."""
+    good = encode_frame(DATA, b"x" * 20)
+    bad = bytearray(good)
+    bad[5] ^= 0x40
+    dec = FrameDecoder()
+    dec.feed(good + bytes(bad) + good)
+    assert list(dec.received) == [(len(good), True), (len(good), False), (len(good), True)]
+    from firmware_bridge.link import estimate_error_rate
+
+    noisy = [(24, i % 3 != 0) for i in range(120)]       # a third of 24-byte frames damaged
+    assert 0.01 < estimate_error_rate(noisy) < 0.03     # (1-p)^24 = 2/3: p = 1.7%
