@@ -138,7 +138,9 @@ def run_upload(work: Path, factory: Path, keys: tuple[Path, Path], packed, noise
             return {"seconds": round(seconds, 3), "connect_seconds": round(t0 - t_open, 3),
                     "payload_bytes": r["payload_bytes"], "installed_version": r["version"],
                     "wire_bytes_out": s.bytes_out, "wire_bytes_in": s.bytes_in, "segments": s.segments,
-                    "retransmits": s.retransmits, "final_segment_size": dev.channel.seg_size,
+                    "retransmits": s.retransmits, "timer_retransmits": s.timeouts,
+                    "wire_bytes_per_payload_byte": round(s.bytes_out / r["payload_bytes"], 2),
+                    "final_segment_size": dev.channel.seg_size,
                     "estimated_byte_error_rate": round(dev.channel.p_err, 5),
                     "goodput_MB_per_s": round(r["payload_bytes"] / seconds / 1e6, 4)}
     except Exception as exc:  # a failed run is a figure too

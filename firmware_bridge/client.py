@@ -14,6 +14,7 @@ whatever happened to the telemetry.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import io
@@ -250,15 +251,19 @@ def _send_payload(dev: Device, announce: dict[str, Any], data: bytes,
     room = (1 << 20) - HEAD.size - 64 - CHUNK_HEADER.size
     size = max(64, min(cfg.chunk_size, room))
     while offset < total:
-        pending = []
+        # A sliding pipeline: a new chunk goes out as soon as the oldest is answered, so the
+        # stream never drains while a reply crosses the line (on a noisy line a reply takes
+        # several timer rounds; waiting for a whole batch left the line idle that long).
+        pending: collections.deque[Message] = collections.deque()
         pos = offset
-        while pos < total and len(pending) < max(1, cfg.pipeline):
-            n = min(size, total - pos)
-            pending.append(dev.submit(MsgType.PUT_CHUNK, blob=chunk_blob(sha, pos, data[pos:pos + n])))
-            pos += n
         try:
-            for msg in pending:
-                offset = max(offset, int(dev.result(msg).meta["offset"]))
+            while pos < total or pending:
+                while pos < total and len(pending) < max(1, cfg.pipeline):
+                    n = min(size, total - pos)
+                    pending.append(dev.submit(MsgType.PUT_CHUNK, blob=chunk_blob(sha, pos, data[pos:pos + n])))
+                    pos += n
+                offset = max(offset, int(dev.result(pending[0]).meta["offset"]))
+                pending.popleft()
                 chunks += 1
                 if on_progress is not None:
                     on_progress(offset, total)

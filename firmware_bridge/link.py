@@ -19,6 +19,7 @@ The host opens a session with SYN (a random id); the device resets its streams o
 from __future__ import annotations
 
 import collections
+import math
 import os
 import random
 import select
@@ -33,7 +34,8 @@ from firmware_bridge.framing import (ACK, DATA, OVERHEAD, PING, PROTOCOL_VERSION
                                      encode_frame)
 
 DATA_HDR = struct.Struct(">BI")
-ACK_HDR = struct.Struct(">BI")
+ACK_HDR = struct.Struct(">BII")   # session, cumulative, echo (offset of the DATA frame that triggered it)
+NO_ECHO = 0xFFFFFFFF
 SYN_BODY = struct.Struct(">IB")
 LEN = struct.Struct(">I")
 MAX_MESSAGE = 2 * 1024 * 1024      # a longer length prefix means a broken peer: the session ends
@@ -41,9 +43,13 @@ SIZES = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536
 H = OVERHEAD + DATA_HDR.size       # per-frame wire bytes besides the payload
 ACK_EVERY = 1                      # data frames per ACK (each ACK names the last RECENT segments)
 RECENT = 6
-TAIL_COPIES = 3
+REORDER = 3                        # transmissions a frame may be overtaken by before it counts as lost
+TAIL_DELIVERY = 0.9                # tail copies: enough that one arrives with this probability
+MAX_COPIES = 6
 QUEUE_S = 0.3                      # seconds of measured delivery the window may hold
-MAX_BACKOFF = 8                    # timer doublings without a clean round trip (TCP: 64; a tail needs less)
+BULK_MIN_RTO = 0.2                 # seconds: the timer's floor unless a noisy line's tail waits
+TAIL = 8                           # segments in flight, nothing new to send: the tail of a message
+MAX_BACKOFF = 2                    # timer doublings without progress (TCP: 64, for congestion a serial line has not)
 
 
 class Port(Protocol):
@@ -89,6 +95,8 @@ class LinkStats:
     retransmits: int = 0
     payload_out: int = 0           # message bytes handed to the stream
     payload_in: int = 0
+    duplicates: int = 0            # DATA frames received whose bytes were already held
+    timeouts: int = 0              # segments declared lost by their timer (the rest: by later ACKs)
 
 
 @dataclass
@@ -98,6 +106,7 @@ class _Seg:
     sent: float
     tries: int
     wire: int
+    sure: bool = True     # no earlier transmission may still arrive: an echo names this one
 
 
 class Channel:
@@ -207,12 +216,15 @@ class Channel:
         self.fresh = 0             # outcomes since the error rate was last estimated
         self.fresh_losses = 0
         self.p_err = 0.0           # estimated probability that a byte is damaged
+        self._prior_at = -1        # frames_in when p_err was last taken from the frames received
         self.rcv_cum = 0
         self.rcv_segs: dict[int, bytes] = {}
         self.recent: collections.deque[int] = collections.deque(maxlen=RECENT)
         self.unacked_frames = 0
+        self.echo = NO_ECHO        # offset of the last DATA frame received: our next ACK names it
+        self._echo_seg: _Seg | None = None
         self.inbuf = bytearray()
-        self._lost: collections.deque[int] = collections.deque()
+        self._lost: collections.deque[tuple[int, bool]] = collections.deque()  # (start, loss certain)
         self.delivered: collections.deque[tuple[float, int]] = collections.deque()  # (time, acked)
 
     def _rto(self) -> float:
@@ -221,7 +233,14 @@ class Channel:
         drain = 0.0 if not self.line_rate else self.in_flight_bytes / self.line_rate
         if self.srtt is None:
             return self._init_rto + drain
-        return min(self.max_rto, max(self.min_rto, self.srtt + 4 * self.rttvar + drain))
+        # While new segments go out, losses are found from the echoes of later ones; a timer there
+        # mostly catches a stalled (loaded) process, and its re-sends are ambiguous copies: wait
+        # at least Linux TCP's 200 ms. Once everything was sent, the tail on a noisy line has
+        # nothing behind it and waits for the timer, so there it may go down to ``min_rto``
+        # (a probe timeout, as TCP's tail loss probe).
+        tail = self.snd_next >= self.out_base + len(self.out)
+        floor = self.min_rto if tail and self.p_err > 0.005 else max(self.min_rto, BULK_MIN_RTO)
+        return min(self.max_rto, max(floor, self.srtt + 4 * self.rttvar + drain))
 
     def _pick_size(self) -> int:
         """Payload size of new segments: best goodput for the estimated byte error rate; it may
@@ -231,6 +250,12 @@ class Channel:
         if self.fresh >= 16 or self.fresh_losses and self.fresh >= 2:
             self.fresh = self.fresh_losses = 0
             self.p_err = estimate_error_rate(self.outcomes)
+        elif len(self.outcomes) < 16 and len(self.decoder.received) >= 8 and self._prior_at != self.stats.frames_in:
+            # Too few of our own frames judged yet (a new session, the first reply): the frames
+            # we received tell what the line does, so the first message is not sent in
+            # segments that cannot arrive (at 5% noise a 128-byte segment arrives 0.1% of the time).
+            self._prior_at = self.stats.frames_in
+            self.p_err = estimate_error_rate(self.decoder.received)
         p = self.p_err
         best = max(SIZES, key=lambda n: n * (1 - p) ** (n + H) / (n + H))
         return min(best, 2 * self.seg_size)
@@ -350,12 +375,13 @@ class Channel:
                     if self.unacked_frames >= ACK_EVERY:
                         self._ack(out)
             elif k == ACK and len(body) >= ACK_HDR.size and (len(body) - ACK_HDR.size) % 2 == 0:
-                sess, cum = ACK_HDR.unpack_from(body)
+                sess, cum, echo = ACK_HDR.unpack_from(body)
                 if sess == self.session & 0xFF and self.synced.is_set():
                     rel = struct.unpack_from(f">{(len(body) - ACK_HDR.size) // 2}H", body, ACK_HDR.size)
-                    self._on_ack(cum, rel)
+                    self._on_ack(cum, echo, rel)
             elif k == PING and len(body) == 1 and body[0] == self.session & 0xFF:
                 self.unacked_frames += 1
+                self.echo = NO_ECHO
             elif k == SYN and self.role == "device" and len(body) == SYN_BODY.size:
                 sid, version = SYN_BODY.unpack(body)
                 if version not in SUPPORTED_VERSIONS:
@@ -382,13 +408,16 @@ class Channel:
 
     def _on_data(self, off: int, data: bytes) -> None:
         self.unacked_frames += 1
+        self.echo = off
         end = off + len(data)
         if end <= self.rcv_cum or not data:
+            self.stats.duplicates += 1
             return  # a duplicate: the ACK we owe tells the sender again
         if off >= self.rcv_cum + 65535:
             return  # beyond the receive window: it will come again
         if off < self.rcv_cum:
             data, off = data[self.rcv_cum - off:], self.rcv_cum
+        self.stats.duplicates += off in self.rcv_segs
         self.recent.append(off)
         self.rcv_segs.setdefault(off, data)
         grew = False
@@ -419,9 +448,15 @@ class Channel:
         if got:
             self.inbox_ready.notify_all()
 
-    def _on_ack(self, cum: int, rel: tuple[int, ...]) -> None:
+    def _on_ack(self, cum: int, echo: int, rel: tuple[int, ...]) -> None:
+        """``echo`` names the segment whose arrival triggered this ACK. Only it, when it was sent
+        once, tells which transmission arrived (as TCP timestamps): it gives the round-trip sample,
+        and the segments sent before it and still unacknowledged were lost (the line is FIFO). The
+        other segments an ACK covers may have arrived long ago (their ACKs lost) or from an earlier
+        copy: inferring from them inflated the device's timer to seconds and declared whole windows
+        lost that had arrived (73% of DATA frames received at 5% noise were duplicates)."""
         now = time.monotonic()
-        newest = -1
+        self._echo_seg = echo_seg = self.inflight.get(echo) if echo != NO_ECHO else None
         if cum > self.acked:
             while self.inflight:
                 start = next(iter(self.inflight))
@@ -429,8 +464,9 @@ class Channel:
                     break
                 seg = self.inflight.pop(start)
                 self.in_flight_bytes -= seg.end - start
-                newest = max(newest, self._acked(seg, now))
+                self._acked(seg, now)
             self.acked = cum
+            self.backoff = 1       # the peer is there and the line moves: no reason to wait longer
             self.delivered.append((now, cum))
             while len(self.delivered) > 2 and now - self.delivered[0][0] > 1.0:
                 self.delivered.popleft()
@@ -442,12 +478,12 @@ class Channel:
             seg = self.inflight.pop(cum + r, None)
             if seg is not None:
                 self.in_flight_bytes -= seg.end - (cum + r)
-                newest = max(newest, self._acked(seg, now))
-        if newest >= 0:
-            self._detect_losses(newest - 3)
+                self._acked(seg, now)
+        if echo_seg is not None and echo_seg.sure and echo not in self.inflight:
+            self._detect_losses(echo_seg.txn - REORDER)
 
-    def _acked(self, seg: _Seg, now: float) -> int:
-        if seg.tries == 1:  # Karn: time only segments sent once
+    def _acked(self, seg: _Seg, now: float) -> None:
+        if seg.sure and seg is self._echo_seg:  # Karn: time only unambiguous transmissions
             self.backoff = 1
             rtt = now - seg.sent
             if self.srtt is None:
@@ -456,7 +492,6 @@ class Channel:
                 self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
                 self.srtt = 0.875 * self.srtt + 0.125 * rtt
         self._sample(True, seg.wire)
-        return seg.txn
 
     def _sample(self, ok: bool, wire: int) -> None:
         self.outcomes.append((wire, ok))
@@ -470,14 +505,15 @@ class Channel:
             seg = self.inflight.get(start)
             if seg is not None and seg.txn == txn:
                 self._sample(False, seg.wire)
-                self._lost.append(start)
+                self._lost.append((start, True))
 
     # ------------------------------------------------------------------ send path
     def _ack(self, out: bytearray) -> None:
         self.unacked_frames = 0
         rel = [s - self.rcv_cum for s in self.recent if 0 < s - self.rcv_cum < 65536]
-        out += encode_frame(ACK, ACK_HDR.pack(self.session & 0xFF, self.rcv_cum & 0xFFFFFFFF)
+        out += encode_frame(ACK, ACK_HDR.pack(self.session & 0xFF, self.rcv_cum & 0xFFFFFFFF, self.echo)
                             + struct.pack(f">{len(rel)}H", *rel))
+        self.echo = NO_ECHO
 
     def _service(self, out: bytearray) -> None:
         now = time.monotonic()
@@ -501,18 +537,20 @@ class Channel:
                 self.backoff = min(self.backoff * 2, MAX_BACKOFF)
             self.order.popleft()
             self._sample(False, seg.wire)
-            self._lost.append(start)
+            self._lost.append((start, False))  # maybe only late: a copy may still be on its way
+            self.stats.timeouts += 1
         budget = 64 * 1024
         size = self._pick_size()
         self.seg_size = size
         while self._lost and budget > 0:
-            start = self._lost.popleft()
+            start, certain = self._lost.popleft()
             seg = self.inflight.get(start)
             if seg is None:
                 continue
             # a lost segment larger than the line now carries goes again in pieces of the new size
             for a in range(start, seg.end, size if seg.end - start > size else seg.end - start):
-                budget -= self._transmit(a, min(a + size, seg.end), out, now, seg.tries + 1)
+                budget -= self._transmit(a, min(a + size, seg.end), out, now, seg.tries + 1,
+                                         certain or a > start)
                 self.stats.retransmits += 1
         while budget > 0 and self._can_send():
             start = self.snd_next
@@ -522,20 +560,29 @@ class Channel:
             budget -= self._transmit(start, end, out, now, 1)
             self.stats.segments += 1
 
-    def _transmit(self, start: int, end: int, out: bytearray, now: float, tries: int) -> int:
+    def _transmit(self, start: int, end: int, out: bytearray, now: float, tries: int, sure: bool = True) -> int:
         """Send bytes [start, end) as one DATA frame. Segments never overlap except when a lost
         one is re-sent in pieces (same bytes at the same offsets, so the receiver may keep either)."""
         self.txn += 1
         piece = bytes(self.out[start - self.out_base:end - self.out_base])
         wire = encode_frame(DATA, DATA_HDR.pack(self.session & 0xFF, start & 0xFFFFFFFF) + piece)
-        self.inflight[start] = _Seg(end, self.txn, now, tries, len(wire))
+        self.inflight[start] = _Seg(end, self.txn, now, tries, len(wire), sure)
         self.order.append((self.txn, start))
         # The tail of a message on a noisy line (few small segments, nothing behind them to reveal
         # a loss early) goes out in copies: one round trip instead of several timer periods.
-        copies = TAIL_COPIES if self.p_err > 0.005 and len(self.inflight) <= 8 and len(wire) < 128 else 1
+        copies = self._tail_copies(len(wire)) if len(self.inflight) <= TAIL and len(wire) < 128 else 1
         out += wire * copies
         self.stats.frames_out += copies
         return len(wire) * copies
+
+    def _tail_copies(self, wire: int) -> int:
+        """Copies of a tail frame so that one of them arrives with probability TAIL_DELIVERY."""
+        if self.p_err <= 0.005:
+            return 1
+        arrive = (1 - self.p_err) ** wire
+        if arrive >= TAIL_DELIVERY:
+            return 1
+        return min(MAX_COPIES, max(2, math.ceil(math.log(1 - TAIL_DELIVERY) / math.log1p(-arrive))))
 
 
 _GRID = None

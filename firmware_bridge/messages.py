@@ -19,13 +19,10 @@ import json
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 from firmware_bridge.framing import PROTOCOL_VERSION, SUPPORTED_VERSIONS, ProtocolError
 from firmware_bridge.transfer import TransferError
-
-if TYPE_CHECKING:
-    from firmware_bridge.agent import Agent
 
 HEAD = struct.Struct(">BIH")
 CHUNK_HEADER = struct.Struct(">8sQ")
@@ -71,6 +68,21 @@ class RequestError(Exception):
         self.meta = meta
 
 Fields = dict[str, tuple[type | tuple[type, ...], bool]]  # field -> (type, required)
+
+
+class Agent(Protocol):
+    """What a handler may use of the agent serving it (``firmware_bridge.agent.Agent``)."""
+
+    ops: Any              # firmware_bridge.device.DeviceOps: the store operations
+    staging: Any          # firmware_bridge.transfer.Staging: uploads in progress
+    guard: Any            # firmware_bridge.auth.RequestGuard, or None without --trust
+    insecure: bool
+    telemetry: Any        # the events of fine-tune jobs (``since(index)``)
+    jobs: dict[int, dict[str, Any]]
+
+    def start_job(self, work: Callable[[Callable[[dict[str, Any]], None]], dict[str, Any]]) -> int: ...
+
+    def job_state(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)

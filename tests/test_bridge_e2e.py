@@ -64,7 +64,7 @@ def test_deploy_finetune_commit_revert_reset(tmp_path, world):
     make_store(tmp_path / "store", world["v1"])
     with AgentProcess(tmp_path / "store", ["--trust", str(world["pub"])]) as agent:
         with connect(agent.url, config=SLOW_LINK, sign=world["key"]) as dev:
-            assert dev.info["insecure"] is False and dev.info["protocol"] == 2 and len(dev.info["nonce"]) == 32
+            assert dev.info["insecure"] is False and dev.info["protocol"] == 3 and len(dev.info["nonce"]) == 32
             r = deploy(dev, world["v2"], sign=world["key"])
             assert (r["installed"], r["version"], r["signature_checked"]) == ("candidate", 2, True)
             assert status(dev)["has_candidate"] is True
@@ -308,7 +308,7 @@ def test_cli_deploy_remote_monitor_and_port_lock(tmp_path, world):
         assert replayed and replayed[-1]["event"] == "done"
         r = cli("remote", "status", "--port", agent.url, "--json")
         st = json.loads(r.stdout)
-        assert st["device"]["protocol"] == 2 and st["active"]["version"] == 2
+        assert st["device"]["protocol"] == 3 and st["active"]["version"] == 2
         r = cli("remote", "eval", "--port", agent.url, *key, "--json")
         assert r.returncode == 0 and "holdout" in json.loads(r.stdout)
     r = cli("devices", "--json")

@@ -233,3 +233,155 @@ def test_error_rate_estimate_recovers_the_byte_error_rate(p):
         outcomes.append((w, rng.random() < (1 - p) ** w))
     est = estimate_error_rate(outcomes)
     assert abs(est - p) <= max(0.2 * p, 1e-4)
+
+
+# ----------------------------------------------------------------------------- ACK echo (v3)
+# A Channel over one end of a socket pair; the test plays the peer on the other end, frame by frame.
+
+class _SockPort:
+    def __init__(self, sock):
+        self.sock, self.timeout = sock, 0.02
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def read(self, size=1):
+        return self.sock.recv(size)
+
+    def write(self, data):
+        return self.sock.send(data)
+
+    def close(self):
+        self.sock.close()
+
+
+class _Peer:
+    def __init__(self, sock):
+        import socket as _s
+
+        self.sock, self.dec = sock, FrameDecoder()
+        self.sock.settimeout(0.05)
+        self._timeout = _s.timeout
+
+    def send(self, kind, body=b""):
+        self.sock.sendall(encode_frame(kind, body))
+
+    def frames(self, seconds, kind=None):
+        import time
+
+        out, end = [], time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                data = self.sock.recv(65536)
+            except self._timeout:
+                continue
+            out += [f for f in self.dec.feed(data) if isinstance(f, Frame) and (kind is None or f.kind == kind)]
+        return out
+
+
+@pytest.fixture
+def channel_and_peer():
+    import socket
+
+    from firmware_bridge.link import Channel
+
+    made = []
+
+    def make(role, **kw):
+        a, b = socket.socketpair()
+        ch = Channel(_SockPort(a), role=role, **kw)
+        made.append((ch, a, b))
+        return ch, _Peer(b)
+    yield make
+    for ch, a, b in made:
+        ch.close()
+        a.close()
+        b.close()
+
+
+def test_ack_echoes_the_data_frame_that_triggered_it(channel_and_peer):
+    from firmware_bridge.framing import PING, SYN, SYNACK
+    from firmware_bridge.link import ACK_HDR, DATA_HDR, NO_ECHO, SYN_BODY
+
+    ch, peer = channel_and_peer("device")
+    peer.send(SYN, SYN_BODY.pack(0x1234, 3))
+    assert peer.frames(0.3, SYNACK)
+    stream = struct.pack(">I", 5) + b"hello"
+    peer.send(DATA, DATA_HDR.pack(0x34, 4) + stream[4:])       # out of order: held, SACKed
+    peer.send(DATA, DATA_HDR.pack(0x34, 0) + stream[:4])       # fills the gap
+    acks = [ACK_HDR.unpack_from(f.body) for f in peer.frames(0.3, ACK)]
+    assert (0x34, 0, 4) in acks and (0x34, 9, 0) in acks       # (session, cumulative, echo)
+    assert ch.recv(1.0) == b"hello"
+    peer.send(PING, bytes((0x34,)))
+    assert (0x34, 9, NO_ECHO) in [ACK_HDR.unpack_from(f.body) for f in peer.frames(0.3, ACK)]
+
+
+def _host_with_segments(make, n_segments):
+    """A host channel in a session that has sent ``n_segments`` 8-byte DATA frames (timers 5 s, so
+    only ACKs can make it re-send); returns it, the peer and the offsets in sending order."""
+    from firmware_bridge.framing import SYN, SYNACK
+    from firmware_bridge.link import DATA_HDR, SYN_BODY
+
+    ch, peer = make("host", seg_size=8, fixed_size=True, rto=5.0, min_rto=5.0)
+    import threading
+
+    opener = threading.Thread(target=ch.open_session, kwargs={"timeout": 5})
+    opener.start()
+    syn = peer.frames(0.3, SYN)[0]
+    peer.send(SYNACK, syn.body)
+    opener.join()
+    ch.send(bytes(8 * n_segments - 4))
+    offsets = [DATA_HDR.unpack_from(f.body)[1] for f in peer.frames(0.3, DATA)]
+    assert offsets == [8 * i for i in range(n_segments)]
+    return ch, peer, SYN_BODY.unpack(syn.body)[0] & 0xFF
+
+
+def test_losses_and_round_trips_come_only_from_the_echoed_transmission(channel_and_peer):
+    """An ACK that SACKs a late segment without naming it as its trigger (its own ACK was lost;
+    this one was triggered by a PING) proves nothing about the segments sent before it: no
+    retransmission and no round-trip sample. The same ACK echoing that segment does both."""
+    from firmware_bridge.link import ACK_HDR, DATA_HDR, NO_ECHO
+
+    ch, peer, sess = _host_with_segments(channel_and_peer, 10)
+    sack_last = struct.pack(">H", 72)                          # the segment at 72 arrived
+    peer.send(ACK, ACK_HDR.pack(sess, 0, NO_ECHO) + sack_last)
+    assert peer.frames(0.4, DATA) == [] and ch.srtt is None
+    ch, peer, sess = _host_with_segments(channel_and_peer, 10)
+    peer.send(ACK, ACK_HDR.pack(sess, 0, 72) + sack_last)
+    resent = sorted(DATA_HDR.unpack_from(f.body)[1] for f in peer.frames(0.4, DATA))
+    assert resent == [0, 8, 16, 24, 32, 40]                    # sent 3+ transmissions before 72
+    assert ch.srtt is not None and ch.stats.retransmits == 6 and ch.stats.timeouts == 0
+
+
+def test_a_cumulative_ack_of_old_segments_gives_no_round_trip_sample(channel_and_peer):
+    """The device's timer grew to seconds at 5% noise because segments whose ACKs were lost were
+    timed when a much later ACK covered them; only the echoed segment is timed now."""
+    import time
+
+    from firmware_bridge.link import ACK_HDR
+
+    ch, peer, sess = _host_with_segments(channel_and_peer, 4)
+    time.sleep(0.5)
+    peer.send(ACK, ACK_HDR.pack(sess, 32, 24))                 # all acked; the trigger was the last
+    peer.frames(0.2)
+    assert ch.unsent() == 0
+    assert ch.srtt is not None and ch.srtt >= 0.5              # the echoed one: a true (late) sample
+    ch2, peer2, sess2 = _host_with_segments(channel_and_peer, 4)
+    time.sleep(0.5)
+    peer2.send(ACK, ACK_HDR.pack(sess2, 32, 0xFFFFFFFF))       # a PING's ACK covering everything
+    peer2.frames(0.2)
+    assert ch2.unsent() == 0 and ch2.srtt is None
+
+
+def test_decoder_keeps_what_the_line_did_to_the_blocks_it_received():
+    """(wire bytes, intact?) per block: the prior for the segment size of a new session."""
+    good = encode_frame(DATA, b"x" * 20)
+    bad = bytearray(good)
+    bad[5] ^= 0x40
+    dec = FrameDecoder()
+    dec.feed(good + bytes(bad) + good)
+    assert list(dec.received) == [(len(good), True), (len(good), False), (len(good), True)]
+    from firmware_bridge.link import estimate_error_rate
+
+    noisy = [(24, i % 3 != 0) for i in range(120)]       # a third of 24-byte frames damaged
+    assert 0.01 < estimate_error_rate(noisy) < 0.03     # (1-p)^24 = 2/3: p = 1.7%
