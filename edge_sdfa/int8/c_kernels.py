@@ -327,6 +327,16 @@ GATHER_TILE = 0   # columns per tile of the gather (0: all at once)
 UPDATE_TILE = 0
 
 
+def _plus_bias(out: np.ndarray, terms: int, bias: np.ndarray | None) -> np.ndarray:
+    """int32 currents of ``terms`` int8 x uint8 products plus bias: kept int32 while the sum is
+    provably below 2**31, else widened to int64 first."""
+    if terms * 255 * 128 >= (1 << 30) or (bias is not None and int(np.abs(bias).max(initial=0)) >= (1 << 30)):
+        out = out.astype(np.int64)
+    if bias is not None:
+        out += bias.astype(out.dtype)
+    return out
+
+
 def dense_current(inputs, w8: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
     """Exact ``x @ w8 + bias``: int32 where ``K * 255 * 128 + |bias| < 2**31``, else int64."""
     wi = as_i8(w8)
@@ -341,12 +351,7 @@ def dense_current(inputs, w8: np.ndarray, bias: np.ndarray | None) -> np.ndarray
         starts, ends, idx, val, binary = inputs.csr()
         _check(load().esd_gather(_p(starts), _p(ends), _p(idx), _p(val), int(binary), _p(wi), t_n * n_n, m_n,
                                  GATHER_TILE, _p(out)), "gather")
-    small = k_n * 255 * 128 < (1 << 30) and (bias is None or int(np.abs(bias).max(initial=0)) < (1 << 30))
-    if not small:
-        out = out.astype(np.int64)
-    if bias is not None:
-        out += bias.astype(out.dtype)
-    return out.reshape(t_n, n_n, m_n)
+    return _plus_bias(out, k_n, bias).reshape(t_n, n_n, m_n)
 
 
 def conv_current(x: np.ndarray, w8: np.ndarray, bias: np.ndarray | None, stride: int, padding: int) -> np.ndarray:
@@ -368,12 +373,7 @@ def conv_current(x: np.ndarray, w8: np.ndarray, bias: np.ndarray | None, stride:
         wt = np.ascontiguousarray(wi.transpose(1, 2, 3, 0))
         _check(load().esd_conv_current(_p(xu), r_n, c_n, h, w, _p(wt), o_n, k, stride, padding, oh, ow, _p(out)),
                "conv_current")
-    small = c_n * k * k * 255 * 128 < (1 << 30) and (bias is None or int(np.abs(bias).max(initial=0)) < (1 << 30))
-    if not small:
-        out = out.astype(np.int64)
-    if bias is not None:
-        out += bias.astype(out.dtype)
-    return out
+    return _plus_bias(out, c_n * k * k, bias)
 
 
 class _StackPlan:
